@@ -1,0 +1,201 @@
+"""PostgreSQL benchmarks: one collector, four producer processes, search on a million rows.
+
+Run: .venv/bin/python bench/postgres.py [--quick]
+(needs the server of MEMCOLLECT_TEST_POSTGRES_URL)
+Prints a table and writes bench/results-postgres.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+
+import psycopg  # noqa: E402
+from collect import varied_corpus  # noqa: E402
+
+import memcollect as mc  # noqa: E402
+from memcollect.backends.postgres import PostgresBackend  # noqa: E402
+from memcollect.model import make_memory  # noqa: E402
+
+BASE = os.environ.get("MEMCOLLECT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+PRODUCER = """
+import sys, time, memcollect as mc
+url, n, data_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+c = mc.MemoryCollector(url, durability="memory", profile="high_performance",
+                       max_queue_size=n + 1, data_dir=data_dir)
+for i in range(n):
+    c.collect("qa", f"process {sys.argv[4]} memory {i} about checkout latency", {"i": i})
+assert c.flush(timeout=600)
+c.close()
+"""
+
+
+def drop(schema: str) -> None:
+    with psycopg.connect(BASE, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def one_collector(n: int) -> float:
+    """Stored per second, end to end, one collector into one PostgreSQL."""
+    schema = f"b_{uuid.uuid4().hex[:10]}"
+    items, _ = varied_corpus(n)
+    with tempfile.TemporaryDirectory() as data_dir:
+        c = mc.MemoryCollector(
+            f"{BASE}?schema={schema}",
+            durability="memory",
+            profile="high_performance",
+            max_queue_size=n + 1,
+            data_dir=data_dir,
+        )
+        started = time.perf_counter()
+        for item in items:
+            c.collect(item["category"], item["content"], item["metadata"], tags=item["tags"])
+        assert c.flush(timeout=600)
+        elapsed = time.perf_counter() - started
+        assert c.count() == n
+        c.close()
+    drop(schema)
+    return n / elapsed
+
+
+def processes(n_each: int, count: int) -> float:
+    """Aggregate stored per second with `count` producer processes, each its own collector."""
+    schema = f"b_{uuid.uuid4().hex[:10]}"
+    url = f"{BASE}?schema={schema}"
+    PostgresBackend(url).open()  # the schema exists before they race to write
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent / "src"))
+    with tempfile.TemporaryDirectory() as data_dir:
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", PRODUCER, url, str(n_each), data_dir, str(p)], env=env
+            )
+            for p in range(count)
+        ]
+        for proc in procs:
+            assert proc.wait(timeout=900) == 0
+        elapsed = time.perf_counter() - started
+    check = PostgresBackend(url)
+    assert check.count() == n_each * count
+    check.close()
+    drop(schema)
+    return n_each * count / elapsed
+
+
+def search_million(n: int, queries: int = 200) -> dict[str, float]:
+    """Search latency on n stored memories of real technical English."""
+    schema = f"b_{uuid.uuid4().hex[:10]}"
+    url = f"{BASE}?schema={schema}"
+    backend = PostgresBackend(url)
+    backend.open()
+    items, words = varied_corpus(n)
+    for start in range(0, n, 10_000):
+        backend.write_batch(
+            [
+                make_memory(
+                    i["category"],
+                    i["content"],
+                    i["metadata"],
+                    None,
+                    i["tags"],
+                    i["project"],
+                    i["agent"],
+                    i["session"],
+                    65536,
+                )
+                for i in items[start : start + 10_000]
+            ]
+        )
+    with psycopg.connect(BASE, autocommit=True) as conn:
+        conn.execute(f'VACUUM ANALYZE "{schema}".memories')
+    c = mc.MemoryCollector(url, durability="memory", cache_size=0, data_dir=tempfile.mkdtemp())
+    rng = random.Random(5)
+    samples = []
+    for i in range(queries):
+        text = rng.choice(words)
+        kwargs: dict[str, Any] = [{}, {"category": "bug"}, {"tags": ["auth"]}][i % 3]
+        t0 = time.perf_counter_ns()
+        c.search(text, **kwargs)
+        samples.append(time.perf_counter_ns() - t0)
+    assert c.count() == n
+    c.close()
+    backend.close()
+    drop(schema)
+    samples.sort()
+    return {
+        "p50_ms": samples[len(samples) // 2] / 1e6,
+        "p99_ms": samples[int(len(samples) * 0.99)] / 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--table", action="store_true", help="print the saved results again")
+    args = parser.parse_args()
+    out = HERE / "results-postgres.json"
+    if args.table:
+        print_table(json.loads(out.read_text()))
+        return
+    n = 20_000 if args.quick else 100_000
+    single = [one_collector(n) for _ in range(3)]
+    results: dict[str, Any] = {
+        "command": "python bench/postgres.py" + (" --quick" if args.quick else ""),
+        "date": time.strftime("%Y-%m-%d"),
+        "one_collector_per_s": statistics.median(single),
+        "one_collector_runs": single,
+        "one_process_per_s": processes(n, 1),
+        "four_processes_per_s": processes(n // 4, 4),
+        "search": search_million(100_000 if args.quick else 1_000_000),
+        "search_rows": 100_000 if args.quick else 1_000_000,
+    }
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+
+
+def print_table(r: dict[str, Any]) -> None:
+    """The README table."""
+    rows = [
+        (
+            "stored/s, one collector into PostgreSQL (median of 3)",
+            f"{r['one_collector_per_s']:,.0f}",
+            "≥ 50,000",
+        ),
+        ("stored/s, 1 producer process", f"{r['one_process_per_s']:,.0f}", "reference"),
+        (
+            "stored/s, 4 producer processes, one database (aggregate)",
+            f"{r['four_processes_per_s']:,.0f} "
+            f"({r['four_processes_per_s'] / r['one_process_per_s']:.1f}x)",
+            "reported",
+        ),
+        (
+            f"search p50 / p99 on {r['search_rows']:,} memories",
+            f"{r['search']['p50_ms']:.1f} / {r['search']['p99_ms']:.1f} ms",
+            "p50 ≤ 20 ms",
+        ),
+    ]
+    width = max(len(name) for name, _, _ in rows)
+    print(f"{r['command']}, {r['date']}")
+    print(f"| {'measure'.ljust(width)} | result | target |")
+    print(f"|{'-' * (width + 2)}|---|---|")
+    for name, value, target in rows:
+        print(f"| {name.ljust(width)} | {value} | {target} |")
+
+
+if __name__ == "__main__":
+    main()

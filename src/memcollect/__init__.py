@@ -1,0 +1,46 @@
+"""memcollect: fire-and-forget memory collection for AI agents, recalled by search."""
+
+from __future__ import annotations
+
+from .backends.base import Backend, DeadLetter, SearchQuery
+from .collector import MemoryCollector
+from .config import PROFILES, Config, load_config
+from .errors import (
+    BackendError,
+    ConfigError,
+    MemcollectError,
+    PermanentBackendError,
+    QueueFullError,
+    TransientBackendError,
+    ValidationError,
+)
+from .model import Category, Memory, Priority, id_time, new_id
+from .stats import Health, Latency, Stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROFILES",
+    "Backend",
+    "BackendError",
+    "Category",
+    "Config",
+    "ConfigError",
+    "DeadLetter",
+    "Health",
+    "Latency",
+    "MemcollectError",
+    "Memory",
+    "MemoryCollector",
+    "PermanentBackendError",
+    "Priority",
+    "QueueFullError",
+    "SearchQuery",
+    "Stats",
+    "TransientBackendError",
+    "ValidationError",
+    "__version__",
+    "id_time",
+    "load_config",
+    "new_id",
+]

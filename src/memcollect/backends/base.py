@@ -1,0 +1,144 @@
+"""The Backend protocol every store implements, and the search query it answers."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+import msgspec
+
+from ..errors import PermanentBackendError, TransientBackendError
+from ..model import Memory
+from ..retry import ErrorKind
+
+__all__ = ["Backend", "DeadLetter", "SearchQuery", "plain_terms"]
+
+
+class SearchQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """A full-text query with filters; an empty `text` lists by recency."""
+
+    text: str = ""
+    category: str | None = None
+    tags: tuple[str, ...] = ()
+    project: str | None = None
+    agent: str | None = None
+    session: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 10
+
+    def matches(self, memory: Memory) -> bool:
+        """Whether a memory passes the filters (not the text)."""
+        return (
+            (self.category is None or memory.category == self.category)
+            and (self.project is None or memory.project == self.project)
+            and (self.agent is None or memory.agent == self.agent)
+            and (self.session is None or memory.session == self.session)
+            and (self.since is None or memory.created_at >= self.since)
+            and (self.until is None or memory.created_at < self.until)
+            and all(tag in memory.tags for tag in self.tags)
+        )
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A memory the backend refused for good, with why."""
+
+    memory: Memory
+    error: str
+    failed_at: float
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def plain_terms(text: str) -> list[str]:
+    """The words of a plain-text query, lowercased."""
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+class Backend(ABC):
+    """A store for memories. write_batch must be idempotent: the same id twice is one row.
+
+    Errors: raise TransientBackendError for what may pass (or let a driver error through and
+    classify it in `classify`), PermanentBackendError for a record that can never be stored.
+    Reads are called from any thread; writes only from the collector's worker.
+    """
+
+    name: ClassVar[str] = "backend"
+    #: Full-text search ranks by relevance (not only filters).
+    supports_ranking: ClassVar[bool] = True
+    #: Data outlives the process.
+    persistent: ClassVar[bool] = True
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def open(self) -> None:  # noqa: B027 - most backends connect lazily
+        """Connect and create or migrate the schema; called once before use."""
+
+    @abstractmethod
+    def write_batch(self, batch: Sequence[Memory]) -> None:
+        """Store memories; ids already stored are skipped."""
+
+    @abstractmethod
+    def get(self, memory_id: str) -> Memory | None:
+        """One memory by id."""
+
+    @abstractmethod
+    def recent(self, limit: int, category: str | None = None) -> list[Memory]:
+        """The newest memories first."""
+
+    @abstractmethod
+    def count(self, category: str | None = None) -> int:
+        """How many memories are stored."""
+
+    @abstractmethod
+    def count_by_category(self) -> dict[str, int]:
+        """How many memories are stored, per category."""
+
+    @abstractmethod
+    def search(self, query: SearchQuery) -> list[Memory]:
+        """Memories matching the text and filters, best first."""
+
+    @abstractmethod
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Keep memories that could not be stored, with their errors."""
+
+    @abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+
+    @abstractmethod
+    def remove_dead_letters(self, ids: Sequence[str]) -> None:
+        """Forget dead letters (after they were queued again)."""
+
+    def take_oldest(self, limit: int) -> list[Memory]:
+        """The oldest stored memories, to move them to another store (a fallback's job)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot serve as a fallback")
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove memories that were moved to another store."""
+        raise NotImplementedError(f"{type(self).__name__} cannot serve as a fallback")
+
+    def classify(self, exc: BaseException) -> ErrorKind | None:
+        """Whether a write error is worth retrying; None when it cannot be told."""
+        if isinstance(exc, TransientBackendError):
+            return "transient"
+        if isinstance(exc, PermanentBackendError):
+            return "permanent"
+        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+            return "transient"
+        if isinstance(exc, (ValueError, TypeError, UnicodeError, OverflowError)):
+            return "permanent"
+        return None
+
+    def after_fork(self) -> None:  # noqa: B027 - only backends holding connections need it
+        """Drop what the parent process owns (connections) without closing it."""
+
+    def close(self) -> None:  # noqa: B027 - nothing to release by default
+        """Release connections."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"

@@ -1,0 +1,372 @@
+"""postgresql:// — one store for many processes and machines (psycopg 3 + psycopg_pool)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+
+from ..errors import TransientBackendError, ValidationError
+from ..model import PRIORITIES, PRIORITY_RANK, Memory
+from ..retry import ErrorKind
+from .base import Backend, DeadLetter, SearchQuery, plain_terms
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "the postgresql:// backend needs the postgres extra: pip install 'memcollect[postgres]'"
+    ) from exc
+
+__all__ = ["PostgresBackend"]
+
+log = logging.getLogger("memcollect")
+
+_json_encode = msgspec.json.Encoder().encode
+_memory_decode = msgspec.json.Decoder(Memory).decode
+
+_COLUMNS = (
+    "id, category, content, metadata, priority, tags, project, agent, session, created_at, "
+    "content_hash"
+)
+_ADVISORY_KEY = 0x6D656D636F6C  # "memcol": serializes schema changes across processes
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE OR REPLACE FUNCTION memcollect_words(text[]) RETURNS text
+            LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT array_to_string($1, ' ') $$;
+        CREATE TABLE IF NOT EXISTS memories (
+            id text PRIMARY KEY,
+            category text NOT NULL,
+            content text NOT NULL,
+            metadata jsonb NOT NULL DEFAULT '{}',
+            priority smallint NOT NULL,
+            tags text[] NOT NULL DEFAULT '{}',
+            project text,
+            agent text,
+            session text,
+            created_at double precision NOT NULL,
+            content_hash text NOT NULL DEFAULT '',
+            -- One parse of content and tags: each to_tsvector costs ~12 us a row, most of
+            -- an insert's price. Tags filters use @> on the matched rows, not an index.
+            search tsvector GENERATED ALWAYS AS (
+                to_tsvector('english'::regconfig, content || ' ' || memcollect_words(tags))
+            ) STORED
+        );
+        CREATE INDEX IF NOT EXISTS memories_search ON memories USING gin (search);
+        CREATE INDEX IF NOT EXISTS memories_category_id ON memories (category, id);
+        CREATE TABLE IF NOT EXISTS dead_letters (
+            id text PRIMARY KEY,
+            record jsonb NOT NULL,
+            error text NOT NULL,
+            failed_at double precision NOT NULL
+        );
+        """,
+    ),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+_INCOMING = """
+CREATE TEMP TABLE IF NOT EXISTS memcollect_incoming (
+    id text, category text, content text, metadata jsonb, priority smallint, tags text[],
+    project text, agent text, session text, created_at double precision, content_hash text
+) ON COMMIT DELETE ROWS
+"""
+_INSERT = (
+    f"INSERT INTO memories ({_COLUMNS}) SELECT {_COLUMNS} FROM memcollect_incoming "
+    "ON CONFLICT (id) DO NOTHING"
+)
+
+
+def _to_row(m: Memory) -> tuple[Any, ...]:
+    return (
+        m.id,
+        m.category,
+        m.content,
+        _json_encode(m.metadata).decode() if m.metadata else "{}",
+        PRIORITY_RANK[m.priority],
+        list(m.tags),
+        m.project,
+        m.agent,
+        m.session,
+        m.created_at,
+        m.content_hash,
+    )
+
+
+def _from_row(row: Sequence[Any]) -> Memory:
+    return Memory(
+        row[0], row[1], row[2], row[3], PRIORITIES[row[4]], tuple(row[5]),
+        row[6], row[7], row[8], row[9], row[10],
+    )  # fmt: skip
+
+
+class PostgresBackend(Backend):
+    """Memories in PostgreSQL; many collectors on many hosts may share one database.
+
+    URL options (removed before connecting): `schema=NAME` keeps the tables in a schema of
+    their own (created if missing), `pool_size=N` (default 4), `pool_timeout=SECONDS` (how long
+    a write waits for a connection, default 10), `connect_timeout` as libpq has it (default 5).
+    """
+
+    name = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        parts = urlsplit(url)
+        options = dict(parse_qsl(parts.query))
+        self.schema = options.pop("schema", None)
+        if self.schema is not None and not _SCHEMA_NAME.match(self.schema):
+            raise ValidationError(
+                f"schema {self.schema!r} in the backend URL must be a lowercase identifier"
+            )
+        try:
+            self.pool_size = int(options.pop("pool_size", "4"))
+            self.pool_timeout = float(options.pop("pool_timeout", "10"))
+        except ValueError:
+            raise ValidationError(
+                "pool_size and pool_timeout in the backend URL must be numbers"
+            ) from None
+        options.setdefault("connect_timeout", "5")
+        scheme = "postgresql" if parts.scheme in ("postgres", "postgresql") else parts.scheme
+        self.conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(options), ""))
+        self._pool: ConnectionPool[Any] | None = None
+        self._lock = threading.Lock()
+        self._migrated = False
+
+    # --- connections ---------------------------------------------------------------------
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        conn.autocommit = True
+        if self.schema:
+            # The schema itself is created under the migration lock: CREATE SCHEMA IF NOT
+            # EXISTS races between connections.
+            conn.execute(f'SET search_path TO "{self.schema}", public')
+
+    def _get_pool(self) -> ConnectionPool[Any]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.conninfo,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    configure=self._configure,
+                    open=True,
+                    timeout=self.pool_timeout,
+                    name="memcollect",
+                )
+            return self._pool
+
+    def open(self) -> None:
+        """Create or migrate the schema; when the server is down, try again on first use."""
+        try:
+            self._ensure_schema()
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            log.warning("PostgreSQL unreachable at start (%s): the schema is checked on first use",
+                        exc)  # fmt: skip
+
+    def _ensure_schema(self) -> None:
+        if self._migrated:
+            return
+        with self._get_pool().connection() as conn, conn.transaction():
+            # Several collectors may start at once: one migrates, the others wait and see it.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY,))
+            if self.schema:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS memcollect_meta (key text PRIMARY KEY, value text)"
+            )
+            row = conn.execute(
+                "SELECT value FROM memcollect_meta WHERE key = 'schema_version'"
+            ).fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise ValidationError(
+                    f"the database has schema version {version}, newer than this memcollect "
+                    f"({SCHEMA_VERSION}): upgrade memcollect"
+                )
+            for number, ddl in MIGRATIONS:
+                if number > version:
+                    conn.execute(ddl)
+            conn.execute(
+                "INSERT INTO memcollect_meta VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+        self._migrated = True
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        self._ensure_schema()
+        with self._get_pool().connection() as conn:
+            rows: list[Any] = conn.execute(sql, params).fetchall()
+            return rows
+
+    def _write(self, sql: str, params_seq: Sequence[Sequence[Any]]) -> None:
+        self._ensure_schema()
+        with self._get_pool().connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(sql, params_seq)
+
+    # --- writes --------------------------------------------------------------------------
+
+    def write_batch(self, batch: Sequence[Memory]) -> None:
+        """COPY the batch into a temporary table, then insert what is not stored yet."""
+        self._ensure_schema()
+        rows = [_to_row(m) for m in batch]
+        with self._get_pool().connection() as conn, conn.transaction():
+            conn.execute(_INCOMING)
+            with conn.cursor() as cur:
+                with cur.copy(f"COPY memcollect_incoming ({_COLUMNS}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                cur.execute(_INSERT)
+
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Keep memories that could not be stored, with their errors."""
+        self._write(
+            "INSERT INTO dead_letters VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE "
+            "SET record = excluded.record, error = excluded.error, failed_at = excluded.failed_at",
+            [(d.memory.id, _json_encode(d.memory).decode(), d.error, d.failed_at) for d in letters],
+        )
+
+    def remove_dead_letters(self, ids: Sequence[str]) -> None:
+        """Forget dead letters."""
+        self._write("DELETE FROM dead_letters WHERE id = %s", [(i,) for i in ids])
+
+    def take_oldest(self, limit: int) -> list[Memory]:
+        """The oldest stored memories (for moving them to another store)."""
+        rows = self._read(f"SELECT {_COLUMNS} FROM memories ORDER BY id LIMIT %s", (limit,))
+        return [_from_row(r) for r in rows]
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove memories (after they were moved to another store)."""
+        self._write("DELETE FROM memories WHERE id = %s", [(i,) for i in ids])
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def get(self, memory_id: str) -> Memory | None:
+        """One memory by id."""
+        rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id = %s", (memory_id,))
+        return _from_row(rows[0]) if rows else None
+
+    def recent(self, limit: int, category: str | None = None) -> list[Memory]:
+        """The newest memories first."""
+        return self.search(SearchQuery(category=category, limit=limit))
+
+    def count(self, category: str | None = None) -> int:
+        """How many memories are stored."""
+        if category is None:
+            return int(self._read("SELECT count(*) FROM memories")[0][0])
+        rows = self._read("SELECT count(*) FROM memories WHERE category = %s", (category,))
+        return int(rows[0][0])
+
+    def count_by_category(self) -> dict[str, int]:
+        """How many memories are stored, per category."""
+        rows = self._read("SELECT category, count(*) FROM memories GROUP BY category")
+        return {category: int(n) for category, n in rows}
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+        rows = self._read(
+            "SELECT record::text, error, failed_at FROM dead_letters ORDER BY failed_at LIMIT %s",
+            (limit,),
+        )
+        return [DeadLetter(_memory_decode(r[0]), r[1], r[2]) for r in rows]
+
+    def search(self, query: SearchQuery) -> list[Memory]:
+        """Full-text search ranked by ts_rank_cd (plain words are OR-ed), with filters."""
+        clauses, params = _filters(query)
+        text = query.text.strip()
+        if not text:
+            where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+            sql = f"SELECT {_COLUMNS} FROM memories m{where} ORDER BY m.id DESC LIMIT %s"
+            return [_from_row(r) for r in self._read(sql, [*params, query.limit])]
+        words = websearch_text(text)
+        if not words:
+            return []
+        where = " AND ".join(["m.search @@ q", *clauses])
+        columns = ", ".join("m." + c for c in _COLUMNS.split(", "))
+        sql = (
+            f"SELECT {columns} FROM memories m, websearch_to_tsquery('english', %s) q "
+            f"WHERE {where} ORDER BY ts_rank_cd(m.search, q) DESC, m.id DESC LIMIT %s"
+        )
+        return [_from_row(r) for r in self._read(sql, [words, *params, query.limit])]
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def classify(self, exc: BaseException) -> ErrorKind | None:
+        """Lost connections, restarts, timeouts and conflicts pass; bad data does not."""
+        if isinstance(exc, (PoolTimeout, TransientBackendError)):
+            return "transient"
+        if isinstance(
+            exc,
+            (
+                pg_errors.QueryCanceled,  # statement_timeout
+                pg_errors.SerializationFailure,
+                pg_errors.DeadlockDetected,
+                pg_errors.LockNotAvailable,
+                pg_errors.AdminShutdown,
+                pg_errors.CannotConnectNow,
+                pg_errors.TooManyConnections,
+            ),
+        ):
+            return "transient"
+        if isinstance(exc, (psycopg.IntegrityError, psycopg.DataError)):
+            return "permanent"
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return "transient"
+        return super().classify(exc)
+
+    def after_fork(self) -> None:
+        """Forget the parent's pool: its connections and threads are not the child's."""
+        if self._pool is not None:
+            _ABANDONED.append(self._pool)
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the pool."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(timeout=5.0)
+
+
+# Pools inherited across fork are kept referenced, never closed by the child.
+_ABANDONED: list[Any] = []
+
+
+def websearch_text(text: str) -> str:
+    """What to give websearch_to_tsquery: plain words OR-ed; operators and quotes kept."""
+    if '"' in text or re.search(r"(^|\s)(or|OR|-\w)", text):
+        return text
+    return " or ".join(dict.fromkeys(plain_terms(text)))
+
+
+def _filters(query: SearchQuery) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column in ("category", "project", "agent", "session"):
+        value = getattr(query, column)
+        if value is not None:
+            clauses.append(f"m.{column} = %s")
+            params.append(value)
+    if query.since is not None:
+        clauses.append("m.created_at >= %s")
+        params.append(query.since)
+    if query.until is not None:
+        clauses.append("m.created_at < %s")
+        params.append(query.until)
+    if query.tags:
+        clauses.append("m.tags @> %s")
+        params.append(list(query.tags))
+    return clauses, params

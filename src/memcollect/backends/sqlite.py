@@ -1,0 +1,532 @@
+"""sqlite:// — the embedded default: one file, WAL, FTS5 search ranked by BM25."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+
+from ..errors import ValidationError
+from ..model import PRIORITIES, PRIORITY_RANK, Memory
+from ..retry import ErrorKind
+from .base import Backend, DeadLetter, SearchQuery, plain_terms
+
+__all__ = ["SQLiteBackend", "parse_sqlite_url"]
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+_memory_decode = msgspec.json.Decoder(Memory).decode
+
+# SQLite primary result codes that say "try again later", not "this record is bad".
+_TRANSIENT_CODES = {
+    5,
+    6,
+    7,
+    8,
+    10,
+    13,
+    14,
+    15,
+}  # BUSY LOCKED NOMEM READONLY IOERR FULL CANTOPEN PROTOCOL
+
+_COLUMNS = (
+    "id, category, content, metadata, priority, tags, project, agent, session, created_at, "
+    "content_hash"
+)
+
+# Words so common that matching them ranks nothing and scans everything.
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "were",
+        "will",
+        "with",
+        "we",
+        "you",
+    ]
+)
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE IF NOT EXISTS memories (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            category TEXT NOT NULL,
+            content TEXT NOT NULL,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            priority INTEGER NOT NULL,
+            tags TEXT NOT NULL DEFAULT '[]',
+            project TEXT,
+            agent TEXT,
+            session TEXT,
+            created_at REAL NOT NULL,
+            content_hash TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX IF NOT EXISTS memories_category_id ON memories (category, id);
+        CREATE TABLE IF NOT EXISTS dead_letters (
+            id TEXT PRIMARY KEY,
+            record TEXT NOT NULL,
+            error TEXT NOT NULL,
+            failed_at REAL NOT NULL
+        );
+        """,
+    ),
+]
+MIGRATIONS.append(
+    # The full-text index gains Porter stemming ("resetting" finds "reset"): drop it here,
+    # and it is built again below with the new tokenizer from the rows it indexes.
+    (2, "DROP TABLE IF EXISTS memories_fts"),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+_FTS_DDL = """
+CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(
+    content, tags, content='memories', content_rowid='seq',
+    tokenize='porter unicode61 remove_diacritics 2'
+)
+"""
+
+
+def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
+    """The file path (or ":memory:") and options of a sqlite:// URL."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ValidationError(f"backend {url!r} is not a sqlite:// URL")
+    # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them.
+    path = url.split("?", 1)[0][len("sqlite://") :]
+    path = path[1:] if path.startswith("/") else path
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    return path or ":memory:", options
+
+
+def _to_row(m: Memory) -> tuple[Any, ...]:
+    return (
+        m.id,
+        m.category,
+        m.content,
+        _json_encode(m.metadata).decode() if m.metadata else "{}",
+        PRIORITY_RANK[m.priority],
+        _json_encode(m.tags).decode() if m.tags else "[]",
+        m.project,
+        m.agent,
+        m.session,
+        m.created_at,
+        m.content_hash,
+    )
+
+
+def _from_row(row: Sequence[Any]) -> Memory:
+    return Memory(
+        row[0],
+        row[1],
+        row[2],
+        _json_decode(row[3]) if row[3] != "{}" else {},
+        PRIORITIES[row[4]],
+        tuple(_json_decode(row[5])) if row[5] != "[]" else (),
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+    )
+
+
+class SQLiteBackend(Backend):
+    """Memories in one SQLite file; safe for several threads and processes at once.
+
+    URL options: `fts=0` turns the full-text index off (search falls back to a scan),
+    `busy_timeout=SECONDS` (default 10) bounds each wait for another writer's lock,
+    `synchronous=NORMAL|FULL|OFF` (default NORMAL, which WAL keeps consistent on a crash).
+    """
+
+    name = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.path, options = parse_sqlite_url(url)
+        unknown = set(options) - {"fts", "busy_timeout", "synchronous"}
+        if unknown:
+            raise ValidationError(
+                f"unknown sqlite option {sorted(unknown)[0]!r} in {url!r}: "
+                "use fts, busy_timeout or synchronous"
+            )
+        self.want_fts = options.get("fts", "1") not in ("0", "false", "off", "no")
+        try:
+            self.busy_timeout = float(options.get("busy_timeout", "10"))
+        except ValueError:
+            raise ValidationError(f"busy_timeout in {url!r} must be a number of seconds") from None
+        self.synchronous = options.get("synchronous", "NORMAL").upper()
+        if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValidationError(f"synchronous in {url!r} must be OFF, NORMAL, FULL or EXTRA")
+        self.has_fts = False
+        self._write_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._memory_db = self.path == ":memory:"
+        self._opened = False
+
+    # --- connections ---------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        # An in-memory database lives in one connection: readers share the writer's.
+        if not self._memory_db:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        if not self._memory_db:
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        return conn
+
+    def open(self) -> None:
+        """Create or migrate the schema (safe when several processes start at once)."""
+        with self._write_lock:
+            if self._opened:
+                return
+            conn = self._writer = self._connect()
+            with self._transaction(conn):
+                self._migrate(conn)
+            self._opened = True
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS memcollect_meta (key TEXT PRIMARY KEY, value TEXT)"
+        )
+        row = conn.execute(
+            "SELECT value FROM memcollect_meta WHERE key = 'schema_version'"
+        ).fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise ValidationError(
+                f"{self.path} has schema version {version}, newer than this memcollect "
+                f"({SCHEMA_VERSION}): upgrade memcollect"
+            )
+        for number, ddl in MIGRATIONS:
+            if number > version:
+                for statement in ddl.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+        conn.execute(
+            "INSERT OR REPLACE INTO memcollect_meta VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_fts'").fetchone()
+        if self.want_fts and not exists:
+            conn.execute(_FTS_DDL)
+            conn.execute("INSERT INTO memories_fts(memories_fts) VALUES ('rebuild')")
+            exists = True
+        # An index that exists is always kept up to date, whatever this URL says.
+        self.has_fts = bool(exists)
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front: no deadlock upgrading a read to a write.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _reader(self) -> sqlite3.Connection:
+        if not self._opened:
+            self.open()
+        if self._memory_db:
+            assert self._writer is not None
+            return self._writer
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn, self._local.pid = conn, os.getpid()
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        conn = self._reader()
+        if self._memory_db:
+            with self._write_lock:
+                return conn.execute(sql, params).fetchall()
+        return conn.execute(sql, params).fetchall()
+
+    def _write(self, action: Callable[[sqlite3.Connection], object]) -> None:
+        if not self._opened:
+            self.open()
+        with self._write_lock:
+            conn = self._writer
+            assert conn is not None
+            with self._transaction(conn):
+                action(conn)
+
+    # --- writes --------------------------------------------------------------------------
+
+    def write_batch(self, batch: Sequence[Memory]) -> None:
+        """Store memories in one transaction; ids already stored are skipped."""
+        rows = [_to_row(m) for m in batch]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            top = conn.execute("SELECT coalesce(max(seq), 0) FROM memories").fetchone()[0]
+            conn.executemany(
+                f"INSERT OR IGNORE INTO memories ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            if self.has_fts:
+                # Index only the rows this batch really added (not the ignored duplicates).
+                conn.execute(
+                    "INSERT INTO memories_fts(rowid, content, tags) "
+                    "SELECT seq, content, tags FROM memories WHERE seq > ?",
+                    (top,),
+                )
+
+        self._write(insert)
+
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Keep memories that could not be stored, with their errors."""
+        rows = [
+            (d.memory.id, _json_encode(d.memory).decode(), d.error, d.failed_at) for d in letters
+        ]
+        self._write(
+            lambda conn: conn.executemany(
+                "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?)", rows
+            )
+        )
+
+    def take_oldest(self, limit: int) -> list[Memory]:
+        """The oldest stored memories."""
+        rows = self._read(f"SELECT {_COLUMNS} FROM memories ORDER BY id LIMIT ?", (limit,))
+        return [_from_row(r) for r in rows]
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove memories (and their full-text entries)."""
+        params = [(i,) for i in ids]
+
+        def remove(conn: sqlite3.Connection) -> None:
+            if self.has_fts:
+                # An external-content index forgets a row only when told what it held.
+                conn.executemany(
+                    "INSERT INTO memories_fts(memories_fts, rowid, content, tags) "
+                    "SELECT 'delete', seq, content, tags FROM memories WHERE id = ?",
+                    params,
+                )
+            conn.executemany("DELETE FROM memories WHERE id = ?", params)
+
+        self._write(remove)
+
+    def remove_dead_letters(self, ids: Sequence[str]) -> None:
+        """Forget dead letters."""
+        params = [(i,) for i in ids]
+        self._write(lambda conn: conn.executemany("DELETE FROM dead_letters WHERE id = ?", params))
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def get(self, memory_id: str) -> Memory | None:
+        """One memory by id."""
+        rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id = ?", (memory_id,))
+        return _from_row(rows[0]) if rows else None
+
+    def recent(self, limit: int, category: str | None = None) -> list[Memory]:
+        """The newest memories first."""
+        return self.search(SearchQuery(category=category, limit=limit))
+
+    def count(self, category: str | None = None) -> int:
+        """How many memories are stored."""
+        if category is None:
+            return int(self._read("SELECT count(*) FROM memories")[0][0])
+        return int(
+            self._read("SELECT count(*) FROM memories WHERE category = ?", (category,))[0][0]
+        )
+
+    def count_by_category(self) -> dict[str, int]:
+        """How many memories are stored, per category."""
+        rows = self._read("SELECT category, count(*) FROM memories GROUP BY category")
+        return {category: int(n) for category, n in rows}
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+        rows = self._read(
+            "SELECT record, error, failed_at FROM dead_letters ORDER BY failed_at LIMIT ?",
+            (limit,),
+        )
+        return [DeadLetter(_memory_decode(r[0]), r[1], r[2]) for r in rows]
+
+    def search(self, query: SearchQuery) -> list[Memory]:
+        """Full-text search ranked by BM25 (plain words are OR-ed), with filters."""
+        where, params = _filters(query)
+        text = query.text.strip()
+        if not text:
+            sql = f"SELECT {_COLUMNS} FROM memories m{where} ORDER BY m.id DESC LIMIT ?"
+            return [_from_row(r) for r in self._read(sql, [*params, query.limit])]
+        if not self.has_fts:
+            return self._scan(query, where, params)
+        match = fts_query(text)
+        if match is None:
+            return []
+        # Rank only (rowid, score) over every match, then fetch whole rows for the top k:
+        # sorting full rows (content, metadata) for thousands of matches costs more than bm25.
+        if where:
+            inner = (
+                "SELECT f.rowid AS seq, bm25(memories_fts) AS score "
+                "FROM memories_fts f JOIN memories m ON m.seq = f.rowid "
+                f"WHERE memories_fts MATCH ?{where.replace(' WHERE', ' AND', 1)}"
+            )
+        else:
+            inner = (
+                "SELECT rowid AS seq, bm25(memories_fts) AS score "
+                "FROM memories_fts WHERE memories_fts MATCH ?"
+            )
+        columns = ", ".join("m." + c for c in _COLUMNS.split(", "))
+        sql = (
+            f"SELECT {columns} FROM ({inner} ORDER BY score, seq DESC LIMIT ?) hits "
+            "JOIN memories m ON m.seq = hits.seq ORDER BY hits.score, hits.seq DESC"
+        )
+        try:
+            rows = self._read(sql, [match, *params, query.limit])
+        except sqlite3.OperationalError as exc:
+            # Our SQL is fixed; a plain SQLITE_ERROR here comes from the user's MATCH text.
+            if (getattr(exc, "sqlite_errorcode", 1) & 0xFF) == 1:
+                raise ValidationError(
+                    f"search query {text!r} is not valid full-text syntax ({exc}): "
+                    "balance the quotes and parentheses, or pass plain words"
+                ) from None
+            raise
+        return [_from_row(r) for r in rows]
+
+    def _scan(self, query: SearchQuery, where: str, params: list[Any]) -> list[Memory]:
+        terms = [t for t in plain_terms(query.text) if t not in _STOPWORDS] or plain_terms(
+            query.text
+        )
+        if not terms:
+            return []
+        like = "(m.content LIKE ? ESCAPE '\\')"
+        matched = " + ".join(like for _ in terms)
+        # Without the index, rank by how many of the words a memory holds, then by recency.
+        sql = (
+            f"SELECT {_COLUMNS} FROM memories m{where}"
+            f"{' AND' if where else ' WHERE'} ({matched}) > 0 "
+            f"ORDER BY ({matched}) DESC, m.id DESC LIMIT ?"
+        )
+        escaped = [
+            "%" + t.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            for t in terms
+        ]
+        rows = self._read(sql, [*params, *escaped, *escaped, query.limit])
+        return [_from_row(r) for r in rows]
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def classify(self, exc: BaseException) -> ErrorKind | None:
+        """Busy, locked, I/O and disk-full errors pass; constraint and data errors do not."""
+        if isinstance(exc, sqlite3.OperationalError):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is None or (code & 0xFF) in _TRANSIENT_CODES:
+                return "transient"
+            return None
+        if isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError)):
+            return "permanent"
+        return super().classify(exc)
+
+    def after_fork(self) -> None:
+        """Forget the parent's connections; SQLite must not use them across fork."""
+        _ABANDONED.extend([c for c in (self._writer, *self._readers) if c is not None])
+        self._writer = None
+        self._readers = []
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._readers_lock = threading.Lock()
+        self._opened = False
+
+    def close(self) -> None:
+        """Close every connection this backend opened."""
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            self._opened = False
+
+
+# Connections inherited across fork are kept referenced, never closed: closing them in the
+# child could release or disturb the parent's locks on the same file.
+_ABANDONED: list[sqlite3.Connection] = []
+
+
+def _filters(query: SearchQuery) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column in ("category", "project", "agent", "session"):
+        value = getattr(query, column)
+        if value is not None:
+            clauses.append(f"m.{column} = ?")
+            params.append(value)
+    if query.since is not None:
+        clauses.append("m.created_at >= ?")
+        params.append(query.since)
+    if query.until is not None:
+        clauses.append("m.created_at < ?")
+        params.append(query.until)
+    for tag in query.tags:
+        clauses.append("EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)")
+        params.append(tag)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def fts_query(text: str) -> str | None:
+    """An FTS5 MATCH expression for a query: plain words are quoted and OR-ed.
+
+    A query that uses FTS5 syntax on purpose (quotes, AND/OR/NOT/NEAR, a trailing *) is
+    passed through as written.
+    """
+    words = text.split()
+    if (
+        '"' in text
+        or any(w in ("AND", "OR", "NOT") or w.startswith("NEAR(") for w in words)
+        or (any(w.endswith("*") for w in words))
+    ):
+        return text
+    terms = plain_terms(text)
+    kept = [t for t in terms if t not in _STOPWORDS] or terms
+    if not kept:
+        return None
+    return " OR ".join(f'"{t}"' for t in dict.fromkeys(kept))

@@ -1,0 +1,749 @@
+"""MemoryCollector: the front door. collect() validates, queues and returns an id."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from zlib import crc32 as _crc32
+
+from .backends import open_backend
+from .backends.base import Backend, DeadLetter, SearchQuery
+from .cache import Cache
+from .config import Config, load_config
+from .errors import MemcollectError, QueueFullError, ValidationError
+from .inbox import Inbox
+from .model import PRIORITY_RANK, Memory, check_category, make_memory, memory_from_dict
+from .retry import CircuitBreaker, RetryPolicy
+from .spool import Segment, Spool, encode_frame, encode_record
+from .stats import Counters, Health, Stats
+from .worker import FailureCallback, StoredCallback, Worker
+
+__all__ = ["MemoryCollector"]
+
+log = logging.getLogger("memcollect")
+
+Clock = Callable[[], float]
+
+# A drop degrades health for this long: an alert, not a scar.
+RECENT_DROP_S = 300.0
+
+
+class _Process:
+    """The current PID, refreshed by an at-fork hook so the hot path needs no syscall."""
+
+    pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    _Process.pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
+class MemoryCollector:
+    """Collects memories without blocking the caller and stores them in the background."""
+
+    def __init__(
+        self,
+        target: str | Config | Mapping[str, Any] | Backend | None = None,
+        /,
+        *,
+        on_stored: StoredCallback | None = None,
+        on_failure: FailureCallback | None = None,
+        clock: Clock = time.monotonic,
+        **fields: Any,
+    ) -> None:
+        backend: Backend | None = None
+        if isinstance(target, Backend):
+            backend, target = target, None
+        elif isinstance(target, str):
+            fields.setdefault("backend", target)
+            target = None
+        self.config = load_config(target, **fields)
+        self._backend = backend or open_backend(self.config.backend_url)
+        self._backend.open()
+        self._fallback = open_backend(self.config.fallback) if self.config.fallback else None
+        if self._fallback is not None:
+            self._fallback.open()
+        self._clock = clock
+        self._on_stored: list[StoredCallback] = [on_stored] if on_stored else []
+        self._on_failure: list[FailureCallback] = [on_failure] if on_failure else []
+        # Closed until fully built, so that a failed construction never warns from __del__.
+        self._closed = True
+        try:
+            self._start()
+        except BaseException:
+            self._backend.close()
+            raise
+        self._closed = False
+        # A script that never calls close() still stores what it collected.
+        self_ref = weakref.ref(self)
+        self._atexit = lambda: _close_at_exit(self_ref)
+        atexit.register(self._atexit)
+
+    def _start(self) -> None:
+        config = self.config
+        self._pid = _Process.pid
+        self._close_lock = threading.Lock()
+        self.counters = Counters(self._clock)
+        self.breaker = CircuitBreaker(config.max_retries, config.retry_max, self._clock)
+        self._inbox = Inbox(config.max_queue_size, config.batch_size, self._evicted, self._clock)
+        self._cache = Cache(config.cache_size, config.cache_bytes, config.cache_ttl, self._clock)
+        self._spool: Spool | None = None
+        # The spool segment of each memory in RAM that is also on disk, to acknowledge it.
+        self._segment_of: dict[str, Segment] = {}
+        self._logged_write_errors = 0
+        if config.durability != "memory":
+            root = Path(config.data_dir) / "spool"
+            try:
+                self._spool = Spool(
+                    root,
+                    fsync=config.durability == "fsync",
+                    fsync_interval=config.fsync_interval,
+                    max_bytes=config.max_spool_bytes,
+                    lock=self._inbox.lock,
+                )
+            except OSError as exc:
+                raise MemcollectError(
+                    f"cannot use {root} for the spool ({exc.strerror or exc}): choose a "
+                    "writable data_dir, or durability='memory' to keep memories in RAM only"
+                ) from None
+        self._worker = Worker(
+            self._inbox,
+            self._backend,
+            self.counters,
+            batch_size=config.batch_size,
+            batch_timeout=config.batch_timeout,
+            policy=RetryPolicy(config.retry_base, config.retry_max, config.max_retries),
+            breaker=self.breaker,
+            on_stored=self._on_stored,
+            on_failure=self._on_failure,
+            on_done=self._done,
+            refill=self._refill if self._spool is not None else None,
+            durable=self._spool is not None,
+            fallback=self._fallback,
+            clock=self._clock,
+        )
+        if self._fallback is not None:
+            # Left there by an earlier run whose primary was down: move it on.
+            self._worker.fallback_pending = self._fallback.count() > 0
+        self._warned_closed = False
+        self._max_bytes = config.max_content_bytes
+        self._worker.start()
+
+    def _check_fork(self) -> None:
+        if self._pid != _Process.pid:
+            self._after_fork()
+
+    def _after_fork(self) -> None:
+        # The parent's worker thread does not exist here and its locks may be held forever;
+        # what it had queued is the parent's to store. Start afresh with its own worker,
+        # connections and spool.
+        if self._spool is not None:
+            self._spool.abandon_after_fork()
+        self._backend.after_fork()
+        if self._fallback is not None:
+            self._fallback.after_fork()
+        self._start()
+
+    # --- collect -------------------------------------------------------------------------
+
+    def collect(
+        self,
+        category: str,
+        content: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        priority: str | None = None,
+        tags: Sequence[str] | None = None,
+        project: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+    ) -> str:
+        """Queue one memory and return its id at once; raises only ValidationError."""
+        if self._pid != _Process.pid:
+            self._after_fork()
+        memory = make_memory(
+            category, content, metadata, priority, tags, project, agent, session, self._max_bytes
+        )
+        if self._spool is not None:
+            self._put_spooled_one(memory)
+        elif not self._inbox.put(memory):
+            self._full(memory)
+        return memory.id
+
+    def _put_spooled_one(self, memory: Memory) -> None:
+        """_put_spooled for one memory: the same steps, without the batch bookkeeping."""
+        spool = self._spool
+        assert spool is not None
+        payload = encode_record(memory)
+        crc = _crc32(payload)
+        inbox = self._inbox
+        with spool.lock:  # the inbox's lock too
+            placed = spool.append_one_locked(payload, crc)
+            if placed is not None:
+                segment, offset = placed
+                if not spool.backlog:
+                    self._segment_of[memory.id] = segment
+                    if inbox.put_locked(memory):
+                        return
+                    del self._segment_of[memory.id]
+                spool.start_backlog_locked(segment, offset)
+                inbox.accepted += 1
+                return
+        self._log_spool_trouble()
+        if not inbox.put(memory):
+            self._full(memory)
+
+    def _log_spool_trouble(self) -> None:
+        spool = self._spool
+        assert spool is not None
+        # Once per new write error, not once per memory: a full disk must not flood the log.
+        if spool.write_errors != self._logged_write_errors:
+            self._logged_write_errors = spool.write_errors
+            log.error("spool write failed (%s): memories stay in RAM only", spool.last_error)
+
+    def _put_spooled(self, memories: list[Memory], force: bool = False) -> None:
+        """Append to the spool, then queue in RAM while there is room and no backlog on disk."""
+        spool = self._spool
+        assert spool is not None
+        frames = [encode_frame(m) for m in memories]
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        inbox = self._inbox
+        with spool.lock:  # the inbox's lock too: only the *_locked inbox calls in here
+            placed = spool.append_locked(data, len(frames))
+            if placed is not None:
+                segment, offset = placed
+                if spool.spilling and not force:
+                    # Behind older records still on disk: this one waits there too, so its
+                    # segment must be read back from here (a no-op when it already is).
+                    spool.start_backlog_locked(segment, offset)
+                    inbox.accepted += len(memories)
+                    return
+                for index, memory in enumerate(memories):
+                    self._segment_of[memory.id] = segment
+                    if not inbox.put_locked(memory) and not (
+                        force and inbox.put_many_locked([memory], force=True)
+                    ):
+                        # RAM is full: this one and the rest wait on disk, read back later.
+                        del self._segment_of[memory.id]
+                        spool.start_backlog_locked(segment, offset)
+                        inbox.accepted += len(memories) - index
+                        return
+                    offset += len(frames[index])
+                return
+        # The spool is full (max_spool_bytes) or the disk refused: RAM and its policy.
+        self._log_spool_trouble()
+        for memory in memories:
+            if not self._inbox.put(memory):
+                self._full(memory)
+
+    def _refill(self) -> int:
+        """Worker: read records waiting on disk back into RAM, oldest first."""
+        spool = self._spool
+        assert spool is not None
+        if not spool.backlog:
+            return 0
+        inbox = self._inbox
+        with spool.lock:  # the inbox's lock too
+            room = inbox.max_size - inbox.size
+            records = spool.read_back_locked(max(room, 0))
+            replayed = 0
+            for memory, segment in records:
+                self._segment_of[memory.id] = segment
+                replayed += segment.adopted
+            inbox.put_many_locked([m for m, _ in records], force=True, count=False)
+            inbox.accepted += replayed
+        self.counters.replayed += replayed
+        return len(records)
+
+    def _done(self, memories: Sequence[Memory]) -> None:
+        """Worker: memories were stored or dead-lettered; release them from the spool."""
+        self._cache.invalidate_searches()
+        if self._spool is None:
+            return
+        pop = self._segment_of.pop
+        segments = [seg for seg in (pop(m.id, None) for m in memories) if seg is not None]
+        if segments:
+            self._spool.ack(segments)
+
+    def collect_batch(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Queue many memories (dicts with collect()'s argument names); all valid or none."""
+        if self._pid != _Process.pid:
+            self._after_fork()
+        memories = []
+        for index, item in enumerate(items):
+            try:
+                memories.append(memory_from_dict(item, self._max_bytes))
+            except ValidationError as exc:
+                raise ValidationError(f"item {index}: {exc}") from None
+        if self._spool is not None:
+            self._put_spooled(memories)
+            return [m.id for m in memories]
+        queued = self._inbox.put_many(memories)
+        for memory in memories[queued:]:
+            if not self._inbox.put(memory):
+                self._full(memory)
+        return [m.id for m in memories]
+
+    async def collect_async(
+        self,
+        category: str,
+        content: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        priority: str | None = None,
+        tags: Sequence[str] | None = None,
+        project: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+    ) -> str:
+        """collect() for coroutines: never awaits I/O; with on_full="block" it yields instead."""
+        if self.config.on_full != "block" or self._spool is not None:
+            return self.collect(
+                category,
+                content,
+                metadata,
+                priority=priority,
+                tags=tags,
+                project=project,
+                agent=agent,
+                session=session,
+            )
+        if self._pid != _Process.pid:
+            self._after_fork()
+        memory = make_memory(
+            category, content, metadata, priority, tags, project, agent, session, self._max_bytes
+        )
+        import asyncio  # here, not at the top: it costs 30 ms of `import memcollect`
+
+        deadline = self._clock() + self.config.block_timeout
+        delay = 0.0005
+        while not self._inbox.put(memory):
+            if self._clock() >= deadline or self._closed:
+                self._reject(memory, "queue_full")
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return memory.id
+
+    def _full(self, memory: Memory) -> None:
+        if self._closed:
+            self._reject(memory, "closed")
+            if not self._warned_closed:
+                self._warned_closed = True
+                log.warning("collect() after close(): memories are counted as dropped")
+            return
+        policy = self.config.on_full
+        if policy == "raise":
+            raise QueueFullError(
+                f"the queue holds max_queue_size={self.config.max_queue_size} memories: "
+                "slow down, raise max_queue_size, or choose on_full='drop_lowest' or 'block'"
+            )
+        if policy == "block":
+            deadline = self._clock() + self.config.block_timeout
+            while self._inbox.wait_for_room(deadline):
+                if self._inbox.put(memory):
+                    return
+            self._reject(memory, "queue_full")
+            return
+        # drop_lowest: make room by evicting the oldest memory of the lowest priority queued,
+        # unless the newcomer is itself the lowest, in which case it is the one dropped.
+        while not self._inbox.put(memory):
+            if self._inbox.evict_lowest(PRIORITY_RANK[memory.priority]) is None:
+                self._reject(memory, "queue_full")
+                return
+
+    def _reject(self, memory: Memory, reason: str) -> None:
+        self._inbox.count_accepted()
+        self.counters.drop(reason)
+        for callback in self._on_failure:
+            try:
+                callback([memory], QueueFullError(f"memory dropped: {reason}"))
+            except Exception:
+                log.exception("on_failure callback %r failed", callback)
+
+    def _evicted(self, memory: Memory) -> None:
+        self.counters.drop("queue_full")
+        self._done([memory])
+
+    # --- flush / close -------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until everything accepted so far is stored or dead-lettered; False on timeout."""
+        if self._pid != _Process.pid:
+            self._after_fork()
+        deadline = self._clock() + (timeout if timeout is not None else 1e9)
+        marks = self._inbox.marks()
+        sealed = self._spool.seal() if self._spool is not None else 0
+        if self._spool is not None and self._spool.fsync:
+            self._spool.sync()  # accepted means on disk now, even if storing times out
+        if not self._worker.alive():
+            self._drain_inline(deadline)
+        if not self._inbox.wait_done(marks, deadline):
+            return False
+        if self._spool is None:
+            return True
+        # What spilled to disk before this call must have been read back and stored too.
+        monotonic_deadline = time.monotonic() + max(0.0, deadline - self._clock())
+        while not self._spool.wait_drained(
+            sealed, min(monotonic_deadline, time.monotonic() + 0.05)
+        ):
+            if time.monotonic() >= monotonic_deadline:
+                return False
+            self._inbox.wakeup.set()
+        return True
+
+    async def aflush(self, timeout: float | None = 10.0) -> bool:
+        """flush() without blocking the event loop."""
+        import asyncio
+
+        return await asyncio.to_thread(self.flush, timeout)
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Store what is queued (up to `timeout`), stop the worker, release the backend."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        atexit.unregister(self._atexit)
+        if self._pid != _Process.pid:
+            self._after_fork()
+        deadline = self._clock() + (timeout if timeout is not None else 1e9)
+        self._worker.stop(deadline)
+        if self._worker.alive():
+            assert self._worker.thread is not None
+            self._worker.thread.join(max(0.0, deadline - self._clock()))
+        else:
+            # At interpreter exit no thread may be started: store from this thread.
+            self._drain_inline(deadline)
+        left = self._inbox.drain_all()
+        if left and self._spool is None:
+            self.counters.drop("shutdown_deadline", len(left))
+            log.warning("%d memories were not stored before close() timed out", len(left))
+        if self._spool is not None:
+            # Always, even if the worker outlived the deadline: the lock must be free for the
+            # next owner. A late worker's acks are then ignored; what it stores is replayed
+            # once more by the next owner, and idempotent writes make that harmless.
+            self._spool.close()
+        if not self._worker.alive():
+            self._backend.close()
+            if self._fallback is not None:
+                self._fallback.close()
+
+    async def aclose(self, timeout: float | None = 10.0) -> None:
+        """close() without blocking the event loop."""
+        import asyncio
+
+        await asyncio.to_thread(self.close, timeout)
+
+    def _drain_inline(self, deadline: float) -> None:
+        while self._clock() < deadline:
+            if self._spool is not None:
+                self._refill()
+            batch = self._inbox.take(self.config.batch_size)
+            if not batch:
+                return
+            self._worker.process(batch)
+
+    def __enter__(self) -> MemoryCollector:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> MemoryCollector:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # --- read ----------------------------------------------------------------------------
+
+    def get(self, memory_id: str) -> Memory | None:
+        """One memory by id, including one still queued (read-your-writes)."""
+        if not isinstance(memory_id, str):
+            raise ValidationError(f"id must be a str, not {type(memory_id).__name__}")
+        self._check_fork()
+        # Look where a memory goes next only after where it is now: disk, RAM (queued or in
+        # flight), then the store. A memory moving on while we look is found further along.
+        if self._spool is not None and self._spool.spilling:
+            on_disk = self._spool.find(memory_id)
+            if on_disk is not None:
+                return on_disk
+        queued = self._inbox.find(memory_id)
+        if queued is not None:
+            return queued
+        # A stored memory never changes: a cached one is good until it expires.
+        cached = self._cache.get(memory_id)
+        if cached is not Cache.MISSING:
+            return cached  # type: ignore[no-any-return]
+        stored = self._get_stored(memory_id)
+        if stored is not None:
+            self._cache.put(memory_id, stored, _footprint(stored))
+        return stored
+
+    def _get_stored(self, memory_id: str) -> Memory | None:
+        fallback = self._fallback
+        if fallback is None:
+            return self._backend.get(memory_id)
+        # During an outage the primary cannot answer, and what it missed is in the fallback.
+        try:
+            found = self._backend.get(memory_id)
+        except Exception as exc:  # noqa: BLE001 - the fallback answers instead
+            log.debug("primary read failed (%s): reading the fallback", exc)
+            found = None
+        return found if found is not None else fallback.get(memory_id)
+
+    def search(
+        self,
+        query: str = "",
+        *,
+        category: str | None = None,
+        tags: Sequence[str] | None = None,
+        project: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        since: float | Any | None = None,
+        until: float | Any | None = None,
+        limit: int = 10,
+    ) -> list[Memory]:
+        """Stored memories matching the words of `query`, best first, with filters."""
+        if not isinstance(query, str):
+            raise ValidationError(f"query must be a str, not {type(query).__name__}")
+        if type(limit) is not int or not 1 <= limit <= 10_000:
+            raise ValidationError(f"limit must be a whole number from 1 to 10000, not {limit!r}")
+        if isinstance(tags, str):
+            raise ValidationError("tags must be a list of str like ['auth'], not a str")
+        request = SearchQuery(
+            text=query,
+            category=check_category(category) if category is not None else None,
+            tags=tuple(tags or ()),
+            project=project,
+            agent=agent,
+            session=session,
+            since=_timestamp(since, "since"),
+            until=_timestamp(until, "until"),
+            limit=limit,
+        )
+        key = ("search", request)
+        cached = self._cache.get(key)
+        if cached is not Cache.MISSING:
+            return list(cached)
+        generation = self._cache.generation
+        hits = self._backend.search(request)
+        size = sum(map(_footprint, hits)) + 64
+        self._cache.put(key, tuple(hits), size, search_generation=generation)
+        return hits
+
+    def recent(self, limit: int = 20, category: str | None = None) -> list[Memory]:
+        """The newest stored memories first."""
+        return self.search(category=category, limit=limit)
+
+    def count(self, category: str | None = None) -> int:
+        """How many memories are stored."""
+        return self._backend.count(check_category(category) if category is not None else None)
+
+    def count_by_category(self) -> dict[str, int]:
+        """How many memories are stored, per category."""
+        return self._backend.count_by_category()
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Memories the backend refused for good, with their errors, oldest first."""
+        return self._backend.dead_letters(limit)
+
+    def retry_dead_letters(self) -> int:
+        """Queue every dead letter again; how many were queued."""
+        self._check_fork()
+        if self._closed:
+            raise ValidationError("this collector is closed: retry dead letters before close()")
+        total = 0
+        while True:
+            letters = self._backend.dead_letters(1000)
+            if not letters:
+                return total
+            memories = [letter.memory for letter in letters]
+            if self._spool is not None:
+                self._put_spooled(memories, force=True)
+            else:
+                self._inbox.put_many(memories, force=True)
+            self._backend.remove_dead_letters([m.id for m in memories])
+            total += len(memories)
+
+    # --- callbacks, stats, health --------------------------------------------------------
+
+    def on_stored(self, callback: StoredCallback) -> StoredCallback:
+        """Call `callback(batch)` in the worker after each batch is stored."""
+        self._on_stored.append(callback)
+        return callback
+
+    def on_failure(self, callback: FailureCallback) -> FailureCallback:
+        """Call `callback(memories, error)` when memories are dead-lettered or dropped."""
+        self._on_failure.append(callback)
+        return callback
+
+    @property
+    def backend(self) -> Backend:
+        """The store this collector writes to."""
+        return self._backend
+
+    def stats(self) -> Stats:
+        """A snapshot of counters, queue depth, latencies and throughput."""
+        self._check_fork()
+        c = self.counters
+        overall, recent = c.throughput()
+        dropped = dict(c.dropped)
+        return Stats(
+            accepted=self._inbox.accepted,
+            stored=c.stored,
+            retried=c.retried,
+            retried_memories=c.retried_memories,
+            failed=c.failed,
+            dead_lettered=c.dead_lettered,
+            dropped=sum(dropped.values()),
+            dropped_by_reason=dropped,
+            queue_depth=self._inbox.size,
+            in_flight=len(self._inbox.in_flight),
+            batches=c.batches,
+            batch_write_latency=c.batch_latency.snapshot(),
+            accept_to_stored_latency=c.store_latency.snapshot(),
+            throughput_per_s=overall,
+            recent_throughput_per_s=recent,
+            uptime_s=self._clock() - c.started,
+            backend=self._backend.url,
+            circuit=self.breaker.state,
+            replayed=c.replayed,
+            cache_hits=self._cache.stats.hits,
+            cache_misses=self._cache.stats.misses,
+            cache_evictions=self._cache.stats.evictions,
+            cache_expired=self._cache.stats.expired,
+            cache_size=len(self._cache),
+            stored_in_fallback=c.stored_in_fallback,
+            moved_to_primary=c.moved_to_primary,
+            **self._spool_stats(),
+        )
+
+    def _spool_stats(self) -> dict[str, int]:
+        spool = self._spool
+        if spool is None:
+            return {}
+        return {
+            "spool_bytes": spool.bytes,
+            "spool_segments": spool.segment_count(),
+            "spool_pending": spool.pending(),
+            "corrupt_skipped": spool.corrupt,
+        }
+
+    def health(self) -> Health:
+        """ok, degraded or failing, with the reasons."""
+        self._check_fork()
+        reasons: list[str] = []
+        status = "ok"
+        state = self.breaker.state
+        live = self._backend.url
+        if state != "closed" and self._fallback is not None:
+            status, live = "degraded", self._fallback.url
+            reasons.append(
+                f"primary {self._backend.url} is down ({self.breaker.last_error}): "
+                f"storing in the fallback {self._fallback.url}"
+            )
+        elif state != "closed":
+            status = "failing"
+            reasons.append(
+                f"backend circuit {state} after {self.breaker.failures} failed writes: "
+                f"{self.breaker.last_error}"
+            )
+        elif self.breaker.failures:
+            status = "degraded"
+            reasons.append(f"backend write failing, retrying: {self.breaker.last_error}")
+        if not self._closed and not self._worker.alive():
+            status = "failing"
+            reasons.append("the worker thread is not running")
+        depth = self._inbox.size
+        if depth >= 0.8 * self.config.max_queue_size:
+            status = "failing" if status == "failing" else "degraded"
+            reasons.append(f"queue {depth}/{self.config.max_queue_size} is over 80% full")
+        last_drop = self.counters.last_drop
+        if last_drop is not None and self._clock() - last_drop < RECENT_DROP_S:
+            if status == "ok":
+                status = "degraded"
+            reasons.append(
+                f"memories dropped in the last {RECENT_DROP_S:.0f} s "
+                f"({sum(self.counters.dropped.values())} in all)"
+            )
+        spool = self._spool
+        if spool is not None and spool.bytes >= 0.8 * spool.max_bytes:
+            status = "failing" if status == "failing" else "degraded"
+            reasons.append(
+                f"spool {spool.bytes / 2**20:.0f} MiB is over 80% of max_spool_bytes "
+                f"({spool.max_bytes / 2**20:.0f} MiB)"
+            )
+        if spool is not None and spool.write_errors:
+            status = "failing" if status == "failing" else "degraded"
+            reasons.append(f"{spool.write_errors} spool writes failed: check the disk")
+        if self._worker.fallback_pending and state == "closed":
+            status = "failing" if status == "failing" else "degraded"
+            reasons.append("moving what the fallback holds back to the primary")
+        if self._closed:
+            status = "failing"
+            reasons.append("the collector is closed")
+        return Health(status=status, reasons=reasons, backend=live)  # type: ignore[arg-type]
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True) or self._pid != _Process.pid:
+            return
+        warnings.warn(
+            f"{self!r} was never closed: call close() or use it as a context manager",
+            ResourceWarning,
+            stacklevel=2,
+        )
+        atexit.unregister(self._atexit)
+        # Let the worker store what is queued and exit on its own; never block in __del__.
+        self._worker.stop(self._clock() + self.config.exit_timeout)
+
+    def __repr__(self) -> str:
+        return f"<MemoryCollector {self._backend.url} queued={self._inbox.size}>"
+
+
+def _footprint(memory: Memory) -> int:
+    """About how many bytes a memory holds in RAM, for the cache's byte bound."""
+    return 400 + 2 * len(memory.content) + 80 * (len(memory.metadata) + len(memory.tags))
+
+
+def _timestamp(value: object, field: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValidationError(f"{field} must be a datetime or epoch seconds, not a bool")
+    if isinstance(value, (int, float)):
+        return float(value)
+    timestamp = getattr(value, "timestamp", None)
+    if callable(timestamp):
+        return float(timestamp())
+    raise ValidationError(f"{field} must be a datetime or epoch seconds, not {value!r}")
+
+
+def _close_at_exit(ref: weakref.ref[MemoryCollector]) -> None:
+    collector = ref()
+    if collector is not None:
+        collector.close(timeout=collector.config.exit_timeout)

@@ -1,0 +1,452 @@
+"""Memory, categories, priorities, ids and the validation that runs at the call site."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from .errors import ValidationError
+
+__all__ = [
+    "BUILTIN_CATEGORIES",
+    "PRIORITIES",
+    "Category",
+    "Memory",
+    "Priority",
+    "id_time",
+    "new_id",
+]
+
+
+class Category(enum.StrEnum):
+    """The built-in categories; any lowercase slug is a valid category too."""
+
+    BUG = "bug"
+    ERROR = "error"
+    FEEDBACK = "feedback"
+    PERFORMANCE = "performance"
+    ARCHITECTURE = "architecture"
+    INTEGRATION = "integration"
+    QA = "qa"
+    OPERATION = "operation"
+    DECISION = "decision"
+    PATTERN = "pattern"
+    PROJECT = "project"
+    TEAM = "team"
+    NOTE = "note"
+
+
+class Priority(enum.StrEnum):
+    """How urgently a memory should be stored: higher goes first when there is a backlog."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+BUILTIN_CATEGORIES: frozenset[str] = frozenset(c.value for c in Category)
+PRIORITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
+PRIORITY_RANK: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
+DEFAULT_PRIORITY: dict[str, str] = {"error": "critical", "bug": "high"}
+
+
+class Memory(msgspec.Struct, gc=False):
+    """One collected memory, as stored and as returned by recall."""
+
+    id: str
+    category: str
+    content: str
+    metadata: dict[str, Any]
+    priority: str
+    tags: tuple[str, ...]
+    project: str | None
+    agent: str | None
+    session: str | None
+    created_at: float
+    # Filled in by the worker, off the caller's hot path.
+    content_hash: str = ""
+
+    @property
+    def created(self) -> datetime:
+        """`created_at` as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.created_at, UTC)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The memory as plain JSON-ready builtins."""
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+
+
+# --- ids -------------------------------------------------------------------------------------
+# A ULID-shaped id (26 characters of lowercase Crockford base32): 10 characters of millisecond
+# timestamp, 8 characters of per-process randomness, and 8 hex characters of a counter that
+# starts at a random value. Hex digits are a sort-preserving subset of Crockford's alphabet, so
+# ids sort by time, and the counter makes them unique within a process without a lock
+# (itertools.count is atomic under the GIL). Building one costs a few hundred nanoseconds,
+# where base64.b32encode (pure Python before 3.13) or uuid4 cost microseconds.
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_DECODE = {c: i for i, c in enumerate(_CROCKFORD)}
+
+
+def _b32(n: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        chars.append(_CROCKFORD[n & 31])
+        n >>= 5
+    return "".join(reversed(chars))
+
+
+class _IdState:
+    __slots__ = ("cache", "counter", "process")
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.process = _b32(int.from_bytes(os.urandom(5), "big"), 8)
+        self.counter = itertools.count(0x1_0000_0000 + int.from_bytes(os.urandom(4), "big"))
+        self.cache: tuple[int, str] = (-1, "")
+
+
+_ids = _IdState()
+# A forked child must not repeat its parent's ids: new randomness, new counter.
+os.register_at_fork(after_in_child=_ids.reseed)
+
+
+def _id_at(now: float) -> str:
+    ms = int(now * 1000)
+    cached = _ids.cache
+    if cached[0] != ms:
+        cached = _ids.cache = (ms, _b32(ms, 10) + _ids.process)
+    return cached[1] + hex(next(_ids.counter))[-8:]
+
+
+def new_id() -> str:
+    """A new time-ordered, unique memory id."""
+    return _id_at(time.time())
+
+
+def id_time(memory_id: str) -> float:
+    """The creation time (epoch seconds) encoded in an id."""
+    try:
+        ms = 0
+        for ch in memory_id[:10].lower():
+            ms = ms * 32 + _DECODE[ch]
+    except (KeyError, TypeError, AttributeError):
+        raise ValidationError(f"id {memory_id!r} is not a memcollect id") from None
+    return ms / 1000.0
+
+
+# --- validation ------------------------------------------------------------------------------
+
+_CATEGORY_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}\Z")
+# Categories already checked once; bounded so that a stream of unique slugs cannot grow it.
+_valid_categories: set[str] = set(BUILTIN_CATEGORIES)
+_MAX_CACHED_CATEGORIES = 4096
+_MAX_DEPTH = 32
+_MAX_LABEL = 256
+_MAX_TAG = 128
+
+
+def check_category(category: object) -> str:
+    """Return the category as a plain str, or raise ValidationError."""
+    if type(category) is str and category in _valid_categories:
+        return category
+    if not isinstance(category, str):
+        raise ValidationError(f"category must be a str like 'bug', not {type(category).__name__}")
+    category = str.__str__(category)
+    if not _CATEGORY_RE.match(category):
+        raise ValidationError(
+            f"category {category!r} is not a lowercase slug: use letters, digits, '_' or '-', "
+            "starting with a letter, at most 64 characters (e.g. 'bug', 'user_feedback')"
+        )
+    if len(_valid_categories) < _MAX_CACHED_CATEGORIES:
+        _valid_categories.add(category)
+    return category
+
+
+def check_priority(priority: object, category: str) -> str:
+    """Return the priority as a plain str (defaulted by category), or raise ValidationError."""
+    if priority is None:
+        return DEFAULT_PRIORITY.get(category, "medium")
+    if type(priority) is str and priority in PRIORITY_RANK:
+        return priority
+    if isinstance(priority, str) and str.__str__(priority) in PRIORITY_RANK:
+        return str.__str__(priority)
+    raise ValidationError(
+        f"priority {priority!r} is unknown: use one of 'low', 'medium', 'high', 'critical'"
+    )
+
+
+def check_content(content: object, max_bytes: int) -> str:
+    """Return the content as a plain str, or raise ValidationError."""
+    if type(content) is not str:
+        if not isinstance(content, str):
+            raise ValidationError(f"content must be a str, not {type(content).__name__}")
+        content = str.__str__(content)
+    if not content:
+        raise ValidationError("content is empty: pass the text of the memory")
+    n = len(content)
+    # A str of n characters encodes to between n and 4n bytes: only encode when it matters.
+    if n * 4 > max_bytes or not content.isascii():
+        if n > max_bytes:
+            size = n
+        else:
+            try:
+                size = len(content.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise ValidationError(
+                    "content holds a lone surrogate that UTF-8 cannot encode: "
+                    "decode the text with errors='replace' first"
+                ) from None
+        if size > max_bytes:
+            raise ValidationError(
+                f"content is {size} bytes, over max_content_bytes={max_bytes}: "
+                "shorten it or raise max_content_bytes"
+            )
+    if "\x00" in content:
+        raise ValidationError("content contains a NUL character (\\x00): remove it")
+    return content
+
+
+def _check_label(value: object, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a str or None, not {type(value).__name__}")
+    value = str.__str__(value)
+    if not value or len(value) > _MAX_LABEL or "\x00" in value:
+        raise ValidationError(
+            f"{field} {value[:40]!r} must be a non-empty str of at most {_MAX_LABEL} "
+            "characters without NUL"
+        )
+    return value
+
+
+def check_labels(
+    project: object, agent: object, session: object
+) -> tuple[str | None, str | None, str | None]:
+    """Validate project, agent and session."""
+    return (
+        project if _plain_label(project) else _check_label(project, "project"),  # type: ignore[return-value]
+        agent if _plain_label(agent) else _check_label(agent, "agent"),
+        session if _plain_label(session) else _check_label(session, "session"),
+    )
+
+
+def _plain_label(value: object) -> bool:
+    return value is None or (
+        type(value) is str and 0 < len(value) <= _MAX_LABEL and "\x00" not in value
+    )
+
+
+def check_tags(tags: object) -> tuple[str, ...]:
+    """Return the tags as a tuple of unique str, or raise ValidationError."""
+    if not tags and (tags is None or isinstance(tags, (list, tuple, set, frozenset))):
+        return ()
+    if isinstance(tags, str) or not isinstance(tags, Iterable):
+        raise ValidationError(
+            f"tags must be a list of str like ['auth'], not {type(tags).__name__}"
+        )
+    out: list[str] = []
+    for i, tag in enumerate(tags):
+        if not isinstance(tag, str):
+            raise ValidationError(f"tags[{i}] must be a str, not {type(tag).__name__}")
+        if not tag or len(tag) > _MAX_TAG or "\x00" in tag:
+            raise ValidationError(
+                f"tags[{i}] {tag[:40]!r} must be a non-empty str of at most {_MAX_TAG} "
+                "characters without NUL"
+            )
+        out.append(str.__str__(tag))
+    return tuple(dict.fromkeys(out)) if len(out) > 1 else tuple(out)
+
+
+def check_metadata(metadata: object) -> dict[str, Any]:
+    """Return a deep copy of metadata made of JSON types only, or raise ValidationError.
+
+    The copy is what makes collect() safe against a caller mutating its dict afterwards.
+    """
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise ValidationError(f"metadata must be a dict, not {type(metadata).__name__}")
+    return _copy_mapping(metadata, "metadata", 0)
+
+
+def _copy_mapping(value: Mapping[Any, Any], path: str, depth: int) -> dict[str, Any]:
+    if depth > _MAX_DEPTH:
+        raise ValidationError(f"{path} is nested deeper than {_MAX_DEPTH} levels (or is cyclic)")
+    out: dict[str, Any] = {}
+    for raw_key, item in value.items():
+        key = raw_key
+        if type(key) is not str:
+            if not isinstance(key, str):
+                raise ValidationError(
+                    f"{path} has a key {key!r} of type {type(key).__name__}: JSON keys are str"
+                )
+            key = str.__str__(key)
+        t = type(item)
+        if t is str or t is int or t is bool or item is None:
+            if t is str and "\x00" in item:
+                raise ValidationError(f"{path}[{key!r}] contains a NUL character: remove it")
+            out[key] = item
+        else:
+            out[key] = _copy_value(item, f"{path}[{key!r}]", depth + 1)
+    return out
+
+
+def _copy_value(value: Any, path: str, depth: int) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValidationError(f"{path} contains a NUL character: remove it")
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(
+                f"{path} is {value!r}, which JSON cannot hold: store None or a string instead"
+            )
+        return float(value)
+    if isinstance(value, Mapping):
+        return _copy_mapping(value, path, depth)
+    if isinstance(value, (list, tuple)):
+        if depth > _MAX_DEPTH:
+            raise ValidationError(
+                f"{path} is nested deeper than {_MAX_DEPTH} levels (or is cyclic)"
+            )
+        return [_copy_value(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+    hint = {
+        "set": "use a list",
+        "frozenset": "use a list",
+        "bytes": "decode it to str",
+        "bytearray": "decode it to str",
+        "datetime": "use .isoformat()",
+        "date": "use .isoformat()",
+    }.get(type(value).__name__, "convert it to str, a number, bool, None, a list or a dict")
+    raise ValidationError(f"{path} is a {type(value).__name__}, which JSON cannot hold: {hint}")
+
+
+def make_memory(  # noqa: PLR0917 - positional on the hot path: keywords cost time per call
+    category: object,
+    content: object,
+    metadata: object,
+    priority: object,
+    tags: object,
+    project: object,
+    agent: object,
+    session: object,
+    max_content_bytes: int,
+) -> Memory:
+    """Validate the arguments of collect() and build a Memory with a new id.
+
+    Each check has an exact-type fast path for the common case and falls back to the full
+    check (and its error message) otherwise: this function is most of collect()'s cost.
+    """
+    cat = (
+        category
+        if (type(category) is str and category in _valid_categories)
+        else (check_category(category))
+    )
+    if not (
+        type(content) is str
+        and len(content) > 0
+        and len(content) * 4 <= max_content_bytes
+        and content.isascii()
+        and "\x00" not in content
+    ):
+        content = check_content(content, max_content_bytes)
+    if type(metadata) is dict and metadata:
+        md = _fast_metadata(metadata)
+    else:
+        md = check_metadata(metadata) if metadata else _empty_metadata(metadata)
+    tag_tuple = _fast_tags(tags) if tags else _empty_tags(tags)
+    if project is None and agent is None and session is None:
+        labels: tuple[str | None, str | None, str | None] = (None, None, None)
+    else:
+        labels = check_labels(project, agent, session)
+    if priority is None:
+        prio = DEFAULT_PRIORITY.get(cat, "medium")
+    else:
+        prio = (
+            priority
+            if (type(priority) is str and priority in PRIORITY_RANK)
+            else (check_priority(priority, cat))
+        )
+    now = time.time()
+    return Memory(_id_at(now), cat, content, md, prio, tag_tuple, *labels, now)
+
+
+def _fast_metadata(metadata: dict[Any, Any]) -> dict[str, Any]:
+    # A flat dict of str keys and plain scalars is copied as is; anything else is walked.
+    for key, item in metadata.items():
+        t = type(item)
+        if type(key) is not str or not (
+            t is int
+            or t is bool
+            or item is None
+            or (t is str and "\x00" not in item)
+            or (t is float and item - item == 0)  # false for NaN and ±inf
+        ):
+            return check_metadata(metadata)
+    return metadata.copy()
+
+
+def _fast_tags(tags: object) -> tuple[str, ...]:
+    if isinstance(tags, (list, tuple)) and type(tags) in (list, tuple):
+        for tag in tags:
+            if type(tag) is not str or not tag or len(tag) > _MAX_TAG or "\x00" in tag:
+                return check_tags(tags)
+        return (tags[0],) if len(tags) == 1 else tuple(dict.fromkeys(tags))
+    return check_tags(tags)
+
+
+def _empty_metadata(metadata: object) -> dict[str, Any]:
+    if metadata is None or isinstance(metadata, Mapping):
+        return {}
+    return check_metadata(metadata)
+
+
+def _empty_tags(tags: object) -> tuple[str, ...]:
+    return () if tags is None else check_tags(tags)
+
+
+def memory_from_dict(item: Mapping[str, Any], max_content_bytes: int) -> Memory:
+    """Build a Memory from a dict with the keyword names of collect()."""
+    if not isinstance(item, Mapping):
+        raise ValidationError(f"each item must be a dict, not {type(item).__name__}")
+    unknown = set(item) - _ITEM_KEYS
+    if unknown:
+        raise ValidationError(
+            f"unknown field {sorted(unknown)[0]!r}: use {', '.join(sorted(_ITEM_KEYS))}"
+        )
+    if "category" not in item or "content" not in item:
+        raise ValidationError("each item needs 'category' and 'content'")
+    return make_memory(
+        item["category"],
+        item["content"],
+        item.get("metadata"),
+        item.get("priority"),
+        item.get("tags"),
+        item.get("project"),
+        item.get("agent"),
+        item.get("session"),
+        max_content_bytes,
+    )
+
+
+_ITEM_KEYS = frozenset(
+    {"category", "content", "metadata", "priority", "tags", "project", "agent", "session"}
+)

@@ -1,0 +1,527 @@
+"""The durable spool: an append-only, segmented log of accepted memories on disk.
+
+A frame is `b"MC"`, the payload's length and CRC32 (little-endian u32 each), then the payload
+(the Memory as msgpack). The magic lets a reader find the next frame after a corrupt stretch;
+the CRC tells a torn tail (a write cut short by kill -9) from a record. Each process claims a
+spool directory with an OS file lock; spools whose owner died (lock free) are adopted and
+drained by whoever starts next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import mmap
+import os
+import struct
+import threading
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import msgspec
+
+from .model import Memory
+
+__all__ = ["Segment", "Spool", "encode_frame", "encode_record", "read_frames"]
+
+log = logging.getLogger("memcollect")
+
+MAGIC = b"MC"
+HEADER = struct.Struct("<2sII")
+MAX_PAYLOAD = 64 << 20
+SEGMENT_BYTES = 8 << 20
+# How much of a segment one read-back takes at most (then the next refill goes on from there).
+READ_CHUNK_BYTES = 4 << 20
+
+_encode = encode_record = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(Memory).decode
+
+
+def encode_frame(memory: Memory) -> bytes:
+    """One memory as a framed record."""
+    payload = _encode(memory)
+    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def read_frames(data: bytes, *, final: bool = True) -> tuple[list[tuple[int, Memory]], int, int]:
+    """Every valid frame in `data` as (end offset, memory); corrupt stretches skipped; and
+    where parsing stopped. With final=False an incomplete last frame is not corrupt: it is
+    left for the next read (it is still being written, or was cut by the read's size)."""
+    out: list[tuple[int, Memory]] = []
+    corrupt = 0
+    bad = False
+    pos = 0
+    n = len(data)
+    while pos + HEADER.size <= n:
+        if data[pos] == 0 and not bad and _zeros_from(data, pos):
+            return out, corrupt, pos  # the unwritten, preallocated rest of a segment
+        magic, length, crc = HEADER.unpack_from(data, pos)
+        end = pos + HEADER.size + length
+        if magic == MAGIC and length <= MAX_PAYLOAD:
+            if end > n and not final and not bad:
+                return out, corrupt, pos
+            if end <= n:
+                payload = data[pos + HEADER.size : end]
+                if zlib.crc32(payload) == crc:
+                    try:
+                        out.append((end, _decode(payload)))
+                    except msgspec.DecodeError:
+                        pass
+                    else:
+                        pos, bad = end, False
+                        continue
+        if not bad:
+            corrupt += 1
+            bad = True
+        found = data.find(MAGIC, pos + 1)
+        if found < 0:
+            return out, corrupt, n
+        pos = found
+    if pos < n and final and not bad and not _zeros_from(data, pos):
+        corrupt += 1  # a tail too short to hold a header: a write cut short
+    return out, corrupt, (n if final else pos)
+
+
+def _zeros_from(data: bytes, pos: int) -> bool:
+    return data.count(0, pos) == len(data) - pos
+
+
+class Segment:
+    """One file of the spool, and how much of it is still owed to the store."""
+
+    __slots__ = ("adopted", "number", "outstanding", "path", "read_offset", "sealed", "size")
+
+    def __init__(self, path: Path, number: int, *, adopted: bool = False) -> None:
+        self.path = path
+        self.number = number
+        self.size = 0
+        # Records in it not yet stored or dead-lettered.
+        self.outstanding = 0
+        self.sealed = adopted
+        self.adopted = adopted
+        # Where reading back resumes; None when nothing in it is waiting on disk only.
+        self.read_offset: int | None = None
+
+    def deletable(self) -> bool:
+        """Sealed, read back, and every record in it stored or dead-lettered."""
+        return self.sealed and self.outstanding <= 0 and self.read_offset is None
+
+
+def _try_lock(directory: Path) -> int | None:
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _segment_files(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in directory.glob("seg-*.log"):
+        try:
+            found.append((int(path.stem[4:]), path))
+        except ValueError:
+            continue
+    return sorted(found)
+
+
+class Spool:
+    """The segmented log of one process, plus the orphaned spools it adopted.
+
+    `lock` guards everything here; the collector holds it while appending so that what goes to
+    RAM and what stays on disk keeps its order (it is the inbox's lock).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        fsync: bool,
+        fsync_interval: float,
+        max_bytes: int,
+        segment_bytes: int = SEGMENT_BYTES,
+        lock: threading.Lock | None = None,
+    ) -> None:
+        self.root = root
+        self.fsync = fsync
+        self.fsync_interval = fsync_interval
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        # The collector passes its inbox's lock: one lock keeps what is on disk and what is in
+        # RAM in the same order, and collect() pays for one acquisition, not two.
+        self.lock = lock or threading.Lock()
+        self.drained = threading.Condition(self.lock)
+        self.segments: dict[Path, Segment] = {}
+        # Segments holding records that are on disk only, in the order to read them back.
+        self.backlog: deque[Segment] = deque()
+        self.bytes = 0
+        self.corrupt = 0
+        self.adopted_records = 0
+        self.write_errors = 0
+        self.last_error = ""
+        self._adopted_dirs: dict[Path, int] = {}
+        self._dirty = False
+        self._closed = False
+        root.mkdir(parents=True, exist_ok=True)
+        self.dir, self._lock_fd = self._claim()
+        self._fd = -1
+        self._map: mmap.mmap | None = None
+        self._capacity = 0
+        self.current = self._adopt_all()
+        if self._map is None:
+            log.info("spool %s: memory mapping unavailable, using plain writes", self.dir)
+        self._fsync_thread: threading.Thread | None = None
+        if fsync:
+            self._fsync_stop = threading.Event()
+            self._fsync_thread = threading.Thread(
+                target=self._fsync_loop, name="memcollect-fsync", daemon=True
+            )
+            self._fsync_thread.start()
+
+    # --- ownership -----------------------------------------------------------------------
+
+    def _claim(self) -> tuple[Path, int]:
+        for name in ("main", f"p{os.getpid()}-{os.urandom(4).hex()}"):
+            directory = self.root / name
+            directory.mkdir(exist_ok=True)
+            fd = _try_lock(directory)
+            if fd is not None:
+                return directory, fd
+        raise OSError(f"could not lock a spool directory under {self.root}")
+
+    def _adopt_all(self) -> Segment:
+        """Take over our own leftovers and every spool whose owner is gone; open a segment."""
+        last = 0
+        for number, path in _segment_files(self.dir):
+            self._adopt_segment(path, number)
+            last = max(last, number)
+        for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and p != self.dir):
+            fd = _try_lock(directory)
+            if fd is None:
+                continue  # its owner is alive
+            self._adopted_dirs[directory] = fd
+            for number, path in _segment_files(directory):
+                self._adopt_segment(path, number)
+            self._forget_dir_if_empty(directory)
+        return self._open_segment(last + 1)
+
+    def _adopt_segment(self, path: Path, number: int) -> None:
+        data = path.read_bytes()
+        records, corrupt, end = read_frames(data)
+        self.corrupt += corrupt
+        if corrupt:
+            log.warning("spool %s: skipped %d corrupt stretch(es)", path, corrupt)
+        segment = Segment(path, number, adopted=True)
+        segment.size = end  # where the data ends, not the preallocated size
+        segment.outstanding = len(records)
+        self.adopted_records += len(records)
+        self.bytes += segment.size
+        self.segments[path] = segment
+        if records:
+            segment.read_offset = 0
+            self.backlog.append(segment)
+        else:
+            self._delete(segment)
+
+    def _forget_dir_if_empty(self, directory: Path) -> None:
+        if directory not in self._adopted_dirs:
+            return
+        if any(s.path.parent == directory for s in self.segments.values()):
+            return
+        fd = self._adopted_dirs.pop(directory)
+        for leftover in directory.iterdir():
+            leftover.unlink(missing_ok=True)
+        directory.rmdir()
+        os.close(fd)
+
+    # --- writing -------------------------------------------------------------------------
+
+    def _open_segment(self, number: int, capacity: int | None = None) -> Segment:
+        path = self.dir / f"seg-{number:08d}.log"
+        capacity = max(capacity or 0, self.segment_bytes)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._map = None
+        try:
+            # Reserve the blocks now, so a full disk is an error here and never a SIGBUS
+            # when a page of the mapping is first written.
+            os.posix_fallocate(self._fd, 0, capacity)
+            self._map = mmap.mmap(self._fd, capacity)
+        except (OSError, ValueError):
+            # No mapping here (a filesystem without fallocate): plain writes, which release
+            # the GIL on each call. Not logged: this runs under the lock.
+            os.ftruncate(self._fd, 0)
+        self._capacity = capacity
+        segment = Segment(path, number)
+        self.segments[path] = segment
+        if self.fsync:
+            _fsync_dir(self.dir)
+        return segment
+
+    def append_locked(self, data: bytes, count: int) -> tuple[Segment, int] | None:
+        """Append framed records (caller holds `lock`): their segment and starting offset,
+        or None when the spool is full or the disk refused."""
+        if self._closed or self.bytes + len(data) > self.max_bytes:
+            return None
+        segment = self.current
+        try:
+            if segment.size + len(data) > self._capacity:
+                segment = self._rotate_locked(len(data))
+            start = segment.size
+            if self._map is not None:
+                # A copy into the page cache: no system call, the GIL is kept, and the bytes
+                # belong to the kernel at once, so they outlive a kill -9 of this process.
+                self._map[start : start + len(data)] = data
+            elif os.pwrite(self._fd, data, start) != len(data):
+                raise OSError("short write")
+        except OSError as exc:
+            # Logged by the caller once the lock is released: a logging handler that
+            # collects must not find this lock held.
+            self.write_errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return None
+        segment.size += len(data)
+        segment.outstanding += count
+        self.bytes += len(data)
+        self._dirty = True
+        return segment, start
+
+    def append_one_locked(self, payload: bytes, crc: int) -> tuple[Segment, int] | None:
+        """append_locked for one record, framed in place: no header + payload copy."""
+        size = HEADER.size + len(payload)
+        if self._map is None or self.current.size + size > self._capacity or self._closed:
+            return self.append_locked(HEADER.pack(MAGIC, len(payload), crc) + payload, 1)
+        if self.bytes + size > self.max_bytes:
+            return None
+        segment = self.current
+        start = segment.size
+        HEADER.pack_into(self._map, start, MAGIC, len(payload), crc)
+        self._map[start + HEADER.size : start + size] = payload
+        segment.size += size
+        segment.outstanding += 1
+        self.bytes += size
+        self._dirty = True
+        return segment, start
+
+    def _close_current_locked(self) -> None:
+        """Unmap, trim the preallocated tail, and close the segment being written."""
+        if self._fd < 0:
+            return
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        os.ftruncate(self._fd, self.current.size)
+        if self.fsync:
+            os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        self.current.sealed = True
+
+    def _rotate_locked(self, needed: int = 0) -> Segment:
+        old = self.current
+        self._close_current_locked()
+        self.current = self._open_segment(old.number + 1, needed)
+        if old.deletable():
+            self._delete(old)
+        return self.current
+
+    def seal(self) -> int:
+        """Close the current segment (if it holds anything); the number it had."""
+        with self.lock:
+            if self.current.size:
+                self._rotate_locked()
+            return self.current.number - 1
+
+    def sync(self) -> None:
+        """Make what was appended so far survive power loss."""
+        with self.lock:
+            if self._fd < 0 or not self._dirty:
+                return
+            fd = os.dup(self._fd)
+            self._dirty = False
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _fsync_loop(self) -> None:
+        while not self._fsync_stop.wait(self.fsync_interval):
+            try:
+                self.sync()
+            except OSError as exc:  # pragma: no cover - disk trouble
+                log.error("spool fsync failed: %s", exc)
+
+    # --- reading back --------------------------------------------------------------------
+
+    def start_backlog_locked(self, segment: Segment, offset: int) -> None:
+        """Records from `offset` of `segment` on are on disk only (caller holds `lock`)."""
+        if segment.read_offset is None:
+            segment.read_offset = offset
+            self.backlog.append(segment)
+
+    @property
+    def spilling(self) -> bool:
+        """Whether newer records must stay on disk behind older ones not yet read back."""
+        return bool(self.backlog)
+
+    def read_back_locked(self, limit: int) -> list[tuple[Memory, Segment]]:
+        """Up to `limit` records waiting on disk, oldest first (caller holds `lock`)."""
+        out: list[tuple[Memory, Segment]] = []
+        if self._closed:
+            return out
+        # Sized to the request, so that a small refill does not parse megabytes it leaves.
+        chunk = min(READ_CHUNK_BYTES, max(64 << 10, limit * 1024))
+        while self.backlog and len(out) < limit:
+            segment = self.backlog[0]
+            start = segment.read_offset or 0
+            data = _read(segment.path, start, min(segment.size - start, chunk))
+            # Under the lock every appended frame is complete: reaching the end is the end.
+            whole = start + len(data) >= segment.size
+            records, _, stop = read_frames(data, final=whole)
+            room = limit - len(out)
+            if len(records) > room:
+                records = records[:room]
+                segment.read_offset = start + records[-1][0]
+                out.extend((memory, segment) for _, memory in records)
+                break
+            out.extend((memory, segment) for _, memory in records)
+            if whole:
+                segment.read_offset = None
+                self.backlog.popleft()
+                if segment.deletable():
+                    self._delete(segment)
+            elif stop == 0:
+                chunk *= 2  # one frame larger than a chunk: read more of it at once
+            else:
+                segment.read_offset = start + stop
+        return out
+
+    def find(self, memory_id: str) -> Memory | None:
+        """A record still waiting on disk only, by id (a scan: for get(), not a hot path)."""
+        needle = memory_id.encode()
+        with self.lock:
+            spans = [(s.path, s.read_offset or 0, s.size) for s in self.backlog]
+        for path, start, end in spans:
+            try:
+                data = _read(path, start, end - start)
+            except FileNotFoundError:
+                continue
+            if needle not in data:
+                continue
+            for _, memory in read_frames(data, final=False)[0]:
+                if memory.id == memory_id:
+                    return memory
+        return None
+
+    # --- acknowledging -------------------------------------------------------------------
+
+    def ack(self, segments: Iterable[Segment]) -> None:
+        """Records of these segments were stored, dead-lettered or dropped."""
+        with self.lock:
+            if self._closed:
+                return  # released to the next owner: its files are not ours to delete
+            touched = Counter(segments)
+            for segment, done in touched.items():
+                segment.outstanding -= done
+            for segment in touched:
+                if segment.deletable() and segment.path in self.segments:
+                    self._delete(segment)
+            self.drained.notify_all()
+
+    def _delete(self, segment: Segment) -> None:
+        segment.path.unlink(missing_ok=True)
+        if self.segments.pop(segment.path, None) is not None:
+            self.bytes -= segment.size
+        if segment.adopted:
+            self._forget_dir_if_empty(segment.path.parent)
+
+    def wait_drained(self, number: int, deadline: float) -> bool:
+        """Wait until no own segment up to `number`, and no adopted one, holds records."""
+        with self.lock:
+            while any(
+                (s.adopted or (s.number <= number and s.sealed)) for s in self.segments.values()
+            ):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.drained.wait(min(remaining, 0.5))
+            return True
+
+    # --- state ---------------------------------------------------------------------------
+
+    def pending(self) -> int:
+        """Records on disk not yet stored or dead-lettered."""
+        with self.lock:
+            return sum(max(0, s.outstanding) for s in self.segments.values())
+
+    def segment_count(self) -> int:
+        """Files in the spool now."""
+        with self.lock:
+            return len(self.segments)
+
+    def close(self) -> bool:
+        """Seal, delete what is drained, release the lock; True when nothing was left."""
+        with self.lock:
+            if self._closed:
+                return not self.segments
+            self._closed = True
+            if self._fsync_thread is not None:
+                self._fsync_stop.set()
+            self._close_current_locked()
+            for segment in list(self.segments.values()):
+                if segment.deletable():
+                    self._delete(segment)
+            left = bool(self.segments)
+            for fd in self._adopted_dirs.values():
+                os.close(fd)
+            self._adopted_dirs.clear()
+            os.close(self._lock_fd)
+            if not left and self.dir.name != "main":
+                for leftover in self.dir.iterdir():
+                    leftover.unlink(missing_ok=True)
+                self.dir.rmdir()
+        if left:
+            log.warning("%d memories left in the spool at %s for the next start",
+                        self.pending(), self.dir)  # fmt: skip
+        return not left
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: let go of the parent's files without touching its locks."""
+        if self._map is not None:
+            self._map.close()  # the child's copy of the mapping; the parent's is untouched
+            self._map = None
+        for fd in (self._fd, self._lock_fd, *self._adopted_dirs.values()):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = -1
+        self._closed = True
+        if self._fsync_thread is not None:
+            self._fsync_stop.set()
+
+
+def _read(path: Path, start: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(size)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def iter_spool_records(root: Path) -> Iterator[Memory]:
+    """Every readable record under a spool root (for inspection and tests)."""
+    for directory in sorted(p for p in root.iterdir() if p.is_dir()):
+        for _, path in _segment_files(directory):
+            for _, memory in read_frames(path.read_bytes())[0]:
+                yield memory

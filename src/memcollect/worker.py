@@ -1,0 +1,321 @@
+"""The background worker: batches, writes, retries, bisects and dead-letters."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from .backends.base import Backend, DeadLetter
+from .inbox import Inbox
+from .model import Memory
+from .retry import CircuitBreaker, RetryPolicy, retry_after
+from .stats import Counters
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("memcollect")
+
+Clock = Callable[[], float]
+StoredCallback = Callable[[Sequence[Memory]], None]
+FailureCallback = Callable[[Sequence[Memory], BaseException], None]
+
+
+def content_hash(content: str) -> str:
+    """A short stable digest of the content, for spotting repeats."""
+    return hashlib.blake2b(content.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class Worker:
+    """Moves memories from the inbox to the backend on one thread."""
+
+    def __init__(
+        self,
+        inbox: Inbox,
+        backend: Backend,
+        counters: Counters,
+        *,
+        batch_size: int,
+        batch_timeout: float,
+        policy: RetryPolicy,
+        breaker: CircuitBreaker,
+        on_stored: list[StoredCallback],
+        on_failure: list[FailureCallback],
+        on_done: Callable[[Sequence[Memory]], None] = lambda batch: None,
+        refill: Callable[[], int] | None = None,
+        durable: bool = False,
+        fallback: Backend | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.inbox = inbox
+        self.backend = backend
+        self.counters = counters
+        self.batch_size = batch_size
+        self.batch_timeout = batch_timeout
+        self.policy = policy
+        self.breaker = breaker
+        self.on_stored = on_stored
+        self.on_failure = on_failure
+        self.on_done = on_done
+        # Reads records waiting on disk only back into the inbox; how many it added.
+        self.refill = refill
+        # Whether what is not stored by the close deadline is still kept on disk.
+        self.durable = durable
+        # Where batches go while the primary's circuit is open; moved back once it is not.
+        self.fallback = fallback
+        self.fallback_pending = False
+        self.clock = clock
+        self.thread: threading.Thread | None = None
+        # Set by close(): drain everything, then stop. `deadline` bounds the drain.
+        self.stopping = False
+        self.deadline: float | None = None
+        self._interrupt = threading.Event()
+
+    # --- thread --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self.thread = threading.Thread(target=self._run, name="memcollect-worker", daemon=True)
+        self.thread.start()
+
+    def alive(self) -> bool:
+        """Whether the worker thread is running."""
+        return self.thread is not None and self.thread.is_alive()
+
+    def stop(self, deadline: float) -> None:
+        """Ask the worker to drain what is queued by `deadline` (monotonic), then exit."""
+        self.deadline = deadline
+        self.stopping = True
+        self.inbox.closing = True
+        self._interrupt.set()
+        self.inbox.wakeup.set()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch:
+                    self.process(batch)
+                elif self.stopping:
+                    return
+                if self.fallback_pending and self.breaker.state != "open" and not self.stopping:
+                    self._move_from_fallback()
+        except Exception:  # pragma: no cover - a bug; never take the host process down
+            log.exception("memcollect worker crashed; memories queued from now on are not stored")
+
+    def _next_batch(self) -> list[Memory]:
+        """Wait for a full batch, the linger timeout, a flush, or shutdown; then take one."""
+        inbox = self.inbox
+        linger_until: float | None = None
+        while True:
+            inbox.wakeup.clear()
+            if self.refill is not None and inbox.size <= inbox.max_size // 2:
+                self.refill()
+            size = inbox.size
+            if self.stopping:
+                if self.deadline is not None and self.clock() >= self.deadline:
+                    return []  # out of time: close() counts what is left
+                return inbox.take(self.batch_size)
+            if size and (size >= self.batch_size or inbox.flush_waiters):
+                return inbox.take(self.batch_size)
+            if size:
+                # The linger clock starts with the first memory of a batch.
+                now = self.clock()
+                if linger_until is None:
+                    linger_until = now + self.batch_timeout
+                if now >= linger_until:
+                    return inbox.take(self.batch_size)
+                inbox.wakeup.wait(linger_until - now)
+            else:
+                linger_until = None
+                if self.fallback_pending:
+                    # Idle, with memories to move back: go and move them once the primary's
+                    # circuit allows a try.
+                    if self.breaker.state != "open":
+                        return []
+                    inbox.wakeup.wait(max(0.01, self.breaker.cooldown_left()))
+                else:
+                    inbox.wakeup.wait()
+
+    # --- one batch -----------------------------------------------------------------------
+
+    def process(self, batch: list[Memory]) -> None:
+        """Store one batch (retrying, bisecting and dead-lettering as needed), then release it."""
+        try:
+            for memory in batch:
+                if not memory.content_hash:
+                    memory.content_hash = content_hash(memory.content)
+            self._write(batch)
+        finally:
+            self.inbox.finish()
+
+    def _write(self, batch: list[Memory]) -> None:
+        attempt = 0
+        fallback_failed = False
+        while True:
+            if self.fallback is not None and self.breaker.state == "open":
+                if self._store_in_fallback(batch):
+                    return
+                fallback_failed = True
+            started = self.clock()
+            try:
+                self.backend.write_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - every failure is classified below
+                self.counters.failed += 1
+                kind = self.backend.classify(exc)
+                if kind == "permanent" or (kind is None and attempt >= self.policy.max_retries):
+                    self._split(batch, exc)
+                    return
+                self.breaker.record_failure(exc)
+                if (
+                    self.fallback is not None
+                    and self.breaker.state == "open"
+                    and not (fallback_failed)
+                ):
+                    continue  # the circuit just opened: straight to the fallback
+                delay = self.policy.delay(attempt, retry_after(exc))
+                log.debug("write of %d failed (%s); retrying in %.3fs", len(batch), exc, delay)
+                if not self._sleep(delay):
+                    self._abandon(batch, exc)
+                    return
+                self.counters.retried += 1
+                self.counters.retried_memories += len(batch)
+                attempt += 1
+                continue
+            self.breaker.record_success()
+            self.counters.record_stored(
+                len(batch), self.clock() - started, (m.created_at for m in batch)
+            )
+            self.on_done(batch)
+            self._notify(self.on_stored, batch)
+            return
+
+    def _store_in_fallback(self, batch: list[Memory]) -> bool:
+        """While the primary rests: store the batch in the fallback; False if it failed too."""
+        assert self.fallback is not None
+        started = self.clock()
+        try:
+            self.fallback.write_batch(batch)
+        except Exception as exc:  # noqa: BLE001 - then the primary is tried as usual
+            log.error("fallback %s failed too: %s", self.fallback.url, exc)
+            return False
+        self.fallback_pending = True
+        self.counters.stored_in_fallback += len(batch)
+        self.counters.record_stored(
+            len(batch), self.clock() - started, (m.created_at for m in batch)
+        )
+        self.on_done(batch)
+        self._notify(self.on_stored, batch)
+        return True
+
+    def _move_from_fallback(self) -> None:
+        """Move one batch of what the fallback holds to the primary, then delete it there."""
+        assert self.fallback is not None
+        try:
+            memories = self.fallback.take_oldest(self.batch_size)
+        except Exception as exc:  # noqa: BLE001 - try again on the next pass
+            log.error("could not read the fallback %s: %s", self.fallback.url, exc)
+            return
+        if not memories:
+            self.fallback_pending = False
+            log.info("everything stored in the fallback has moved to %s", self.backend.url)
+            return
+        try:
+            self.backend.write_batch(memories)  # idempotent: a move cut short repeats safely
+        except Exception as exc:  # noqa: BLE001
+            if self.backend.classify(exc) != "permanent" or not self._move_one_by_one(memories):
+                self.breaker.record_failure(exc)
+                return
+        self.breaker.record_success()
+        try:
+            self.fallback.delete([m.id for m in memories])
+        except Exception as exc:  # noqa: BLE001 - moved again later; the primary ignores repeats
+            log.error("could not delete moved memories from the fallback: %s", exc)
+            return
+        self.counters.moved_to_primary += len(memories)
+
+    def _move_one_by_one(self, memories: list[Memory]) -> bool:
+        """A moved batch held a record the primary refuses: dead-letter just that one.
+        False when the primary fails for another reason (try the move again later)."""
+        for memory in memories:
+            try:
+                self.backend.write_batch([memory])
+            except Exception as exc:  # noqa: BLE001
+                if self.backend.classify(exc) != "permanent":
+                    return False
+                letter = DeadLetter(memory, f"{type(exc).__name__}: {exc}", time.time())
+                try:
+                    self.backend.add_dead_letters([letter])
+                except Exception:  # noqa: BLE001
+                    return False
+                self.counters.dead_lettered += 1
+        return True
+
+    def _split(self, batch: list[Memory], exc: BaseException) -> None:
+        """A permanent error: store the good half, narrow down the poison record."""
+        if len(batch) == 1:
+            self._dead_letter(batch[0], exc)
+            return
+        middle = len(batch) // 2
+        self._write(batch[:middle])
+        self._write(batch[middle:])
+
+    def _dead_letter(self, memory: Memory, exc: BaseException) -> None:
+        letter = DeadLetter(memory, f"{type(exc).__name__}: {exc}", time.time())
+        attempt = 0
+        while True:
+            try:
+                self.backend.add_dead_letters([letter])
+                break
+            except Exception as dl_exc:  # noqa: BLE001
+                if self.backend.classify(dl_exc) == "permanent" or not self._sleep(
+                    self.policy.delay(attempt, retry_after(dl_exc))
+                ):
+                    log.error("memory %s could not be dead-lettered: %s", memory.id, dl_exc)
+                    self._abandon([memory], dl_exc)
+                    return
+                attempt += 1
+        self.counters.dead_lettered += 1
+        log.warning("memory %s dead-lettered: %s", memory.id, letter.error)
+        self.on_done([memory])
+        self._notify_failure([memory], exc)
+
+    def _abandon(self, batch: list[Memory], exc: BaseException) -> None:
+        """Give up on a batch (shutdown deadline passed): count it, never silently."""
+        if self.durable:
+            # Still in the spool: the next start (or `memcollect recover`) stores it.
+            log.warning("%d memories left in the spool at the close deadline (%s)", len(batch), exc)
+            return
+        self.counters.drop("shutdown_deadline", len(batch))
+        log.warning("%d memories not stored before the close deadline (%s)", len(batch), exc)
+        self._notify_failure(batch, exc)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait before a retry; False when the shutdown deadline has passed."""
+        if self.deadline is None:
+            self._interrupt.wait(seconds)
+            if self.deadline is None:
+                return True
+        remaining = self.deadline - self.clock()
+        if remaining <= seconds:
+            # Shutting down, and the retry would come after the deadline: give up now, so that
+            # close() sees the batch counted rather than racing the worker to the deadline.
+            return False
+        time.sleep(seconds)
+        return True
+
+    def _notify(self, callbacks: list[StoredCallback], batch: Sequence[Memory]) -> None:
+        for callback in callbacks:
+            try:
+                callback(batch)
+            except Exception:
+                log.exception("on_stored callback %r failed", callback)
+
+    def _notify_failure(self, batch: Sequence[Memory], exc: BaseException) -> None:
+        for callback in self.on_failure:
+            try:
+                callback(batch, exc)
+            except Exception:
+                log.exception("on_failure callback %r failed", callback)

@@ -1,0 +1,36 @@
+"""One fixture per backend; the conformance suite runs on each. New backends add a param."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from memcollect.backends import open_backend
+from memcollect.backends.base import Backend
+
+from ..services import drop_schema, require_postgres
+
+BACKENDS = ["memory", "sqlite", "sqlite-nofts", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """An opened, empty backend of each kind."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    if request.param == "postgresql":
+        url = f"{require_postgres()}?schema={schema}"
+    else:
+        url = {
+            "memory": "memory://",
+            "sqlite": f"sqlite:///{tmp_path}/conformance.db",
+            "sqlite-nofts": f"sqlite:///{tmp_path}/nofts.db?fts=0",
+        }[request.param]
+    store = open_backend(url)
+    store.open()
+    yield store
+    store.close()
+    if request.param == "postgresql":
+        drop_schema(schema)

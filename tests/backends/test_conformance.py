@@ -1,0 +1,132 @@
+"""What every backend must do, run on each of them."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import memcollect as mc
+from memcollect.backends.base import Backend, DeadLetter, SearchQuery
+from memcollect.model import make_memory
+
+UNICODE = [
+    "emoji 🐛🔥 in a bug report",
+    "עברית מימין לשמאל with RTL text",
+    "control chars \t\x01\x1f\x7f kept",
+    "CJK 日本語のテキスト",
+    "combining e\u0301 and zero\u200bwidth",
+]
+
+
+def mem(content: str, category: str = "note", **kw: object) -> mc.Memory:
+    args: dict[str, object] = dict(
+        metadata=None, priority=None, tags=None, project=None, agent=None, session=None
+    )
+    args.update(kw)
+    memory = make_memory(category, content, max_content_bytes=1 << 20, **args)  # type: ignore[arg-type]
+    memory.content_hash = "h" * 32
+    return memory
+
+
+def test_writes_are_idempotent(backend: Backend) -> None:
+    batch = [mem(f"m{i}") for i in range(10)]
+    backend.write_batch(batch)
+    backend.write_batch(batch)
+    backend.write_batch([*batch[3:6], mem("new")])
+    assert backend.count() == 11
+
+
+def test_every_field_round_trips(backend: Backend) -> None:
+    original = mem(
+        "full record",
+        "architecture",
+        metadata={"nested": {"list": [1, 2.5, None, True, "x"]}, "n": -3},
+        priority="critical",
+        tags=["a", "b"],
+        project="web",
+        agent="qa",
+        session="s-1",
+    )
+    backend.write_batch([original])
+    assert backend.get(original.id) == original
+    assert backend.get("01nosuchid0000000000000000") is None
+
+
+@pytest.mark.parametrize("text", UNICODE)
+def test_unicode_round_trips(backend: Backend, text: str) -> None:
+    m = mem(text, metadata={"k": text}, tags=[text[:10]])
+    backend.write_batch([m])
+    assert backend.get(m.id) == m
+
+
+def test_counts_and_recent(backend: Backend) -> None:
+    backend.write_batch([mem(f"b{i}", "bug") for i in range(3)] + [mem("f", "feedback")])
+    assert backend.count() == 4
+    assert backend.count("bug") == 3
+    assert backend.count("nothing") == 0
+    assert backend.count_by_category() == {"bug": 3, "feedback": 1}
+    newest = backend.recent(2)
+    assert [m.content for m in newest] == ["f", "b2"]
+    assert [m.content for m in backend.recent(10, "bug")] == ["b2", "b1", "b0"]
+
+
+def test_search_ranks_the_best_match_first(backend: Backend) -> None:
+    backend.write_batch(
+        [
+            mem("Login fails on Safari 17 after password reset"),
+            mem("Safari renders the header too wide"),
+            mem("Login page is slow"),
+            mem("Unrelated note about billing"),
+        ]
+    )
+    hits = backend.search(SearchQuery(text="safari login", limit=10))
+    assert hits[0].content == "Login fails on Safari 17 after password reset"
+    assert {h.content for h in hits[1:]} == {
+        "Safari renders the header too wide",
+        "Login page is slow",
+    }
+    assert backend.search(SearchQuery(text="nonexistentword")) == []
+
+
+def test_search_filters(backend: Backend) -> None:
+    t0 = time.time()
+    backend.write_batch(
+        [
+            mem("timeout in payments", "error", tags=["pay", "prod"], project="shop", agent="a1"),
+            mem("timeout in search", "error", tags=["search"], project="shop", agent="a2"),
+            mem("timeout in payments", "bug", tags=["pay"], project="blog", session="s9"),
+        ]
+    )
+
+    def contents(**kw: object) -> list[str]:
+        hits = backend.search(SearchQuery(text="timeout", limit=10, **kw))  # type: ignore[arg-type]
+        return sorted(f"{h.category}:{h.content}" for h in hits)
+
+    assert contents(category="error") == ["error:timeout in payments", "error:timeout in search"]
+    assert contents(tags=("pay",)) == ["bug:timeout in payments", "error:timeout in payments"]
+    assert contents(tags=("pay", "prod")) == ["error:timeout in payments"]
+    assert contents(project="blog") == ["bug:timeout in payments"]
+    assert contents(agent="a2") == ["error:timeout in search"]
+    assert contents(session="s9") == ["bug:timeout in payments"]
+    assert len(contents(since=t0 - 60)) == 3
+    assert contents(until=t0 - 60) == []
+    # No words: the filters alone, newest first.
+    assert [h.content for h in backend.search(SearchQuery(project="shop", limit=1))] == [
+        "timeout in search"
+    ]
+
+
+def test_dead_letters(backend: Backend) -> None:
+    a, b = mem("poison a"), mem("poison b")
+    backend.add_dead_letters([DeadLetter(a, "PermanentBackendError: bad", 1.0)])
+    backend.add_dead_letters([DeadLetter(b, "PermanentBackendError: worse", 2.0)])
+    letters = backend.dead_letters()
+    assert [(d.memory, d.error) for d in letters] == [
+        (a, "PermanentBackendError: bad"),
+        (b, "PermanentBackendError: worse"),
+    ]
+    assert len(backend.dead_letters(limit=1)) == 1
+    backend.remove_dead_letters([a.id])
+    assert [d.memory.id for d in backend.dead_letters()] == [b.id]
+    assert backend.count() == 0  # dead letters are not memories

@@ -1,0 +1,118 @@
+"""What only the PostgreSQL backend does: real poison rows, killed sessions, error classes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import errors as pg_errors
+
+import memcollect as mc
+from memcollect.backends.postgres import PostgresBackend, websearch_text
+
+from ..services import POSTGRES_URL, drop_schema, require_postgres
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL to a schema of this test's own, dropped afterwards."""
+    base = require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield f"{base}?schema={schema}&pool_timeout=2"
+    drop_schema(schema)
+
+
+def schema_of(url: str) -> str:
+    return url.split("schema=")[1].split("&", maxsplit=1)[0]
+
+
+def test_collector_on_postgres_stores_and_recalls(pg_url: str, tmp_path: Path) -> None:
+    with mc.MemoryCollector(pg_url, data_dir=str(tmp_path)) as c:
+        ids = c.collect_batch(
+            [
+                {"category": "bug", "content": f"checkout fails on firefox {i}", "tags": ["web"]}
+                for i in range(500)
+            ]
+        )
+        c.collect("decision", "Use PostgreSQL once many hosts write", project="infra")
+        assert c.flush(timeout=30)
+        assert c.count() == 501 and c.count("bug") == 500
+        assert len(c.search("firefox checkout", tags=["web"], limit=1000)) == 500
+        assert [m.project for m in c.search("postgresql hosts")] == ["infra"]
+        assert c.get(ids[0]) is not None
+
+
+def test_a_row_postgres_refuses_is_dead_lettered_alone(pg_url: str, tmp_path: Path) -> None:
+    schema = schema_of(pg_url)
+    with mc.MemoryCollector(pg_url, data_dir=str(tmp_path), batch_timeout=1.0) as c:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(
+                f'ALTER TABLE "{schema}".memories ADD CONSTRAINT no_poison '
+                "CHECK (content <> 'poison')"
+            )
+        c.collect_batch(
+            [
+                {"category": "note", "content": "poison" if i == 17 else f"good {i}"}
+                for i in range(40)
+            ]
+        )
+        assert c.flush(timeout=30)
+        assert c.count() == 39
+        letters = c.dead_letters()
+        assert [d.memory.content for d in letters] == ["poison"]
+        assert "CheckViolation" in letters[0].error
+
+
+def test_killed_sessions_are_retried_without_loss(pg_url: str, tmp_path: Path) -> None:
+    with mc.MemoryCollector(pg_url, data_dir=str(tmp_path), retry_base=0.01, retry_max=0.2) as c:
+        c.collect("note", "warm up the pool")
+        assert c.flush(timeout=30)
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = '' AND pid <> pg_backend_pid() "
+                "AND datname = current_database() AND backend_type = 'client backend'"
+            ).fetchone()
+        assert killed is not None and killed[0] >= 1
+        ids = [c.collect("error", f"after the kill {i}") for i in range(200)]
+        assert c.flush(timeout=30)
+        assert {m.id for m in c.search("kill", limit=1000)} == set(ids)
+
+
+def test_error_classification() -> None:
+    backend = PostgresBackend("postgresql://nobody@127.0.0.1:1/none")
+    assert backend.classify(psycopg.OperationalError("server closed the connection")) == (
+        "transient"
+    )
+    assert backend.classify(pg_errors.QueryCanceled("statement timeout")) == "transient"
+    assert backend.classify(pg_errors.AdminShutdown("terminating connection")) == "transient"
+    assert backend.classify(pg_errors.SerializationFailure("retry")) == "transient"
+    assert backend.classify(pg_errors.CheckViolation("no")) == "permanent"
+    assert backend.classify(pg_errors.InvalidTextRepresentation("bad")) == "permanent"
+    assert backend.classify(pg_errors.UndefinedTable("gone")) is None
+
+
+def test_a_collector_starts_while_postgres_is_down_and_stores_later(tmp_path: Path) -> None:
+    # Port 1 refuses: the collector starts anyway, and keeps what it collects in the spool.
+    url = "postgresql://postgres@127.0.0.1:1/test?pool_timeout=0.5&connect_timeout=1"
+    c = mc.MemoryCollector(url, data_dir=str(tmp_path), retry_base=0.01, retry_max=0.05)
+    c.collect("bug", "collected while the database is unreachable")
+    assert c.stats().spool_pending == 1
+    c.close(timeout=0.5)
+    assert c.stats().dropped == 0  # kept in the spool for the next start
+
+
+def test_plain_words_are_ored_and_syntax_passes_through() -> None:
+    assert websearch_text("Safari login") == "safari or login"
+    assert websearch_text('"exact phrase" -excluded') == '"exact phrase" -excluded'
+    assert websearch_text("a OR b") == "a OR b"
+
+
+def test_bad_url_options_are_named() -> None:
+    with pytest.raises(mc.ValidationError, match="schema"):
+        PostgresBackend("postgresql://x@localhost/db?schema=Bad-Name")
+    with pytest.raises(mc.ValidationError, match="pool_size"):
+        PostgresBackend("postgresql://x@localhost/db?pool_size=many")

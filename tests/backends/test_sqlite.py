@@ -1,0 +1,136 @@
+"""What only the SQLite backend does: FTS syntax, migrations, concurrency, error classes."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+import memcollect as mc
+from memcollect.backends.base import SearchQuery
+from memcollect.backends.sqlite import SCHEMA_VERSION, SQLiteBackend, fts_query
+
+from .test_conformance import mem
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteBackend:
+    backend = SQLiteBackend(f"sqlite:///{tmp_path}/s.db")
+    backend.open()
+    return backend
+
+
+@pytest.mark.parametrize("query", ['"unbalanced', "safari AND", "(login OR", "NOT"])
+def test_malformed_fts_syntax_is_a_validation_error(store: SQLiteBackend, query: str) -> None:
+    store.write_batch([mem("login fails on safari")])
+    with pytest.raises(mc.ValidationError, match="not valid full-text syntax"):
+        store.search(SearchQuery(text=query))
+    store.close()
+
+
+def test_plain_text_with_punctuation_never_fails(store: SQLiteBackend) -> None:
+    store.write_batch([mem("KeyError 'user_id' in webhook handler (checkout)")])
+    for text in ["KeyError: 'user_id'?", "what's wrong with checkout-api", "a:b c.d", "-x +y"]:
+        store.search(SearchQuery(text=text))
+    hits = store.search(SearchQuery(text="KeyError: 'user_id'?"))
+    assert [h.content for h in hits] == ["KeyError 'user_id' in webhook handler (checkout)"]
+    store.close()
+
+
+def test_fts_operators_work_when_used_on_purpose(store: SQLiteBackend) -> None:
+    store.write_batch([mem("login fails on safari"), mem("login works on chrome")])
+    hits = store.search(SearchQuery(text="login AND safari"))
+    assert [h.content for h in hits] == ["login fails on safari"]
+    hits = store.search(SearchQuery(text='"works on"'))
+    assert [h.content for h in hits] == ["login works on chrome"]
+    hits = store.search(SearchQuery(text="saf*"))
+    assert [h.content for h in hits] == ["login fails on safari"]
+    store.close()
+
+
+def test_plain_queries_are_quoted_and_ored() -> None:
+    assert fts_query("Safari login") == '"safari" OR "login"'
+    assert fts_query("the of and") == '"the" OR "of" OR "and"'  # only stopwords: keep them
+    assert fts_query("the login") == '"login"'
+    assert fts_query("?!") is None
+
+
+def test_schema_version_is_recorded_and_a_newer_one_refused(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    first = SQLiteBackend(f"sqlite:///{path}")
+    first.open()
+    first.close()
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT value FROM memcollect_meta WHERE key='schema_version'")
+        assert int(row.fetchone()[0]) == SCHEMA_VERSION
+        conn.execute("UPDATE memcollect_meta SET value='999' WHERE key='schema_version'")
+    with pytest.raises(mc.ValidationError, match="upgrade memcollect"):
+        SQLiteBackend(f"sqlite:///{path}").open()
+
+
+def test_fts_index_is_built_for_existing_rows_when_turned_on(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/late.db"
+    plain = SQLiteBackend(url + "?fts=0")
+    plain.open()
+    plain.write_batch([mem("written before the index existed")])
+    plain.close()
+    indexed = SQLiteBackend(url)
+    indexed.open()
+    assert [m.content for m in indexed.search(SearchQuery(text="index existed"))] == [
+        "written before the index existed"
+    ]
+    indexed.close()
+
+
+def test_duplicate_writes_do_not_duplicate_the_index(store: SQLiteBackend) -> None:
+    m = mem("indexed once")
+    store.write_batch([m])
+    store.write_batch([m])
+    assert len(store.search(SearchQuery(text="indexed"))) == 1
+    store.close()
+
+
+def test_concurrent_migration_and_writers_on_one_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/shared.db?busy_timeout=30"
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            backend = SQLiteBackend(url)
+            backend.open()
+            for i in range(20):
+                backend.write_batch([mem(f"w{n} b{i} r{j}") for j in range(10)])
+            backend.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    check = SQLiteBackend(url)
+    assert check.count() == 6 * 20 * 10
+    check.close()
+
+
+def test_error_classification(store: SQLiteBackend) -> None:
+    busy = sqlite3.OperationalError("database is locked")
+    busy.sqlite_errorcode = 5  # type: ignore[attr-defined]
+    assert store.classify(busy) == "transient"
+    generic = sqlite3.OperationalError("no such table: memories")
+    generic.sqlite_errorcode = 1  # type: ignore[attr-defined]
+    assert store.classify(generic) is None
+    assert store.classify(sqlite3.IntegrityError("NOT NULL")) == "permanent"
+    assert store.classify(mc.TransientBackendError("x")) == "transient"
+    store.close()
+
+
+def test_bad_url_options_are_named(tmp_path: Path) -> None:
+    with pytest.raises(mc.ValidationError, match="unknown sqlite option 'ftz'"):
+        SQLiteBackend(f"sqlite:///{tmp_path}/x.db?ftz=0")
+    with pytest.raises(mc.ValidationError, match="busy_timeout"):
+        SQLiteBackend(f"sqlite:///{tmp_path}/x.db?busy_timeout=soon")

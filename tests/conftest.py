@@ -1,0 +1,43 @@
+"""Shared fixtures: every collector a test makes is closed, in a data dir of its own."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import memcollect as mc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No MEMCOLLECT_* from the developer's shell, no config file from the repo."""
+    for key in list(os.environ):
+        if key.startswith("MEMCOLLECT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def make_collector(tmp_path: Path) -> Iterator[Callable[..., mc.MemoryCollector]]:
+    """Build collectors (defaults: memory durability, SQLite in tmp_path); all closed after."""
+    made: list[mc.MemoryCollector] = []
+
+    def make(target: Any = None, **fields: Any) -> mc.MemoryCollector:
+        fields.setdefault("data_dir", str(tmp_path / "data"))
+        fields.setdefault("durability", "memory")
+        fields.setdefault("batch_timeout", 0.005)
+        fields.setdefault("retry_base", 0.001)
+        fields.setdefault("retry_max", 0.01)
+        collector = mc.MemoryCollector(target, **fields)
+        made.append(collector)
+        return collector
+
+    yield make
+    for collector in made:
+        collector.close(timeout=5)

@@ -1,0 +1,117 @@
+"""Servers some tests need: found, or skipped loudly (and failed under CI=true)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+
+POSTGRES_URL = os.environ.get(
+    "MEMCOLLECT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def require_postgres() -> str:
+    """The test server's URL, or skip (fail in CI) when it does not answer."""
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:
+        message = (
+            f"PostgreSQL at {POSTGRES_URL} is unreachable ({type(exc).__name__}: {exc}); "
+            "start it (see .ci/run) or set MEMCOLLECT_TEST_POSTGRES_URL"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip("!!! SKIPPED, NOT TESTED: " + message)
+    return POSTGRES_URL
+
+
+def drop_schema(schema: str) -> None:
+    """Remove a test's schema and everything in it."""
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+class TcpProxy:
+    """A loopback TCP proxy to a server: stop() is an outage (refused, and open connections
+    cut), start() on the same port is the recovery. For tests only; bounded to this machine."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        import socket
+        import threading
+
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._socket_mod = socket
+        self._threading = threading
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        # Bumped by stop(): a connection accepted by an earlier listener must not survive it.
+        self._generation = 0
+
+    def start(self) -> None:
+        """Listen (on the same port as before, after a stop)."""
+        socket = self._socket_mod
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._threading.Thread(
+            target=self._accept, args=(listener, self._generation), daemon=True
+        ).start()
+
+    def stop(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        with self._lock:
+            self._generation += 1
+            conns, self._conns = self._conns, []
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(self._socket_mod.SHUT_RDWR)
+            conn.close()
+
+    def _accept(self, listener: object, generation: int) -> None:
+        socket = self._socket_mod
+        while True:
+            try:
+                client, _ = listener.accept()  # type: ignore[attr-defined]
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                if generation != self._generation:  # stopped meanwhile: this one too
+                    client.close()
+                    server.close()
+                    return
+                self._conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                self._threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: object, sink: object) -> None:
+        try:
+            while data := source.recv(65536):  # type: ignore[attr-defined]
+                sink.sendall(data)  # type: ignore[attr-defined]
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.close()  # type: ignore[attr-defined]

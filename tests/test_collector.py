@@ -1,0 +1,295 @@
+"""MemoryCollector: collect, read-your-writes, flush, close, threads, asyncio, queue policies."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import memcollect as mc
+from memcollect.backends.memory import MemoryBackend
+from memcollect.testing import FaultyBackend
+
+Make = Callable[..., mc.MemoryCollector]
+
+
+def test_collect_returns_an_id_and_stores_every_field(make_collector: Make) -> None:
+    c = make_collector()
+    mid = c.collect(
+        "bug",
+        "Login fails on Safari 17",
+        {"module": "auth"},
+        priority="critical",
+        tags=["auth"],
+        project="web",
+        agent="qa",
+        session="s-42",
+    )
+    assert c.flush()
+    stored = c.get(mid)
+    assert stored is not None
+    assert (stored.category, stored.content, stored.metadata, stored.priority) == (
+        "bug",
+        "Login fails on Safari 17",
+        {"module": "auth"},
+        "critical",
+    )
+    assert (stored.tags, stored.project, stored.agent, stored.session) == (
+        ("auth",),
+        "web",
+        "qa",
+        "s-42",
+    )
+    assert len(stored.content_hash) == 32
+
+
+def test_get_sees_memories_still_queued(make_collector: Make) -> None:
+    backend = FaultyBackend()
+    backend.go_down()
+    c = make_collector(backend)
+    mid = c.collect("note", "not stored yet")
+    found = c.get(mid)
+    assert found is not None and found.content == "not stored yet"
+    assert backend.inner.get(mid) is None
+    backend.come_back()
+    assert c.flush()
+    assert backend.inner.get(mid) is not None
+
+
+def test_invalid_input_raises_before_anything_is_queued(make_collector: Make) -> None:
+    c = make_collector()
+    with pytest.raises(mc.ValidationError, match="category"):
+        c.collect("Not A Slug", "x")
+    with pytest.raises(mc.ValidationError, match="item 1: content"):
+        c.collect_batch([{"category": "bug", "content": "ok"}, {"category": "bug", "content": ""}])
+    assert c.flush()
+    assert c.stats().accepted == 0
+    assert c.count() == 0
+
+
+def test_collect_batch_stores_all(make_collector: Make) -> None:
+    c = make_collector()
+    ids = c.collect_batch(
+        [{"category": "feedback", "content": f"item {i}", "tags": ["t"]} for i in range(500)]
+    )
+    assert len(set(ids)) == 500
+    assert c.flush()
+    assert c.count() == 500
+    assert c.count("feedback") == 500
+
+
+def test_many_threads_lose_and_duplicate_nothing(make_collector: Make) -> None:
+    c = make_collector(batch_size=64, max_queue_size=1_000_000)
+    ids: list[list[str]] = [[] for _ in range(8)]
+
+    def produce(slot: int) -> None:
+        for i in range(2_000):
+            ids[slot].append(c.collect("qa", f"thread {slot} item {i}"))
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert c.flush(timeout=60)
+    every = [i for chunk in ids for i in chunk]
+    assert len(set(every)) == 16_000
+    assert c.count() == 16_000
+    stats = c.stats()
+    assert stats.accepted == stats.stored == 16_000
+    assert stats.queue_depth == 0 and stats.dropped == 0
+
+
+def test_asyncio_collect_and_aflush_do_not_block_the_loop(make_collector: Make) -> None:
+    c = make_collector()
+
+    async def main() -> list[str]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        ids = await asyncio.gather(*(c.collect_async("error", f"e{i}") for i in range(300)))
+        assert await c.aflush()
+        task.cancel()
+        assert ticks > 0  # the loop kept running while aflush waited
+        return list(ids)
+
+    ids = asyncio.run(main())
+    assert len(set(ids)) == 300
+    assert c.count("error") == 300
+
+
+def test_async_context_manager_closes(tmp_path: Any) -> None:
+    async def main() -> mc.MemoryCollector:
+        async with mc.MemoryCollector("memory://", durability="memory") as c:
+            await c.collect_async("note", "async with")
+        return c
+
+    c = asyncio.run(main())
+    assert c.count() == 1
+    assert c.health().status == "failing"  # closed
+
+
+def test_close_is_idempotent_and_stores_what_was_queued(make_collector: Make) -> None:
+    backend = MemoryBackend()
+    c = make_collector(backend, batch_timeout=10.0)  # would linger without close
+    for i in range(10):
+        c.collect("note", f"n{i}")
+    c.close()
+    c.close()
+    assert backend.count() == 10
+
+
+def test_collect_after_close_is_counted_not_raised(make_collector: Make) -> None:
+    c = make_collector()
+    c.close()
+    c.collect("note", "too late")
+    stats = c.stats()
+    assert stats.dropped_by_reason == {"closed": 1}
+    assert stats.accepted == 1
+
+
+def test_priorities_go_first_when_there_is_a_backlog(make_collector: Make) -> None:
+    backend = FaultyBackend()
+    backend.go_down()
+    order: list[str] = []
+    c = make_collector(backend, batch_size=4)
+    c.on_stored(lambda batch: order.extend(m.priority for m in batch))
+    c.collect("note", "first", priority="low")
+    # The first write fails and retries; the rest queue up behind it.
+    for priority in ["low", "medium", "high", "critical", "low", "critical"]:
+        c.collect("note", priority, priority=priority)
+    backend.come_back()
+    assert c.flush()
+    rest = order[order.index("low") + 1 :] if order[0] == "low" else order
+    assert rest[:2] == ["critical", "critical"]
+    assert rest.index("high") < rest.index("medium") < len(rest) - 1
+
+
+def test_on_full_drop_lowest_evicts_the_oldest_lowest(make_collector: Make) -> None:
+    backend = FaultyBackend()
+    backend.go_down()
+    # A long linger keeps everything queued (not in flight), so the bound is hit exactly.
+    c = make_collector(
+        backend, max_queue_size=3, on_full="drop_lowest", batch_size=1000, batch_timeout=30.0
+    )
+    low1 = c.collect("note", "low-1", priority="low")
+    low2 = c.collect("note", "low-2", priority="low")
+    c.collect("note", "medium", priority="medium")
+    c.collect("error", "critical")  # full: evicts the oldest low, low-1
+    assert c.get(low1) is None and c.get(low2) is not None
+    c.collect("note", "low-3", priority="low")  # a tie: the older low-2 goes, low-3 stays
+    assert c.get(low2) is None
+    c.collect("bug", "high")  # evicts low-3, the last low
+    doomed = c.collect("note", "low-4", priority="low")  # lower than all queued: itself dropped
+    assert c.get(doomed) is None
+    assert c.stats().dropped_by_reason == {"queue_full": 4}
+    backend.come_back()
+    assert c.flush()
+    assert sorted(m.content for m in backend.inner.recent(10)) == ["critical", "high", "medium"]
+    stats = c.stats()
+    assert stats.accepted == stats.stored + stats.dropped == 7
+
+
+def test_health_degrades_while_drops_are_recent() -> None:
+    now = [1000.0]
+    backend = FaultyBackend()
+    backend.go_down()
+    c = mc.MemoryCollector(
+        backend,
+        durability="memory",
+        max_queue_size=1,
+        batch_timeout=30.0,
+        clock=lambda: now[0],
+    )
+    c.collect("note", "kept")
+    c.collect("note", "evicts the first")
+    health = c.health()
+    assert health.status == "degraded"
+    assert any("dropped" in r for r in health.reasons)
+    backend.come_back()
+    assert c.flush()
+    assert c.health().status == "degraded"  # the queue is empty, but the drop is recent
+    now[0] += 301
+    assert c.health().status == "ok"
+    c.close()
+
+
+def test_on_full_raise(make_collector: Make) -> None:
+    backend = FaultyBackend()
+    backend.go_down()
+    c = make_collector(
+        backend, max_queue_size=2, on_full="raise", batch_size=1000, batch_timeout=30.0
+    )
+    c.collect("note", "a")
+    c.collect("note", "b")
+    with pytest.raises(mc.QueueFullError, match="max_queue_size=2"):
+        c.collect("note", "c")
+    backend.come_back()
+
+
+def test_on_full_block_waits_for_room_then_times_out(make_collector: Make) -> None:
+    backend = FaultyBackend()
+    backend.go_down()
+    c = make_collector(
+        backend,
+        max_queue_size=2,
+        on_full="block",
+        block_timeout=0.05,
+        batch_size=1000,
+        batch_timeout=30.0,
+    )
+    c.collect("note", "a")
+    c.collect("note", "b")
+    c.collect("note", "c")  # blocks 50 ms, then is dropped and counted
+    assert c.stats().dropped_by_reason == {"queue_full": 1}
+    # With room made in time, a blocked collect() goes through.
+    released = threading.Timer(0.02, backend.come_back)
+    released.start()
+    c2 = make_collector(
+        FaultyBackend(), max_queue_size=1, on_full="block", block_timeout=5.0, batch_size=1
+    )
+    for i in range(50):
+        c2.collect("note", f"x{i}")
+    assert c2.flush()
+    assert c2.stats().dropped == 0 and c2.count() == 50
+    released.join()
+
+
+def test_stats_and_latencies_are_reported(make_collector: Make) -> None:
+    c = make_collector(batch_size=10)
+    for i in range(100):
+        c.collect("performance", f"p{i}")
+    assert c.flush()
+    s = c.stats()
+    assert s.stored == 100 and s.batches >= 10
+    assert s.batch_write_latency.samples == s.batches
+    assert s.accept_to_stored_latency.samples == 100
+    assert 0 < s.accept_to_stored_latency.p50_ms <= s.accept_to_stored_latency.p99_ms
+    assert s.throughput_per_s > 0 and s.uptime_s > 0
+    assert s.to_dict()["stored"] == 100
+
+
+def test_callbacks_see_stored_batches_and_a_failing_callback_is_harmless(
+    make_collector: Make,
+) -> None:
+    seen: list[str] = []
+    c = make_collector(on_stored=lambda batch: seen.extend(m.id for m in batch))
+
+    @c.on_stored
+    def broken(batch: Any) -> None:
+        raise RuntimeError("user bug")
+
+    ids = [c.collect("note", f"n{i}") for i in range(20)]
+    assert c.flush()
+    assert sorted(seen) == sorted(ids)
+    c.collect("note", "after the broken callback")
+    assert c.flush() and c.count() == 21

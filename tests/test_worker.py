@@ -1,0 +1,142 @@
+"""Retries, the circuit breaker, poison records, dead letters, shutdown against a dead store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+import memcollect as mc
+from memcollect.backends.sqlite import SQLiteBackend
+from memcollect.retry import CircuitBreaker, RetryPolicy
+from memcollect.testing import FaultyBackend
+
+Make = Callable[..., mc.MemoryCollector]
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
+    top = RetryPolicy(base=0.1, cap=1.0, max_retries=5, rng=lambda: 0.999999)
+    assert [round(top.delay(n), 3) for n in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    bottom = RetryPolicy(base=0.1, cap=1.0, max_retries=5, rng=lambda: 0.0)
+    assert bottom.delay(3) == 0.0
+    assert top.delay(200) == pytest.approx(1.0, rel=1e-5)  # no overflow for long outages
+
+
+def test_retry_after_is_a_floor_not_a_hint() -> None:
+    policy = RetryPolicy(base=0.1, cap=1.0, max_retries=5, rng=lambda: 0.5)
+    assert policy.delay(0, retry_after=7.0) == 7.0
+    assert policy.delay(3, retry_after=0.01) == pytest.approx(0.4)
+
+
+def test_circuit_breaker_opens_and_half_opens_on_an_injected_clock() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=3, cooldown=10.0, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.record_failure(OSError("down"))
+    assert breaker.state == "closed"
+    breaker.record_failure(OSError("down"))
+    assert breaker.state == "open"
+    now[0] = 9.9
+    assert breaker.state == "open"
+    now[0] = 10.0
+    assert breaker.state == "half_open"
+    breaker.record_success()
+    assert breaker.state == "closed" and breaker.failures == 0
+
+
+def test_transient_failures_are_retried_until_stored(make_collector: Make) -> None:
+    backend = FaultyBackend()
+    backend.fail_next(3)
+    c = make_collector(backend, max_retries=5)
+    ids = [c.collect("error", f"e{i}") for i in range(5)]
+    assert c.flush()
+    assert sorted(backend.written) == sorted(ids)
+    s = c.stats()
+    assert s.retried == 3 and s.failed == 3 and s.stored == 5 and s.dead_lettered == 0
+    assert c.health().status == "ok"
+
+
+def test_outage_opens_the_circuit_and_health_says_so(make_collector: Make) -> None:
+    backend = FaultyBackend()
+    backend.go_down(mc.TransientBackendError("connection refused"))
+    c = make_collector(backend, max_retries=2, retry_base=0.001, retry_max=0.005)
+    c.collect("bug", "during the outage")
+    deadline = time.monotonic() + 10
+    while c.health().status != "failing" and time.monotonic() < deadline:
+        time.sleep(0.005)
+    health = c.health()
+    assert health.status == "failing"
+    assert any("circuit" in r and "connection refused" in r for r in health.reasons)
+    assert c.stats().dead_lettered == 0  # an outage never dead-letters
+    backend.come_back()
+    assert c.flush()
+    assert c.health().status == "ok"
+    assert backend.inner.count() == 1
+
+
+def test_a_poison_record_is_dead_lettered_and_its_batch_stored(make_collector: Make) -> None:
+    backend = FaultyBackend(poison=lambda m: m.content == "poison")
+    failures: list[tuple[list[str], str]] = []
+    c = make_collector(
+        backend,
+        batch_size=64,
+        batch_timeout=1.0,
+        on_failure=lambda ms, exc: failures.append(([m.content for m in ms], str(exc))),
+    )
+    contents = [f"good {i}" for i in range(63)]
+    contents.insert(40, "poison")
+    c.collect_batch([{"category": "note", "content": text} for text in contents])
+    assert c.flush()
+    assert backend.inner.count() == 63
+    letters = c.dead_letters()
+    assert [d.memory.content for d in letters] == ["poison"]
+    assert "PermanentBackendError" in letters[0].error
+    assert failures == [(["poison"], f"poison record {letters[0].memory.id}")]
+    # Bisection narrows one poison record in 64 down in about 2*log2(64) writes, not 64.
+    assert backend.write_calls <= 2 * 6 + 1
+    s = c.stats()
+    assert (s.stored, s.dead_lettered) == (63, 1)
+
+
+def test_dead_letters_persist_and_can_be_retried(make_collector: Make, tmp_path: object) -> None:
+    poisoned = {"yes": True}
+    backend = FaultyBackend(
+        SQLiteBackend(f"sqlite:///{tmp_path}/dl.db"),
+        poison=lambda m: poisoned["yes"] and m.content.startswith("bad"),
+    )
+    c = make_collector(backend)
+    c.collect("note", "bad one")
+    c.collect("note", "fine")
+    assert c.flush()
+    assert [d.memory.content for d in c.dead_letters()] == ["bad one"]
+    poisoned["yes"] = False  # the store was fixed
+    assert c.retry_dead_letters() == 1
+    assert c.flush()
+    assert c.dead_letters() == []
+    assert sorted(m.content for m in c.recent(10)) == ["bad one", "fine"]
+
+
+def test_unclassified_errors_are_retried_then_bisected(make_collector: Make) -> None:
+    backend = FaultyBackend()
+    backend.fail_next(10, RuntimeError("mystery"))
+    c = make_collector(backend, max_retries=2)
+    c.collect("note", "only one")
+    assert c.flush()
+    # Three attempts (two retries) failed, then the single record was dead-lettered.
+    assert [d.error for d in c.dead_letters()] == ["RuntimeError: mystery"]
+
+
+def test_close_against_a_dead_backend_is_bounded(make_collector: Make) -> None:
+    backend = FaultyBackend()
+    backend.go_down()
+    c = make_collector(backend, retry_base=5.0, retry_max=60.0)  # long sleeps between retries
+    for i in range(100):
+        c.collect("note", f"n{i}")
+    started = time.monotonic()
+    c.close(timeout=0.3)
+    # The retry sleep woke on close; what could not be stored is counted, not silently lost.
+    assert time.monotonic() - started < 5.0
+    s = c.stats()
+    assert s.stored == 0
+    assert s.dropped_by_reason.get("shutdown_deadline") == 100
