@@ -75,6 +75,8 @@ def test_enums_are_accepted_and_stored_as_plain_strings() -> None:
         ({"metadata": {1: "int key"}}, "metadata"),
         ({"metadata": ["not", "a", "dict"]}, "metadata"),
         ({"tags": "auth"}, "tags"),
+        ({"tags": {"auth": 1}}, "tags"),
+        ({"tags": {}}, "tags"),
         ({"tags": ["ok", 3]}, "tags[1]"),
         ({"tags": [""]}, "tags[0]"),
         ({"project": 5}, "project"),

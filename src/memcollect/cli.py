@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,8 @@ try:
     HAVE_CLI = True
 except ImportError:  # pragma: no cover - exercised by users without the extra
     HAVE_CLI = False
+
+import msgspec
 
 from .collector import MemoryCollector
 from .errors import MemcollectError
@@ -50,6 +53,9 @@ if HAVE_CLI:
             yield
         except MemcollectError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
 
     def _table(memories: list[Memory], title: str) -> Table:
         table = Table(title=title, show_lines=False)
@@ -193,16 +199,239 @@ if HAVE_CLI:
 
     @cli.command()
     @_store_options
-    def stats(backend: str | None, data_dir: str | None) -> None:
-        """Show what is stored."""
-        with _errors(), _collector(backend, data_dir) as collector:
-            table = Table(title="stored memories")
-            table.add_column("category")
-            table.add_column("count", justify="right")
-            for memory_category, n in sorted(collector.count_by_category().items()):
-                table.add_row(memory_category, f"{n:,}")
-            table.add_row("[bold]all[/]", f"{collector.count():,}")
-            console.print(table)
+    @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
+    @click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def stats(
+        backend: str | None, data_dir: str | None, watch: bool, interval: float, as_json: bool
+    ) -> None:
+        """Show what is stored, per category (and a server's own stats for http:// stores)."""
+        from rich.live import Live
+
+        with _errors(), _collector(backend, data_dir, durability="memory") as collector:
+            if as_json:
+                click.echo(json.dumps(_stats_snapshot(collector), indent=2))
+                return
+            if not watch:
+                console.print(_stats_view(collector, None))
+                return
+            previous: tuple[float, int] | None = None
+            with Live(console=console, auto_refresh=False) as live:
+                try:
+                    while True:
+                        view = _stats_view(collector, previous)
+                        previous = (time.monotonic(), collector.count())
+                        live.update(view, refresh=True)
+                        time.sleep(interval)
+                except KeyboardInterrupt:
+                    pass
+
+    def _stats_snapshot(collector: MemoryCollector) -> dict[str, Any]:
+        by_category = collector.count_by_category()
+        snapshot: dict[str, Any] = {"total": sum(by_category.values()), "by_category": by_category}
+        server = _server_stats(collector)
+        if server is not None:
+            snapshot["server"] = server
+        return snapshot
+
+    def _server_stats(collector: MemoryCollector) -> dict[str, Any] | None:
+        from .backends.remote import RemoteBackend
+
+        store = collector.backend
+        if not isinstance(store, RemoteBackend):
+            return None
+        return store.server_stats()
+
+    def _stats_view(collector: MemoryCollector, previous: tuple[float, int] | None) -> Any:
+        from rich.console import Group
+
+        by_category = collector.count_by_category()
+        total = sum(by_category.values())
+        table = Table(title=f"stored memories in {collector.backend.url}")
+        table.add_column("category")
+        table.add_column("count", justify="right")
+        for memory_category, n in sorted(by_category.items(), key=lambda kv: -kv[1]):
+            table.add_row(memory_category, f"{n:,}")
+        table.add_row("[bold]all[/]", f"[bold]{total:,}[/]")
+        parts: list[Any] = [table]
+        if previous is not None:
+            elapsed = max(time.monotonic() - previous[0], 1e-9)
+            parts.append(f"stored {max(total - previous[1], 0) / elapsed:,.0f}/s")
+        server = _server_stats(collector)
+        if server is not None:
+            parts.append(_stats_table(server["stats"]))
+            health = server["health"]
+            parts.append(
+                f"server health: [bold]{health['status']}[/] {'; '.join(health['reasons'])}"
+            )
+        return Group(*parts)
+
+    @cli.command("export")
+    @_store_options
+    @click.argument("output", type=click.File("w", encoding="utf-8"), default="-")
+    @click.option("--category", help="Only this category.")
+    def export_memories(
+        backend: str | None, data_dir: str | None, output: Any, category: str | None
+    ) -> None:
+        """Write every stored memory as JSON lines (oldest first) to OUTPUT (default stdout)."""
+        encoder = msgspec.json.Encoder()
+        written = 0
+        with _errors(), _collector(backend, data_dir, durability="memory") as collector:
+            store = collector.backend
+            total = collector.count(category)
+            with _progress(output) as progress:
+                task = progress.add_task("export", total=total)
+                after: str | None = None
+                while True:
+                    page = store.scan(after, 1000)
+                    if not page:
+                        break
+                    after = page[-1].id
+                    lines = [encoder.encode(m) for m in page if category in (None, m.category)]
+                    if lines:
+                        output.write(b"\n".join(lines).decode() + "\n")
+                    written += len(lines)
+                    progress.update(task, completed=written)
+        click.echo(f"exported {written:,} memories", err=True)
+
+    @cli.command("import")
+    @_store_options
+    @click.argument("source", type=click.File("rb"), default="-")
+    def import_memories(backend: str | None, data_dir: str | None, source: Any) -> None:
+        """Store memories from JSON lines (as export writes them); ids are kept, so importing
+        the same file twice stores each memory once."""
+        from .model import memory_from_record
+
+        imported, skipped, first_error = 0, 0, ""
+        size = _size_of(source)
+        with _errors(), _collector(backend, data_dir, durability="memory") as collector:
+            max_bytes = collector.config.max_content_bytes
+            with _progress(None) as progress:
+                task = progress.add_task("import", total=size)
+                batch: list[Memory] = []
+                for number, line in enumerate(source, 1):
+                    progress.advance(task, len(line))
+                    if not line.strip():
+                        continue
+                    try:
+                        batch.append(memory_from_record(msgspec.json.decode(line), max_bytes))
+                    except (msgspec.DecodeError, MemcollectError) as exc:
+                        skipped += 1
+                        first_error = first_error or f"line {number}: {exc}"
+                        continue
+                    if len(batch) >= 1000:
+                        imported += len(collector.collect_memories(batch))
+                        batch = []
+                imported += len(collector.collect_memories(batch))
+                if not collector.flush(timeout=None):
+                    raise click.ClickException("the memories could not be stored")
+        click.echo(f"imported {imported:,} memories", err=True)
+        if skipped:
+            raise click.ClickException(f"skipped {skipped} invalid lines (first: {first_error})")
+
+    def _size_of(stream: Any) -> int | None:
+        import os
+
+        try:
+            return os.fstat(stream.fileno()).st_size or None
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def _progress(output: Any) -> Progress:
+        # On stderr, so that `export > file` and pipes get only the JSON lines.
+        quiet = output is not None and getattr(output, "name", "") == "<stdout>"
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=Console(stderr=True, quiet=quiet or not sys.stderr.isatty()),
+        )
+
+    @cli.command("dead-letters")
+    @_store_options
+    @click.option("--retry", is_flag=True, help="Queue them all again and store them.")
+    @click.option("--limit", default=50, show_default=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+    def dead_letters(
+        backend: str | None, data_dir: str | None, retry: bool, limit: int, as_json: bool
+    ) -> None:
+        """List the memories the store refused for good, or --retry them."""
+        with _errors(), _collector(backend, data_dir, durability="memory") as collector:
+            if retry:
+                queued = collector.retry_dead_letters()
+                collector.flush(timeout=60)
+                again = collector.stats().dead_lettered
+                click.echo(f"queued {queued} dead letters again; {again} were refused again")
+                if again:
+                    raise SystemExit(1)
+                return
+            letters = collector.dead_letters(limit)
+        if as_json:
+            for letter in letters:
+                click.echo(json.dumps(msgspec.to_builtins(letter), ensure_ascii=False))
+            return
+        table = Table(title=f"dead letters ({len(letters)} shown)")
+        for column in ("id", "category", "failed", "error", "content"):
+            table.add_column(column, overflow="fold")
+        for letter in letters:
+            failed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.failed_at))
+            m = letter.memory
+            table.add_row(m.id, m.category, failed, letter.error, m.content[:200])
+        console.print(table)
+
+    @cli.command()
+    @_store_options
+    @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+    @click.option("--port", default=8765, show_default=True, type=int)
+    @click.option("--max-body-bytes", default=8 << 20, show_default=True, type=int)
+    @click.option("--max-batch", default=5000, show_default=True, type=int)
+    @click.option("--log-level", default="info", show_default=True)
+    def serve(
+        *,
+        backend: str | None,
+        data_dir: str | None,
+        host: str,
+        port: int,
+        max_body_bytes: int,
+        max_batch: int,
+        log_level: str,
+    ) -> None:
+        """Run the memcollect server: the HTTP API, /metrics and the dashboard at /.
+
+        Set MEMCOLLECT_TOKEN to require `Authorization: Bearer <token>` (never on the command
+        line, where other users can read it).
+        """
+        try:
+            from .server.app import serve as run_server
+        except ImportError:
+            raise click.ClickException(
+                "the server needs the server extra: pip install 'memcollect[server]'"
+            ) from None
+        fields: dict[str, Any] = {}
+        if backend:
+            fields["backend"] = backend
+        if data_dir:
+            fields["data_dir"] = data_dir
+        with _errors():
+            from .config import load_config
+
+            load_config(**fields)  # a bad setting fails here, in one line, not in the server
+            if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(
+                "MEMCOLLECT_TOKEN"
+            ):
+                console.print(
+                    f"[yellow]warning:[/] serving on {host} without MEMCOLLECT_TOKEN: anyone "
+                    "who reaches this port can read and write memories",
+                    highlight=False,
+                )
+            run_server(
+                host,
+                port,
+                log_level=log_level,
+                max_body_bytes=max_body_bytes,
+                max_batch=max_batch,
+                **fields,
+            )
 
     @cli.command()
     @_store_options

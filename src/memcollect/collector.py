@@ -287,8 +287,25 @@ class MemoryCollector:
                 memories.append(memory_from_dict(item, self._max_bytes))
             except ValidationError as exc:
                 raise ValidationError(f"item {index}: {exc}") from None
+        return self.collect_memories(memories)
+
+    def collect_memories(self, memories: Sequence[Memory]) -> list[str]:
+        """Queue memories built elsewhere (a server's clients, a replay), keeping their ids."""
+        if self._pid != _Process.pid:
+            self._after_fork()
+        if not memories:
+            return []
         if self._spool is not None:
-            self._put_spooled(memories)
+            # A record resent while its first copy still waits here is already on its way;
+            # queueing it twice would orphan the first copy's place in the spool.
+            pending, seen = self._segment_of, set()
+            fresh = []
+            for memory in memories:
+                if memory.id not in pending and memory.id not in seen:
+                    seen.add(memory.id)
+                    fresh.append(memory)
+            if fresh:
+                self._put_spooled(fresh)
             return [m.id for m in memories]
         queued = self._inbox.put_many(memories)
         for memory in memories[queued:]:
@@ -601,6 +618,11 @@ class MemoryCollector:
         """Call `callback(memories, error)` when memories are dead-lettered or dropped."""
         self._on_failure.append(callback)
         return callback
+
+    @property
+    def closed(self) -> bool:
+        """True once close() has begun."""
+        return self._closed
 
     @property
     def backend(self) -> Backend:

@@ -275,20 +275,35 @@ def load_config(
     if profile not in PROFILES:
         raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}")
     merged: dict[str, Any] = dict(PROFILES[profile], profile=profile)
+    origin: dict[str, str] = {}
     for layer, source in layers:
         for key in layer:
             if key not in FIELDS:
                 raise ConfigError(f"unknown config field {key!r} in {source}")
+            origin[key] = f"MEMCOLLECT_{key.upper()}" if layer is env_settings else source
         merged.update(layer)
-    return _build(merged, "configuration")
+    return _build(merged, "configuration", origin)
 
 
-def _build(values: dict[str, Any], source: str) -> Config:
+_EXPECTED = {"int": "a whole number", "float": "a number", "str": "a string"}
+
+
+def _build(values: dict[str, Any], source: str, origin: Mapping[str, str] | None = None) -> Config:
     try:
         return msgspec.convert(values, Config, strict=False)
     except msgspec.ValidationError as exc:
         message = str(exc)
         if " - at `$." in message:
             what, field = message.rsplit(" - at `$.", 1)
-            message = f"{field.rstrip('`')}: {what}"
+            field = field.rstrip("`")
+            if what.startswith("Expected `"):
+                expected = what.split("`")[1]
+                what = f"must be {_EXPECTED.get(expected, expected)}"
+            where = (origin or {}).get(field)
+            if where:
+                # Name where the bad value came from: that is what the user must fix.
+                raise ConfigError(
+                    f"invalid {field} from {where}: {what}, not {values.get(field)!r}"
+                ) from None
+            message = f"{field}: {what}"
         raise ConfigError(f"invalid {source}: {message}") from None

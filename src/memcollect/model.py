@@ -254,7 +254,7 @@ def check_tags(tags: object) -> tuple[str, ...]:
     """Return the tags as a tuple of unique str, or raise ValidationError."""
     if not tags and (tags is None or isinstance(tags, (list, tuple, set, frozenset))):
         return ()
-    if isinstance(tags, str) or not isinstance(tags, Iterable):
+    if isinstance(tags, (str, bytes, Mapping)) or not isinstance(tags, Iterable):
         raise ValidationError(
             f"tags must be a list of str like ['auth'], not {type(tags).__name__}"
         )
@@ -450,3 +450,49 @@ def memory_from_dict(item: Mapping[str, Any], max_content_bytes: int) -> Memory:
 _ITEM_KEYS = frozenset(
     {"category", "content", "metadata", "priority", "tags", "project", "agent", "session"}
 )
+_RECORD_KEYS = _ITEM_KEYS | {"id", "created_at", "content_hash"}
+_ID_RE = re.compile(r"[0-9a-hjkmnp-tv-z]{26}\Z")
+# Records from another process: created between 2000 and 2100, a guard against seconds given
+# in milliseconds (or nonsense) rather than a policy on clocks.
+_MIN_CREATED, _MAX_CREATED = 946_684_800.0, 4_102_444_800.0
+
+
+def memory_from_record(item: Mapping[str, Any], max_content_bytes: int) -> Memory:
+    """Build a Memory from a dict that may carry its own `id` and `created_at` (a replay).
+
+    Keeping the sender's id is what makes a resent record idempotent: the store keeps one row.
+    """
+    if not isinstance(item, Mapping):
+        raise ValidationError(f"each memory must be a JSON object, not {type(item).__name__}")
+    unknown = set(item) - _RECORD_KEYS
+    if unknown:
+        raise ValidationError(
+            f"unknown field {sorted(unknown)[0]!r}: use {', '.join(sorted(_RECORD_KEYS))}"
+        )
+    fields = {k: v for k, v in item.items() if k in _ITEM_KEYS}
+    memory = memory_from_dict(fields, max_content_bytes)
+    memory_id = item.get("id")
+    if memory_id is not None:
+        if not isinstance(memory_id, str) or not _ID_RE.match(memory_id.lower()):
+            raise ValidationError(
+                f"id {memory_id!r} is not a memcollect id (26 characters of Crockford base32): "
+                "omit it to get a new one"
+            )
+        memory.id = memory_id.lower()
+    created = item.get("created_at")
+    if created is not None:
+        if (
+            type(created) not in (int, float)
+            or not math.isfinite(created)
+            or not _MIN_CREATED <= created <= _MAX_CREATED
+        ):
+            raise ValidationError(
+                f"created_at {created!r} must be epoch seconds between 2000 and 2100"
+            )
+        memory.created_at = float(created)
+    digest = item.get("content_hash")
+    if digest is not None:
+        if not isinstance(digest, str) or len(digest) > _MAX_TAG:
+            raise ValidationError(f"content_hash must be a str of at most {_MAX_TAG} characters")
+        memory.content_hash = digest  # the sender's worker computed it; "" is filled in here
+    return memory

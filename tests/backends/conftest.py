@@ -11,15 +11,29 @@ import pytest
 from memcollect.backends import open_backend
 from memcollect.backends.base import Backend
 
-from ..services import drop_schema, require_postgres
+from ..services import ThreadedServer, drop_schema, require_postgres
 
-BACKENDS = ["memory", "sqlite", "sqlite-nofts", "postgresql"]
+BACKENDS = ["memory", "sqlite", "sqlite-nofts", "postgresql", "remote"]
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """An opened, empty backend of each kind."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
+    if request.param == "remote":
+        # A memcollect server over real HTTP, storing in SQLite.
+        with ThreadedServer(
+            backend=f"sqlite:///{tmp_path}/served.db",
+            data_dir=str(tmp_path / "server"),
+            batch_timeout=0.002,
+            token="conformance-token",
+        ) as server:
+            host = server.url.removeprefix("http://")
+            store = open_backend(f"http://:conformance-token@{host}?timeout=10")
+            store.open()
+            yield store
+            store.close()
+        return
     if request.param == "postgresql":
         url = f"{require_postgres()}?schema={schema}"
     else:

@@ -130,3 +130,17 @@ def test_dead_letters(backend: Backend) -> None:
     backend.remove_dead_letters([a.id])
     assert [d.memory.id for d in backend.dead_letters()] == [b.id]
     assert backend.count() == 0  # dead letters are not memories
+
+
+def test_scan_pages_through_everything_in_id_order(backend: Backend) -> None:
+    batch = [mem(f"page {i}", "note" if i % 2 else "bug") for i in range(25)]
+    backend.write_batch(batch[::-1])  # stored in any order, listed in id order
+    seen: list[str] = []
+    after: str | None = None
+    while page := backend.scan(after, 10):
+        assert len(page) <= 10
+        seen += [m.id for m in page]
+        after = page[-1].id
+    assert seen == sorted(m.id for m in batch)
+    assert backend.scan(batch[-1].id, 10) == []
+    assert backend.take_oldest(2) == sorted(batch, key=lambda m: m.id)[:2]

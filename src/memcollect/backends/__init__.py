@@ -7,11 +7,11 @@ from .base import Backend, DeadLetter, SearchQuery
 
 __all__ = ["Backend", "DeadLetter", "SearchQuery", "open_backend"]
 
-SCHEMES = "memory://, sqlite:///path/to/file.db, postgresql://user@host/db"
+SCHEMES = "memory://, sqlite:///path/to/file.db, postgresql://user@host/db, http://host:8765"
 
 
 def open_backend(url: str) -> Backend:
-    """A backend for a URL (memory://, sqlite:///file.db, postgresql://user@host/db)."""
+    """A backend for a URL: memory://, sqlite:///file.db, postgresql://…, http://host:port."""
     if not isinstance(url, str) or "://" not in url:
         raise ValidationError(f"backend {url!r} is not a URL: use one of {SCHEMES}")
     scheme = url.split("://", 1)[0].lower()
@@ -29,4 +29,10 @@ def open_backend(url: str) -> Backend:
         except ImportError as exc:
             raise ValidationError(str(exc)) from None
         return PostgresBackend(url)
+    if scheme in ("http", "https"):
+        try:
+            from .remote import RemoteBackend
+        except ImportError as exc:
+            raise ValidationError(str(exc)) from None
+        return RemoteBackend(url)
     raise ValidationError(f"backend scheme {scheme!r} is not supported: use one of {SCHEMES}")

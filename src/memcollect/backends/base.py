@@ -114,9 +114,13 @@ class Backend(ABC):
     def remove_dead_letters(self, ids: Sequence[str]) -> None:
         """Forget dead letters (after they were queued again)."""
 
+    def scan(self, after: str | None, limit: int) -> list[Memory]:
+        """Stored memories in id (time) order, from just after the id `after` (for export)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list every memory")
+
     def take_oldest(self, limit: int) -> list[Memory]:
         """The oldest stored memories, to move them to another store (a fallback's job)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot serve as a fallback")
+        return self.scan(None, limit)
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove memories that were moved to another store."""

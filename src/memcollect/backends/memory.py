@@ -78,10 +78,11 @@ class MemoryBackend(Backend):
         scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
         return [memory for _, _, memory in scored[: query.limit]]
 
-    def take_oldest(self, limit: int) -> list[Memory]:
-        """The oldest stored memories."""
+    def scan(self, after: str | None, limit: int) -> list[Memory]:
+        """Stored memories in id order, after the id `after`."""
         with self._lock:
-            return sorted(self._rows.values(), key=lambda m: m.id)[:limit]
+            rows = [m for m in self._rows.values() if after is None or m.id > after]
+        return sorted(rows, key=lambda m: m.id)[:limit]
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove memories."""

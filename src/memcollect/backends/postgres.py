@@ -242,9 +242,12 @@ class PostgresBackend(Backend):
         """Forget dead letters."""
         self._write("DELETE FROM dead_letters WHERE id = %s", [(i,) for i in ids])
 
-    def take_oldest(self, limit: int) -> list[Memory]:
-        """The oldest stored memories (for moving them to another store)."""
-        rows = self._read(f"SELECT {_COLUMNS} FROM memories ORDER BY id LIMIT %s", (limit,))
+    def scan(self, after: str | None, limit: int) -> list[Memory]:
+        """Stored memories in id order, after the id `after`."""
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM memories WHERE id > %s ORDER BY id LIMIT %s",
+            (after or "", limit),
+        )
         return [_from_row(r) for r in rows]
 
     def delete(self, ids: Sequence[str]) -> None:

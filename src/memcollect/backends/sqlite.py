@@ -330,9 +330,12 @@ class SQLiteBackend(Backend):
             )
         )
 
-    def take_oldest(self, limit: int) -> list[Memory]:
-        """The oldest stored memories."""
-        rows = self._read(f"SELECT {_COLUMNS} FROM memories ORDER BY id LIMIT ?", (limit,))
+    def scan(self, after: str | None, limit: int) -> list[Memory]:
+        """Stored memories in id order, after the id `after`."""
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM memories WHERE id > ? ORDER BY id LIMIT ?",
+            (after or "", limit),
+        )
         return [_from_row(r) for r in rows]
 
     def delete(self, ids: Sequence[str]) -> None:

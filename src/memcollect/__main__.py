@@ -1,0 +1,5 @@
+"""`python -m memcollect`: the command line."""
+
+from .cli import main
+
+main()

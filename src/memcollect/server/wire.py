@@ -1,0 +1,142 @@
+"""What the server and its clients send each other: the HTTP API's bodies, as msgspec Structs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from ..backends.base import DeadLetter
+from ..model import Memory
+from ..stats import Health, Stats
+
+__all__ = [
+    "Counts",
+    "ErrorBody",
+    "IngestResult",
+    "MemoryIn",
+    "Rejection",
+    "RemoveIds",
+    "RetryResult",
+    "StatsBody",
+    "component_schemas",
+]
+
+
+# The rules of memcollect.model's validation, stated for clients (and schema-based testers).
+# Content's limit is in UTF-8 bytes; the app states it as maxLength, exact for ASCII.
+CATEGORY_PATTERN = "^[a-z][a-z0-9_-]{0,63}$"
+NO_NUL = "^[^\\x00]*$"
+Category = Annotated[str, msgspec.Meta(pattern=CATEGORY_PATTERN, examples=["bug"])]
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=NO_NUL)]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_NUL)]
+PriorityName = Literal["low", "medium", "high", "critical"]
+MemoryId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern="^[0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{26}$",
+        description="A ULID-shaped id; omit it to get a new one.",
+    ),
+]
+CreatedAt = Annotated[
+    float, msgspec.Meta(ge=946_684_800, le=4_102_444_800, description="Epoch seconds.")
+]
+
+
+class MemoryIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A memory to collect: collect()'s arguments, plus `id` and `created_at` for a replay."""
+
+    category: Category
+    content: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            pattern=NO_NUL,
+            description="At most the server's max_content_bytes in UTF-8 (64 KiB by default).",
+        ),
+    ]
+    metadata: (
+        Annotated[
+            dict[str, Any],
+            msgspec.Meta(description="JSON, nested at most 32 levels, without NUL characters."),
+        ]
+        | None
+    ) = None
+    priority: PriorityName | None = None
+    tags: list[Tag] | None = None
+    project: Label | None = None
+    agent: Label | None = None
+    session: Label | None = None
+    id: MemoryId | None = None
+    created_at: CreatedAt | None = None
+    content_hash: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+
+
+class Rejection(msgspec.Struct):
+    """One memory of a request that was not accepted, by its index in the request."""
+
+    index: int
+    error: str
+
+
+class IngestResult(msgspec.Struct):
+    """Ids of the accepted memories, in request order, and what was rejected."""
+
+    ids: list[str]
+    accepted: int
+    rejected: list[Rejection]
+    stored: bool
+    error: str | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    """An error: one sentence naming what was wrong and what to do."""
+
+    error: str
+
+
+class Counts(msgspec.Struct):
+    """How many memories are stored, in all and per category."""
+
+    total: int
+    by_category: dict[str, int]
+
+
+class StatsBody(msgspec.Struct):
+    """The server's collector: its counters and its health."""
+
+    stats: Stats
+    health: Health
+
+
+class RetryResult(msgspec.Struct):
+    """How many dead letters were queued again."""
+
+    queued: int
+
+
+class RemoveIds(msgspec.Struct, forbid_unknown_fields=True):
+    """Ids of dead letters to forget."""
+
+    ids: list[str]
+
+
+_TYPES: tuple[Any, ...] = (
+    MemoryIn,
+    Memory,
+    IngestResult,
+    ErrorBody,
+    Counts,
+    StatsBody,
+    RetryResult,
+    RemoveIds,
+    DeadLetter,
+)
+
+
+def component_schemas() -> dict[str, Any]:
+    """JSON schemas of every body, keyed by name, for the OpenAPI document."""
+    _, components = msgspec.json.schema_components(
+        _TYPES, ref_template="#/components/schemas/{name}"
+    )
+    return components
