@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run serve test lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -11,7 +11,7 @@ $(BIN)/python:
 
 # Stamps are keyed on pyproject.toml, so a dependency change reinstalls.
 $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[cli]"
+	$(BIN)/python -m pip install --quiet -e ".[cli,server]"
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
@@ -20,6 +20,10 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.run-installed
 	$(BIN)/memcollect demo
+
+# The server and its dashboard (http://127.0.0.1:8765) over the same store as `make run`.
+serve: $(VENV)/.run-installed
+	$(BIN)/memcollect serve
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
@@ -33,6 +37,7 @@ test: lint typecheck
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/collect.py
+	$(BIN)/python bench/remote.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .memcollect

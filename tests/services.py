@@ -141,13 +141,9 @@ class ThreadedServer:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the test server did not start")
             time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
         return self
-
-    @property
-    def url(self) -> str:
-        """http://127.0.0.1:<port>."""
-        sockets = self.server.servers[0].sockets
-        return f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
@@ -178,3 +174,23 @@ def wait_for_http(url: str, timeout: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+CHROMIUM = os.environ.get("MEMCOLLECT_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+def require_chromium() -> str:
+    """The path of a headless-capable Chromium and Playwright, or skip (fail in CI)."""
+    problem = None
+    if not os.path.exists(CHROMIUM):
+        problem = f"Chromium is not at {CHROMIUM} (apt-get install chromium; see .ci/run)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "the playwright package is missing: make test installs it"
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(problem)
+        pytest.skip("!!! SKIPPED, NOT TESTED: " + problem)
+    return CHROMIUM

@@ -73,3 +73,122 @@ def test_console_script_runs_as_a_process(tmp_path: Path) -> None:
         [str(exe), "stats"], capture_output=True, text=True, env=env, check=True, timeout=60
     )
     assert "note" in stats.stdout and "1" in stats.stdout
+
+
+def test_export_then_import_round_trips_and_is_idempotent(tmp_path: Path) -> None:
+    runner = CliRunner()
+    source = ["--data-dir", str(tmp_path / "a")]
+    for i in range(30):
+        category = "bug" if i % 3 == 0 else "note"
+        runner.invoke(cli, ["add", *source, category, f"exported memory {i}", "--tag", f"t{i}"])
+    dump = tmp_path / "dump.jsonl"
+    exported = runner.invoke(cli, ["export", *source, str(dump)])
+    assert exported.exit_code == 0, exported.output
+    assert "exported 30 memories" in exported.output
+    lines = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert [r["id"] for r in lines] == sorted(r["id"] for r in lines)  # oldest first
+    only_bugs = runner.invoke(cli, ["export", *source, "--category", "bug"])
+    assert len([x for x in only_bugs.stdout.splitlines() if x.startswith("{")]) == 10
+
+    target = ["--data-dir", str(tmp_path / "b")]
+    for _ in range(2):  # importing twice stores each memory once: ids are kept
+        imported = runner.invoke(cli, ["import", *target, str(dump)])
+        assert imported.exit_code == 0, imported.output
+        assert "imported 30 memories" in imported.output
+    again = runner.invoke(cli, ["export", *target, "-"])
+    assert sorted(x for x in again.stdout.splitlines() if x.startswith("{")) == sorted(
+        dump.read_text().splitlines()
+    )
+
+
+def test_import_names_bad_lines_and_keeps_the_good_ones(tmp_path: Path) -> None:
+    dump = tmp_path / "mixed.jsonl"
+    dump.write_text(
+        '{"category": "note", "content": "fine"}\n'
+        "not json\n"
+        '{"category": "Bad Slug", "content": "x"}\n'
+        "\n"
+        '{"category": "bug", "content": "also fine"}\n'
+    )
+    runner = CliRunner()
+    args = ["--data-dir", str(tmp_path / "d")]
+    result = runner.invoke(cli, ["import", *args, str(dump)])
+    assert result.exit_code == 1
+    assert "imported 2 memories" in result.output
+    assert "skipped 2 invalid lines (first: line 2:" in result.output
+    stats = runner.invoke(cli, ["stats", *args, "--json"])
+    assert json.loads(stats.output)["total"] == 2
+
+
+def test_dead_letters_list_and_retry(tmp_path: Path) -> None:
+    import memcollect as mc
+    from memcollect.backends.base import DeadLetter
+
+    store = f"sqlite:///{tmp_path}/dl.db"
+    with mc.MemoryCollector(store, data_dir=str(tmp_path / "d")) as c:
+        poison = mc.Memory(
+            mc.new_id(), "bug", "refused once", {}, "high", (), None, None, None, 1.7e9
+        )
+        c.backend.add_dead_letters([DeadLetter(poison, "PermanentBackendError: bad row", 1.7e9)])
+    runner = CliRunner()
+    args = ["--backend", store, "--data-dir", str(tmp_path / "d")]
+    listed = runner.invoke(cli, ["dead-letters", *args, "--json"])
+    assert listed.exit_code == 0, listed.output
+    (letter,) = [json.loads(line) for line in listed.output.splitlines()]
+    assert letter["memory"]["content"] == "refused once" and "bad row" in letter["error"]
+    table = runner.invoke(cli, ["dead-letters", *args])
+    # The table folds long cells to the terminal's width: check words, not whole cells.
+    assert "1 shown" in table.output and "refused" in table.output and "bad" in table.output
+    retried = runner.invoke(cli, ["dead-letters", *args, "--retry"])
+    assert retried.exit_code == 0, retried.output
+    assert "queued 1 dead letters again; 0 were refused again" in retried.output
+    assert runner.invoke(cli, ["dead-letters", *args, "--json"]).output == ""
+    got = runner.invoke(cli, ["get", *args, poison.id])
+    assert json.loads(got.output)["content"] == "refused once"
+
+
+def test_stats_shows_counts_and_json(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["--data-dir", str(tmp_path)]
+    for content in ("one", "two"):
+        runner.invoke(cli, ["add", *args, "feedback", content])
+    table = runner.invoke(cli, ["stats", *args])
+    assert table.exit_code == 0 and "feedback" in table.output
+    body = json.loads(runner.invoke(cli, ["stats", *args, "--json"]).output)
+    assert body == {"total": 2, "by_category": {"feedback": 2}}
+
+
+def test_every_command_takes_backend_and_data_dir() -> None:
+    for name, command in cli.commands.items():
+        options = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        assert {"--backend", "--data-dir"} <= options, name
+    expected = {"demo", "add", "get", "search", "recent", "stats", "export", "import"}
+    expected |= {"dead-letters", "recover", "serve", "config"}
+    assert expected <= set(cli.commands)
+
+
+def test_stats_watch_refreshes_until_interrupted(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    env = dict(os.environ, MEMCOLLECT_DATA_DIR=str(tmp_path))
+    exe = [sys.executable, "-m", "memcollect"]
+    subprocess.run([*exe, "add", "qa", "watched"], env=env, check=True, timeout=60)
+    watch = subprocess.Popen(
+        [*exe, "stats", "--watch", "--interval", "0.1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2)  # a few refreshes; nothing below depends on how many
+    subprocess.run([*exe, "add", "qa", "watched again"], env=env, check=True, timeout=60)
+    time.sleep(1)
+    watch.send_signal(signal.SIGINT)
+    out, err = watch.communicate(timeout=30)
+    assert watch.returncode == 0, err
+    assert "Traceback" not in err
+    # The last view counts the memory added while watching.
+    rows = [" ".join(line.strip("│ ").split()) for line in out.splitlines()]
+    assert "qa │ 2" in rows and "all │ 2" in rows
+    assert "stored" in out and "/s" in out  # the rate line of a refreshed view

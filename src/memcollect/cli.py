@@ -122,6 +122,13 @@ if HAVE_CLI:
                 where = f" in {category}" if category else ""
                 console.print(_table(hits, f'search "{query}"{where}'))
             console.print(f"health: [bold]{collector.health().status}[/]")
+            same_store = f" --backend {backend}" if backend else ""
+            same_store += f" --data-dir {data_dir}" if data_dir else ""
+            console.print(
+                f"see them live and search: [bold]memcollect serve{same_store}[/], "
+                "then open http://127.0.0.1:8765",
+                highlight=False,
+            )
 
     @cli.command()
     @_store_options

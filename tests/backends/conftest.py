@@ -29,7 +29,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             token="conformance-token",
         ) as server:
             host = server.url.removeprefix("http://")
-            store = open_backend(f"http://:conformance-token@{host}?timeout=10")
+            store = open_backend(f"http://:conformance-token@{host}?timeout=10&gzip=1")
             store.open()
             yield store
             store.close()

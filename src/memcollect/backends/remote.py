@@ -54,7 +54,8 @@ class RemoteBackend(Backend):
 
     URL: `http://host:port`, optionally `http://:TOKEN@host:port` (else $MEMCOLLECT_TOKEN),
     `?timeout=10` (seconds per request), `?wait=10` (seconds the server waits until a batch
-    is stored before it answers; 0 answers once the server has it in its spool) and `?gzip=0`.
+    is stored before it answers; 0 answers once the server has it in its spool) and `?gzip=1`
+    or `?gzip=0` (by default on, except to a loopback address).
     """
 
     name: ClassVar[str] = "remote"
@@ -75,7 +76,9 @@ class RemoteBackend(Backend):
             self.wait = float(params.get("wait", 10))
         except ValueError:
             raise ValidationError(f"timeout and wait in {url!r} must be seconds") from None
-        self.gzip = params.get("gzip", "1") not in ("0", "false", "no")
+        # Compression pays across a network and only costs CPU on this machine's loopback.
+        loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        self.gzip = params.get("gzip", "0" if loopback else "1") not in ("0", "false", "no")
         token = parts.password or os.environ.get("MEMCOLLECT_TOKEN", "")
         netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
         self.base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))

@@ -33,11 +33,13 @@ from .wire import (
     Counts,
     ErrorBody,
     IngestResult,
+    MemoryIn,
     Rejection,
     RemoveIds,
     RetryResult,
     StatsBody,
     component_schemas,
+    memory_from_in,
 )
 
 __all__ = ["DEFAULT_PORT", "create_app", "serve"]
@@ -50,6 +52,7 @@ DEFAULT_MAX_BATCH = 5_000
 MAX_WAIT_S = 30.0
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
+_records_decoder = msgspec.json.Decoder(list[MemoryIn] | MemoryIn)
 _dead_letters_decoder = msgspec.json.Decoder(list[DeadLetter])
 _remove_decoder = msgspec.json.Decoder(RemoveIds)
 
@@ -288,11 +291,22 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's collec
                 413,
                 f"the body is over the limit of {max_body_bytes} bytes: send smaller batches",
             )
+        max_bytes = collector.config.max_content_bytes
+        memories: list[Memory] = []
+        rejected: list[Rejection] = []
+        items: list[Any]
         try:
-            data = _decoder.decode(body)
+            # The common case: well-formed records, typed and checked by msgspec in C.
+            records = _records_decoder.decode(body)
+            items = records if isinstance(records, list) else [records]
+            typed = True
+        except msgspec.ValidationError:
+            # Something is off: go item by item, to name each bad one and keep the rest.
+            items = _decoder.decode(body)
+            items = items if isinstance(items, list) else [items]
+            typed = False
         except msgspec.DecodeError as exc:
             return _error(400, f"the body is not valid JSON ({exc}): send a memory or a list")
-        items = data if isinstance(data, list) else [data]
         if len(items) > max_batch:
             return _error(
                 422,
@@ -301,12 +315,10 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's collec
             )
         if not items:
             return _error(422, "the request holds no memories: send a memory or a list")
-        max_bytes = collector.config.max_content_bytes
-        memories: list[Memory] = []
-        rejected: list[Rejection] = []
+        build = memory_from_in if typed else memory_from_record
         for index, item in enumerate(items):
             try:
-                memories.append(memory_from_record(item, max_bytes))
+                memories.append(build(item, max_bytes))
             except ValidationError as exc:
                 rejected.append(Rejection(index, str(exc)))
         try:

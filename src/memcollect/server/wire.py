@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from ..backends.base import DeadLetter
-from ..model import Memory
+from ..model import Memory, make_memory
 from ..stats import Health, Stats
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "RetryResult",
     "StatsBody",
     "component_schemas",
+    "memory_from_in",
 ]
 
 
@@ -70,6 +71,29 @@ class MemoryIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     id: MemoryId | None = None
     created_at: CreatedAt | None = None
     content_hash: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+
+
+def memory_from_in(record: MemoryIn, max_content_bytes: int) -> Memory:
+    """A Memory from a decoded record, with the checks its schema cannot state (UTF-8 size,
+    metadata); the same rules as memory_from_record, for records msgspec already typed."""
+    memory = make_memory(
+        record.category,
+        record.content,
+        record.metadata,
+        record.priority,
+        record.tags,
+        record.project,
+        record.agent,
+        record.session,
+        max_content_bytes,
+    )
+    if record.id is not None:
+        memory.id = record.id.lower()
+    if record.created_at is not None:
+        memory.created_at = record.created_at
+    if record.content_hash is not None:
+        memory.content_hash = record.content_hash
+    return memory
 
 
 class Rejection(msgspec.Struct):
