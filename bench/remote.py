@@ -74,13 +74,13 @@ class Server:
         assert self.proc.wait(timeout=60) == 0
 
 
-def ingest(n: int, batch_size: int, wait: bool) -> float:
+def ingest(n: int, batch_size: int, sync: bool) -> float:
     """Memories per second from the first collect() until the server has stored them all."""
     items, _ = varied_corpus(n)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         server = Server(data)
-        url = server.url + ("" if wait else "?wait=0")
+        url = server.url + ("" if sync else "?sync=0")
         c = mc.MemoryCollector(
             url,
             durability="memory",
@@ -92,7 +92,7 @@ def ingest(n: int, batch_size: int, wait: bool) -> float:
         for item in items:
             c.collect(item["category"], item["content"], item["metadata"], tags=item["tags"])
         assert c.flush(timeout=600)
-        if not wait:  # acknowledged once spooled by the server: wait until it has stored them
+        if not sync:  # acknowledged once spooled by the server: wait until it has stored them
             while httpx.get(server.url + "/v1/counts").json()["total"] < n:
                 time.sleep(0.01)
         elapsed = time.perf_counter() - started
@@ -119,11 +119,11 @@ def main() -> None:
         "memories": n,
         "cases": {},
     }
-    for batch_size, wait in ((256, True), (1000, True), (1000, False)):
-        rates = [ingest(n, batch_size, wait) for _ in range(runs)]
-        results["cases"][f"{batch_size}-{'stored' if wait else 'spooled'}"] = {
+    for batch_size, sync in ((256, True), (1000, True), (256, False)):
+        rates = [ingest(n, batch_size, sync) for _ in range(runs)]
+        results["cases"][f"{batch_size}-{'stored' if sync else 'spooled'}"] = {
             "batch_size": batch_size,
-            "wait": wait,
+            "sync": sync,
             "per_s": statistics.median(rates),
             "runs": rates,
         }
@@ -137,7 +137,7 @@ def print_table(r: dict[str, Any]) -> None:
     print("| remote collector → memcollect serve (SQLite) on loopback | stored/s | target |")
     print("|---|---|---|")
     for case in r["cases"].values():
-        how = "server answers once stored" if case["wait"] else "server answers once spooled"
+        how = "server answers once stored" if case["sync"] else "server answers once spooled"
         print(f"| batch_size={case['batch_size']}, {how} | {case['per_s']:,.0f} | ≥ 20,000 |")
 
 

@@ -76,11 +76,33 @@ def test_post_one_then_read_it_back(api: Api, collector: mc.MemoryCollector) -> 
     assert api.get("/v1/counts").json() == {"total": 1, "by_category": {"bug": 1}}
 
 
-def test_wait_returns_once_stored(api: Api) -> None:
-    items = [{"category": "note", "content": f"waited {i}"} for i in range(50)]
-    body = api.post("/v1/memories", params={"wait": 5}, json=items).json()
+def test_sync_answers_once_stored(api: Api, collector: mc.MemoryCollector) -> None:
+    items = [{"category": "note", "content": f"synced {i}"} for i in range(50)]
+    body = api.post("/v1/memories", params={"sync": "true"}, json=items).json()
     assert body["stored"] is True and body["accepted"] == 50
-    assert api.get("/v1/counts").json()["total"] == 50
+    assert api.get("/v1/counts").json()["total"] == 50  # no flush: already in the store
+    stats = collector.stats()
+    assert stats.accepted == 50 and stats.stored == 50 and stats.queue_depth == 0
+
+
+def test_sync_reports_store_trouble_for_the_client_to_act_on(
+    make_collector: Callable[..., mc.MemoryCollector],
+) -> None:
+    from memcollect.backends.memory import MemoryBackend
+
+    store = FaultyBackend(
+        MemoryBackend("memory://"), poison=lambda m: m.content.startswith("poison")
+    )
+    api = Api(create_app(make_collector(store), token=""))
+    store.go_down()
+    down = api.post("/v1/memories", params={"sync": "1"}, json={"category": "bug", "content": "x"})
+    assert down.status_code == 503 and down.headers["Retry-After"] == "1"
+    store.come_back()
+    refused = api.post(
+        "/v1/memories", params={"sync": "1"}, json={"category": "bug", "content": "poison pill"}
+    )
+    assert refused.status_code == 422 and "refused" in refused.json()["error"]
+    assert store.count() == 0
 
 
 def test_invalid_items_are_named_and_the_valid_ones_kept(
@@ -306,7 +328,7 @@ def test_hundreds_of_concurrent_posts_all_land(collector: mc.MemoryCollector) ->
 def test_export_pages(api: Api) -> None:
     api.post(
         "/v1/memories",
-        params={"wait": 5},
+        params={"sync": "true"},
         json=[{"category": "note", "content": f"e{i}"} for i in range(7)],
     )
     first = api.get("/v1/export", params={"limit": 5}).json()

@@ -25,7 +25,7 @@ from .model import PRIORITY_RANK, Memory, check_category, make_memory, memory_fr
 from .retry import CircuitBreaker, RetryPolicy
 from .spool import Segment, Spool, encode_frame, encode_record
 from .stats import Counters, Health, Stats
-from .worker import FailureCallback, StoredCallback, Worker
+from .worker import FailureCallback, StoredCallback, Worker, content_hash
 
 __all__ = ["MemoryCollector"]
 
@@ -312,6 +312,35 @@ class MemoryCollector:
             if not self._inbox.put(memory):
                 self._full(memory)
         return [m.id for m in memories]
+
+    def store_now(self, memories: Sequence[Memory]) -> None:
+        """Store memories in the caller's thread before returning (write-through), counted in
+        stats; raises what the store raised. For callers that keep their own copy until this
+        returns, such as a server whose clients retry: no queue, no spool, no retries here."""
+        self._check_fork()
+        if self._closed:
+            raise ValidationError("this collector is closed: store before close()")
+        if not memories:
+            return
+        for memory in memories:
+            if not memory.content_hash:
+                memory.content_hash = content_hash(memory.content)
+        started = self._clock()
+        try:
+            self._backend.write_batch(memories)
+        except Exception:
+            self.counters.failed += 1
+            raise
+        self._inbox.count_accepted(len(memories))
+        self.counters.record_stored(
+            len(memories), self._clock() - started, (m.created_at for m in memories)
+        )
+        self._cache.invalidate_searches()
+        for callback in self._on_stored:
+            try:
+                callback(list(memories))
+            except Exception:
+                log.exception("on_stored callback %r failed", callback)
 
     async def collect_async(
         self,

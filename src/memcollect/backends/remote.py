@@ -38,7 +38,8 @@ _memory = msgspec.json.Decoder(Memory)
 _memories = msgspec.json.Decoder(list[Memory])
 _letters = msgspec.json.Decoder(list[DeadLetter])
 _GZIP_FROM = 2048
-_PARAMS = {"timeout", "wait", "gzip"}
+_PARAMS = {"timeout", "sync", "gzip"}
+_NO = ("0", "false", "no", "off")
 
 
 class _Counts(msgspec.Struct):
@@ -53,9 +54,9 @@ class RemoteBackend(Backend):
     """Stores memories in a memcollect server (`memcollect serve`).
 
     URL: `http://host:port`, optionally `http://:TOKEN@host:port` (else $MEMCOLLECT_TOKEN),
-    `?timeout=10` (seconds per request), `?wait=10` (seconds the server waits until a batch
-    is stored before it answers; 0 answers once the server has it in its spool) and `?gzip=1`
-    or `?gzip=0` (by default on, except to a loopback address).
+    `?timeout=10` (seconds per request), `?sync=0` (a batch counts as stored once the server
+    has it in its spool, rather than once it is in the server's store) and `?gzip=1` or
+    `?gzip=0` (by default on, except to a loopback address).
     """
 
     name: ClassVar[str] = "remote"
@@ -69,16 +70,16 @@ class RemoteBackend(Backend):
         unknown = set(params) - _PARAMS
         if unknown:
             raise ValidationError(
-                f"unknown option {sorted(unknown)[0]!r} in {url!r}: use timeout, wait or gzip"
+                f"unknown option {sorted(unknown)[0]!r} in {url!r}: use timeout, sync or gzip"
             )
         try:
             self.timeout = float(params.get("timeout", 10))
-            self.wait = float(params.get("wait", 10))
         except ValueError:
-            raise ValidationError(f"timeout and wait in {url!r} must be seconds") from None
+            raise ValidationError(f"timeout in {url!r} must be seconds") from None
+        self.sync = params.get("sync", "1").lower() not in _NO
         # Compression pays across a network and only costs CPU on this machine's loopback.
         loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
-        self.gzip = params.get("gzip", "0" if loopback else "1") not in ("0", "false", "no")
+        self.gzip = params.get("gzip", "0" if loopback else "1").lower() not in _NO
         token = parts.password or os.environ.get("MEMCOLLECT_TOKEN", "")
         netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
         self.base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
@@ -98,7 +99,7 @@ class RemoteBackend(Backend):
             client = httpx.Client(
                 base_url=self.base,
                 headers=self._headers,
-                timeout=httpx.Timeout(self.timeout + self.wait, connect=min(self.timeout, 5)),
+                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 5)),
             )
             self._local.client = client
             with self._clients_lock:
@@ -127,7 +128,7 @@ class RemoteBackend(Backend):
         if self.gzip and len(body) >= _GZIP_FROM:
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
-        params = {"wait": str(self.wait)} if self.wait else None
+        params = {"sync": "true"} if self.sync else None
         self._request(
             "POST", "/v1/memories", write=True, content=body, headers=headers, params=params
         )

@@ -49,7 +49,6 @@ log = logging.getLogger("memcollect.server")
 DEFAULT_PORT = 8765
 DEFAULT_MAX_BODY_BYTES = 8 << 20
 DEFAULT_MAX_BATCH = 5_000
-MAX_WAIT_S = 30.0
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 _records_decoder = msgspec.json.Decoder(list[MemoryIn] | MemoryIn)
@@ -58,8 +57,12 @@ _remove_decoder = msgspec.json.Decoder(RemoveIds)
 
 
 ListLimit = Annotated[int, Query(ge=1, le=1000, description="How many to return.")]
-Wait = Annotated[
-    float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait until they are stored.")
+Sync = Annotated[
+    bool,
+    Query(
+        description="Store before answering (write-through): 202 then means stored, a store "
+        "error is 503 (retry) or 422 (refused). Otherwise 202 means queued in the server's spool."
+    ),
 ]
 
 
@@ -281,7 +284,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's collec
     )
     async def post_memories(
         request: Request,
-        wait: Wait = 0.0,
+        sync: Sync = False,
     ) -> Response:
         collector = current()
         try:
@@ -321,13 +324,22 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's collec
                 memories.append(build(item, max_bytes))
             except ValidationError as exc:
                 rejected.append(Rejection(index, str(exc)))
-        try:
-            ids = collector.collect_memories(memories)
-        except QueueFullError as exc:
-            return _error(503, str(exc), {"Retry-After": "1"})
         stored = False
-        if wait > 0 and memories:
-            stored = await run_in_threadpool(collector.flush, wait)
+        if sync and memories:
+            # The client keeps its copy until we answer: store now, skip the queue and spool.
+            try:
+                await run_in_threadpool(collector.store_now, memories)
+            except Exception as exc:  # noqa: BLE001 - classified for the client's retry logic
+                if collector.backend.classify(exc) == "permanent":
+                    return _error(422, f"the store refused the batch: {exc}")
+                log.warning("sync write failed: %s", exc)
+                return _error(503, f"the store is unavailable: {exc}", {"Retry-After": "1"})
+            ids, stored = [m.id for m in memories], True
+        else:
+            try:
+                ids = collector.collect_memories(memories)
+            except QueueFullError as exc:
+                return _error(503, str(exc), {"Retry-After": "1"})
         if rejected:
             error = (
                 f"{len(rejected)} of {len(items)} memories were rejected "
