@@ -430,15 +430,20 @@ class MemoryCollector:
         if self._pid != _Process.pid:
             self._after_fork()
         deadline = self._clock() + (timeout if timeout is not None else 1e9)
+        # Memories waiting on disk only (a backlog) are not in the RAM queue's marks: then the
+        # spool is sealed and drained too. Checked before the marks are taken: with no backlog
+        # then, everything accepted so far is in RAM (or done) and the marks cover it, and a
+        # flush costs no new segment file.
+        spilled = self._spool is not None and self._spool.spilling
         marks = self._inbox.marks()
-        sealed = self._spool.seal() if self._spool is not None else 0
+        sealed = self._spool.seal() if self._spool is not None and spilled else None
         if self._spool is not None and self._spool.fsync:
             self._spool.sync()  # accepted means on disk now, even if storing times out
         if not self._worker.alive():
             self._drain_inline(deadline)
         if not self._inbox.wait_done(marks, deadline):
             return False
-        if self._spool is None:
+        if self._spool is None or sealed is None:
             return True
         # What spilled to disk before this call must have been read back and stored too.
         monotonic_deadline = time.monotonic() + max(0.0, deadline - self._clock())
