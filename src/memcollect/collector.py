@@ -27,7 +27,9 @@ from .spool import Segment, Spool, encode_frame, encode_record
 from .stats import Counters, Health, Stats
 from .worker import FailureCallback, StoredCallback, Worker, content_hash
 
-__all__ = ["MemoryCollector"]
+__all__ = ["SEARCH_MODES", "MemoryCollector"]
+
+SEARCH_MODES = ("text", "semantic", "hybrid")
 
 log = logging.getLogger("memcollect")
 
@@ -578,15 +580,25 @@ class MemoryCollector:
         since: float | Any | None = None,
         until: float | Any | None = None,
         limit: int = 10,
+        mode: str = "text",
     ) -> list[Memory]:
-        """Stored memories matching the words of `query`, best first, with filters."""
+        """Stored memories matching `query`, best first, with filters: by its words
+        (mode="text"), by meaning (mode="semantic") or both (mode="hybrid")."""
         if not isinstance(query, str):
             raise ValidationError(f"query must be a str, not {type(query).__name__}")
         if type(limit) is not int or not 1 <= limit <= 10_000:
             raise ValidationError(f"limit must be a whole number from 1 to 10000, not {limit!r}")
         if isinstance(tags, str):
             raise ValidationError("tags must be a list of str like ['auth'], not a str")
+        if mode not in SEARCH_MODES:
+            raise ValidationError(f"mode must be 'text', 'semantic' or 'hybrid', not {mode!r}")
+        if mode != "text" and not self._backend.supports_semantic:
+            raise ValidationError(
+                f"search mode {mode!r} needs a store with embeddings: "
+                "sqlite:///memories.db?semantic=1 (pip install 'memcollect[semantic]')"
+            )
         request = SearchQuery(
+            mode=mode,
             text=query,
             category=check_category(category) if category is not None else None,
             tags=tuple(tags or ()),

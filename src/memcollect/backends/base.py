@@ -28,6 +28,8 @@ class SearchQuery(msgspec.Struct, frozen=True, kw_only=True):
     since: float | None = None
     until: float | None = None
     limit: int = 10
+    #: "text" (full-text), "semantic" (by meaning) or "hybrid" (both, fused by rank).
+    mode: str = "text"
 
     def matches(self, memory: Memory) -> bool:
         """Whether a memory passes the filters (not the text)."""
@@ -71,6 +73,8 @@ class Backend(ABC):
     supports_ranking: ClassVar[bool] = True
     #: Data outlives the process.
     persistent: ClassVar[bool] = True
+    #: search() takes mode="semantic" and "hybrid".
+    supports_semantic: bool = False
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -77,6 +77,8 @@ class RemoteBackend(Backend):
         except ValueError:
             raise ValidationError(f"timeout in {url!r} must be seconds") from None
         self.sync = params.get("sync", "1").lower() not in _NO
+        # Whether the server's store has embeddings is its business: it answers 422 if not.
+        self.supports_semantic = True
         # Compression pays across a network and only costs CPU on this machine's loopback.
         loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
         self.gzip = params.get("gzip", "0" if loopback else "1").lower() not in _NO
@@ -182,6 +184,8 @@ class RemoteBackend(Backend):
     def search(self, query: SearchQuery) -> list[Memory]:
         """Memories matching the text and filters, best first, as the server ranks them."""
         params: list[tuple[str, Any]] = [("q", query.text), ("limit", query.limit)]
+        if query.mode != "text":
+            params.append(("mode", query.mode))
         for key in ("category", "project", "agent", "session", "since", "until"):
             value = getattr(query, key)
             if value is not None:

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -111,6 +112,10 @@ MIGRATIONS.append(
     # and it is built again below with the new tokenizer from the rows it indexes.
     (2, "DROP TABLE IF EXISTS memories_fts"),
 )
+MIGRATIONS.append(
+    # Embeddings for semantic recall (?semantic=1), one float32 vector per memory row.
+    (3, "CREATE TABLE IF NOT EXISTS embeddings (seq INTEGER PRIMARY KEY, vector BLOB NOT NULL)"),
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _FTS_DDL = """
@@ -170,7 +175,9 @@ class SQLiteBackend(Backend):
 
     URL options: `fts=0` turns the full-text index off (search falls back to a scan),
     `busy_timeout=SECONDS` (default 10) bounds each wait for another writer's lock,
-    `synchronous=NORMAL|FULL|OFF` (default NORMAL, which WAL keeps consistent on a crash).
+    `synchronous=NORMAL|FULL|OFF` (default NORMAL, which WAL keeps consistent on a crash),
+    `semantic=1` embeds each memory as it is stored, for search(mode="semantic" | "hybrid")
+    (needs the semantic extra), and `model=DIR` names another sentence-transformers model.
     """
 
     name = "sqlite"
@@ -178,12 +185,20 @@ class SQLiteBackend(Backend):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.path, options = parse_sqlite_url(url)
-        unknown = set(options) - {"fts", "busy_timeout", "synchronous"}
+        unknown = set(options) - {"fts", "busy_timeout", "synchronous", "semantic", "model"}
         if unknown:
             raise ValidationError(
                 f"unknown sqlite option {sorted(unknown)[0]!r} in {url!r}: "
-                "use fts, busy_timeout or synchronous"
+                "use fts, busy_timeout, synchronous, semantic or model"
             )
+        self.supports_semantic = options.get("semantic", "0") not in ("0", "false", "off", "no")
+        self.model_dir = options.get("model")
+        if self.supports_semantic:
+            from ..semantic import MISSING_EXTRA, available
+
+            if not available():
+                raise ValidationError(MISSING_EXTRA)
+        self._vectors = _Vectors()
         self.want_fts = options.get("fts", "1") not in ("0", "false", "off", "no")
         try:
             self.busy_timeout = float(options.get("busy_timeout", "10"))
@@ -302,6 +317,9 @@ class SQLiteBackend(Backend):
     def write_batch(self, batch: Sequence[Memory]) -> None:
         """Store memories in one transaction; ids already stored are skipped."""
         rows = [_to_row(m) for m in batch]
+        # Embedded before the transaction: the model's milliseconds never hold the write lock.
+        vectors = self._embed([m.content for m in batch]) if self.supports_semantic else None
+        added: list[tuple[int, int]] = []
 
         def insert(conn: sqlite3.Connection) -> None:
             top = conn.execute("SELECT coalesce(max(seq), 0) FROM memories").fetchone()[0]
@@ -316,8 +334,18 @@ class SQLiteBackend(Backend):
                     "SELECT seq, content, tags FROM memories WHERE seq > ?",
                     (top,),
                 )
+            if vectors is not None:
+                index = {m.id: i for i, m in enumerate(batch)}
+                new = conn.execute("SELECT seq, id FROM memories WHERE seq > ?", (top,))
+                added.extend((seq, index[memory_id]) for seq, memory_id in new)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO embeddings VALUES (?, ?)",
+                    [(seq, vectors[i].tobytes()) for seq, i in added],
+                )
 
         self._write(insert)
+        if vectors is not None and added:
+            self._vectors.add_written([seq for seq, _ in added], vectors[[i for _, i in added]])
 
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Keep memories that could not be stored, with their errors."""
@@ -392,7 +420,21 @@ class SQLiteBackend(Backend):
         return [DeadLetter(_memory_decode(r[0]), r[1], r[2]) for r in rows]
 
     def search(self, query: SearchQuery) -> list[Memory]:
-        """Full-text search ranked by BM25 (plain words are OR-ed), with filters."""
+        """Full-text search ranked by BM25 (plain words are OR-ed), with filters; or by meaning
+        (mode="semantic"), or both fused by reciprocal rank (mode="hybrid")."""
+        if query.mode != "text" and query.text.strip():
+            if not self.supports_semantic:
+                raise ValidationError(
+                    f"search mode {query.mode!r} needs embeddings: open the store with "
+                    "?semantic=1 (e.g. sqlite:///memories.db?semantic=1), which needs "
+                    "pip install 'memcollect[semantic]'"
+                )
+            if query.mode == "semantic":
+                return self._semantic(query)
+            return self._hybrid(query)
+        return self._text(query)
+
+    def _text(self, query: SearchQuery) -> list[Memory]:
         where, params = _filters(query)
         text = query.text.strip()
         if not text:
@@ -454,6 +496,101 @@ class SQLiteBackend(Backend):
         rows = self._read(sql, [*params, *escaped, *escaped, query.limit])
         return [_from_row(r) for r in rows]
 
+    # --- semantic recall -----------------------------------------------------------------
+
+    def _embed(self, texts: Sequence[str]) -> Any:
+        from ..semantic import get_embedder
+
+        return get_embedder(self.model_dir).embed(texts)
+
+    def _sync_vectors(self) -> None:
+        """Load vectors stored since the last call (by any process), embedding rows that have
+        none: written before ?semantic=1 was on, or by a process without it."""
+        import numpy as np
+
+        from ..semantic import DIMENSIONS
+
+        with self._vectors.loading:
+            seen = self._vectors.checked_seq
+            rows = self._read(
+                "SELECT m.seq, e.vector, m.content FROM memories m "
+                "LEFT JOIN embeddings e ON e.seq = m.seq WHERE m.seq > ? ORDER BY m.seq",
+                (seen,),
+            )
+            if not rows:
+                return
+            missing = [(seq, content) for seq, vector, content in rows if vector is None]
+            filled: dict[int, Any] = {}
+            for start in range(0, len(missing), 256):
+                chunk = missing[start : start + 256]
+                vectors = self._embed([content for _, content in chunk])
+                stored = [(seq, vectors[i].tobytes()) for i, (seq, _) in enumerate(chunk)]
+                self._write(partial(_insert_vectors, stored=stored))
+                filled.update((seq, vectors[i]) for i, (seq, _) in enumerate(chunk))
+            matrix = np.empty((len(rows), DIMENSIONS), dtype=np.float32)
+            for i, (seq, vector, _) in enumerate(rows):
+                matrix[i] = filled[seq] if vector is None else np.frombuffer(vector, np.float32)
+            self._vectors.add_synced([seq for seq, _, _ in rows], matrix, checked=rows[-1][0])
+
+    def _semantic_seqs(self, query: SearchQuery, want: int) -> list[int]:
+        """Row seqs passing the filters, nearest in meaning first."""
+        import numpy as np
+
+        self._sync_vectors()
+        seqs, matrix = self._vectors.snapshot()
+        if not len(seqs):
+            return []
+        scores = matrix @ self._embed([query.text])[0]
+        where, params = _filters(query)
+        found: list[int] = []
+        pool = min(len(seqs), max(want * 20, 200))
+        while True:
+            # The nearest `pool` rows, best first, then the filters in SQL.
+            top = np.argpartition(-scores, pool - 1)[:pool] if pool < len(seqs) else None
+            order = top[np.argsort(-scores[top])] if top is not None else np.argsort(-scores)
+            candidates = [int(seqs[i]) for i in order]
+            if where or len(candidates) > want:
+                marks = ",".join("?" * len(candidates))
+                clause = f"{where} AND" if where else " WHERE"
+                passing = {
+                    r[0]
+                    for r in self._read(
+                        f"SELECT m.seq FROM memories m{clause} m.seq IN ({marks})",
+                        [*params, *candidates],
+                    )
+                }
+                found = [seq for seq in candidates if seq in passing]
+            else:
+                found = candidates
+            if len(found) >= want or pool >= len(seqs):
+                return found[:want]
+            pool = min(len(seqs), pool * 4)
+
+    def _rows_by_seq(self, seqs: Sequence[int]) -> list[Memory]:
+        if not seqs:
+            return []
+        marks = ",".join("?" * len(seqs))
+        rows = self._read(f"SELECT seq, {_COLUMNS} FROM memories WHERE seq IN ({marks})", seqs)
+        by_seq = {r[0]: _from_row(r[1:]) for r in rows}
+        return [by_seq[seq] for seq in seqs if seq in by_seq]
+
+    def _semantic(self, query: SearchQuery) -> list[Memory]:
+        return self._rows_by_seq(self._semantic_seqs(query, query.limit))
+
+    def _hybrid(self, query: SearchQuery) -> list[Memory]:
+        # Words count as evidence where a memory holds all of them (ids, error codes, names):
+        # OR-ed single-word overlaps are noise beside meaning, and would drown it in the fusion.
+        depth = max(50, query.limit * 5)
+        wide = msgspec.structs.replace(query, limit=depth)
+        every_word = fts_all_words(query.text)
+        by_text = self._text(msgspec.structs.replace(wide, text=every_word)) if every_word else []
+        by_meaning = self._rows_by_seq(self._semantic_seqs(wide, depth))
+        memories = {m.id: m for m in (*by_text, *by_meaning)}
+        from ..semantic import rrf
+
+        fused = rrf([m.id for m in by_text], [m.id for m in by_meaning])
+        return [memories[memory_id] for memory_id in fused[: query.limit]]
+
     # --- lifecycle -----------------------------------------------------------------------
 
     def classify(self, exc: BaseException) -> ErrorKind | None:
@@ -476,6 +613,7 @@ class SQLiteBackend(Backend):
         self._write_lock = threading.Lock()
         self._readers_lock = threading.Lock()
         self._opened = False
+        self._vectors = _Vectors()
 
     def close(self) -> None:
         """Close every connection this backend opened."""
@@ -488,6 +626,67 @@ class SQLiteBackend(Backend):
                 self._writer.close()
                 self._writer = None
             self._opened = False
+
+
+def _insert_vectors(conn: sqlite3.Connection, stored: list[tuple[int, bytes]]) -> None:
+    conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)", stored)
+
+
+class _Vectors:
+    """The embeddings in RAM: a float32 matrix that grows as batches land (amortized), read
+    by searches on any thread from a consistent snapshot."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loading = threading.Lock()  # one sync with the file at a time
+        self.checked_seq = 0  # every row up to here has been loaded from the file
+        self._size = 0
+        self._seqs: Any = None
+        self._matrix: Any = None
+        # Rows this process added after the last sync read the file: the next sync skips them.
+        self._written: set[int] = set()
+
+    def add_written(self, seqs: Sequence[int], vectors: Any) -> None:
+        """Rows this process just stored (nothing to do until a search has loaded the file)."""
+        with self.lock:
+            if self._matrix is None:
+                return
+            keep = [i for i, seq in enumerate(seqs) if seq > self.checked_seq]
+            self._append([seqs[i] for i in keep], vectors[keep])
+            self._written.update(seqs[i] for i in keep)
+
+    def add_synced(self, seqs: Sequence[int], vectors: Any, checked: int) -> None:
+        """Rows read from the file, up to seq `checked`."""
+        with self.lock:
+            keep = [i for i, seq in enumerate(seqs) if seq not in self._written]
+            self._written = {seq for seq in self._written if seq > checked}
+            self._append([seqs[i] for i in keep], vectors[keep])
+            self.checked_seq = max(self.checked_seq, checked)
+
+    def _append(self, seqs: Sequence[int], vectors: Any) -> None:
+        import numpy as np
+
+        need = self._size + len(seqs)
+        if self._matrix is None or need > len(self._matrix):
+            # Readers keep the arrays they took; the grown ones are published whole.
+            old = 0 if self._matrix is None else len(self._matrix)
+            capacity = max(need, old * 2, 1024)
+            matrix = np.empty((capacity, vectors.shape[1]), np.float32)
+            ids = np.empty(capacity, np.int64)
+            if self._matrix is not None:
+                matrix[: self._size] = self._matrix[: self._size]
+                ids[: self._size] = self._seqs[: self._size]
+            self._matrix, self._seqs = matrix, ids
+        self._matrix[self._size : need] = vectors
+        self._seqs[self._size : need] = seqs
+        self._size = need
+
+    def snapshot(self) -> tuple[Any, Any]:
+        """(seqs, matrix) as of now."""
+        with self.lock:
+            if self._matrix is None:
+                return (), None
+            return self._seqs[: self._size], self._matrix[: self._size]
 
 
 # Connections inherited across fork are kept referenced, never closed: closing them in the
@@ -513,6 +712,14 @@ def _filters(query: SearchQuery) -> tuple[str, list[Any]]:
         clauses.append("EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)")
         params.append(tag)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def fts_all_words(text: str) -> str | None:
+    """An FTS5 MATCH expression requiring every word of a plain query (syntax passes through)."""
+    query = fts_query(text)
+    if query is None or query == text:
+        return query
+    return query.replace(" OR ", " ")
 
 
 def fts_query(text: str) -> str | None:

@@ -11,7 +11,7 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from fastapi import FastAPI, Query, Request
@@ -74,6 +74,10 @@ CategoryParam = Annotated[
     str | None, Query(pattern=CATEGORY_PATTERN, description="Only this category.")
 ]
 LabelParam = Annotated[str | None, Query(min_length=1, max_length=256, pattern=NO_NUL)]
+Mode = Annotated[
+    Literal["text", "semantic", "hybrid"],
+    Query(description="By words (text), by meaning (semantic, needs ?semantic=1), or both."),
+]
 Since = Annotated[float | None, Query(description="Created at or after (epoch seconds).")]
 Until = Annotated[float | None, Query(description="Created before (epoch seconds).")]
 
@@ -233,7 +237,12 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's collec
     if token:
         app.add_middleware(_Auth, token=token)
     _install_error_handlers(app)
-    _install_openapi(app, bool(token), lambda: current().config.max_content_bytes)
+    _install_openapi(
+        app,
+        bool(token),
+        lambda: current().config.max_content_bytes,
+        lambda: current().backend.supports_semantic,
+    )
 
     registry = metrics_registry(current)
 
@@ -390,9 +399,11 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's collec
         since: Since = None,
         until: Until = None,
         limit: ListLimit = 10,
+        mode: Mode = "text",
     ) -> Response:
         hits = current().search(
             q,
+            mode=mode,
             category=category,
             tags=tags,
             project=project,
@@ -603,7 +614,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, handler)
 
 
-def _install_openapi(app: FastAPI, auth: bool, max_content_bytes: Callable[[], int]) -> None:
+def _install_openapi(
+    app: FastAPI, auth: bool, max_content_bytes: Callable[[], int], semantic: Callable[[], bool]
+) -> None:
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -614,6 +627,11 @@ def _install_openapi(app: FastAPI, auth: bool, max_content_bytes: Callable[[], i
         schemas = components.setdefault("schemas", {})
         schemas.update(component_schemas())
         schemas["MemoryIn"]["properties"]["content"]["maxLength"] = max_content_bytes()
+        # The search modes this store answers: semantic ones need its embeddings.
+        modes = ["text", "semantic", "hybrid"] if semantic() else ["text"]
+        for parameter in spec["paths"]["/v1/search"]["get"]["parameters"]:
+            if parameter["name"] == "mode":
+                parameter["schema"] = {"enum": modes, "default": "text"}
         if auth:
             components["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer"},

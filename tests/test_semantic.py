@@ -1,0 +1,217 @@
+"""Semantic recall on SQLite (?semantic=1): by meaning, hybrid, filters, persistence, errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import memcollect as mc
+from memcollect import semantic
+from memcollect.backends.sqlite import SQLiteBackend
+from memcollect.semantic import rrf
+
+MEMORIES = [
+    ("bug", "Login fails on Safari after resetting the password"),
+    ("bug", "The checkout page times out when the payment provider is slow"),
+    ("feedback", "Users love the new dark mode"),
+    ("performance", "Database connection pool exhausted under load"),
+    ("bug", "Memory leak in the image resizing worker"),
+    ("feedback", "The onboarding wizard is confusing for first-time users"),
+]
+
+
+def require_semantic() -> None:
+    if semantic.available():
+        return
+    message = "the semantic extra is not installed: make test installs it"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip("!!! SKIPPED, NOT TESTED: " + message)
+
+
+@pytest.fixture
+def store(make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path) -> mc.MemoryCollector:
+    require_semantic()
+    c = make_collector(f"sqlite:///{tmp_path}/semantic.db?semantic=1")
+    for category, content in MEMORIES:
+        c.collect(category, content)
+    assert c.flush(120)
+    return c
+
+
+def contents(memories: list[mc.Memory]) -> list[str]:
+    return [m.content for m in memories]
+
+
+def test_semantic_finds_what_shares_meaning_not_words(store: mc.MemoryCollector) -> None:
+    query = "cannot sign in on Apple's browser"
+    assert store.search(query) == []  # no word in common
+    assert contents(store.search(query, mode="semantic", limit=1)) == [MEMORIES[0][1]]
+    assert contents(store.search("people like the night theme", mode="semantic", limit=1)) == [
+        "Users love the new dark mode"
+    ]
+
+
+def test_hybrid_fuses_words_and_meaning(store: mc.MemoryCollector) -> None:
+    # "checkout" matches one memory by its word; "sign in on Apple's browser" another by meaning.
+    hits = contents(store.search("checkout, or cannot sign in on Apple's browser", mode="hybrid"))
+    assert set(hits[:2]) == {MEMORIES[0][1], MEMORIES[1][1]}
+    assert len(hits) == len(set(hits))
+
+
+def test_filters_apply_to_semantic_results(store: mc.MemoryCollector) -> None:
+    hits = store.search("users are happy", mode="semantic", category="feedback", limit=10)
+    assert {m.category for m in hits} == {"feedback"} and len(hits) == 2
+    assert store.search("users are happy", mode="semantic", category="qa") == []
+
+
+def test_vectors_persist_and_new_rows_from_another_writer_are_seen(
+    store: mc.MemoryCollector, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/semantic.db?semantic=1"
+    assert contents(store.search("sign-in trouble", mode="semantic", limit=1)) == [MEMORIES[0][1]]
+    other = SQLiteBackend(url)  # another process's view of the same file
+    other.open()
+    rows = other._read("SELECT count(*) FROM embeddings")
+    assert rows[0][0] == len(MEMORIES)  # stored beside each memory, not recomputed
+    late = mc.Memory(
+        mc.new_id(),
+        "bug",
+        "Kafka consumer lag keeps growing",
+        {},
+        "high",
+        (),
+        None,
+        None,
+        None,
+        1.7e9,
+    )
+    other.write_batch([late])
+    other.close()
+    hits = store.search("message queue falling behind", mode="semantic", limit=1)
+    assert contents(hits) == ["Kafka consumer lag keeps growing"]
+
+
+def test_memories_stored_before_semantic_was_on_are_embedded_on_demand(
+    make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path
+) -> None:
+    require_semantic()
+    plain = make_collector(f"sqlite:///{tmp_path}/later.db")
+    for category, content in MEMORIES:
+        plain.collect(category, content)
+    assert plain.flush(30)
+    with pytest.raises(mc.ValidationError, match=r"\?semantic=1"):
+        plain.search("anything", mode="semantic")
+    later = make_collector(
+        f"sqlite:///{tmp_path}/later.db?semantic=1", data_dir=str(tmp_path / "l")
+    )
+    hits = later.search("running out of memory", mode="semantic", limit=2)
+    assert MEMORIES[4][1] in contents(hits)
+    assert later.backend._read("SELECT count(*) FROM embeddings")[0][0] == len(MEMORIES)  # type: ignore[attr-defined]
+
+
+def test_without_the_extra_the_error_names_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(semantic, "available", lambda: False)
+    with pytest.raises(mc.ValidationError, match=r"pip install 'memcollect\[semantic\]'"):
+        mc.MemoryCollector(f"sqlite:///{tmp_path}/x.db?semantic=1", data_dir=str(tmp_path))
+
+
+def test_bad_modes_and_stores_without_embeddings_are_refused(
+    make_collector: Callable[..., mc.MemoryCollector],
+) -> None:
+    c = make_collector("memory://")
+    with pytest.raises(mc.ValidationError, match="mode must be"):
+        c.search("x", mode="fuzzy")
+    with pytest.raises(mc.ValidationError, match="memcollect\\[semantic\\]"):
+        c.search("x", mode="hybrid")
+
+
+def test_reciprocal_rank_fusion() -> None:
+    assert rrf(["a", "b", "c"], ["c", "a"]) == ["a", "c", "b"]
+    assert rrf([], ["x"]) == ["x"]
+    assert rrf(["a"], ["b"]) == ["a", "b"]  # a tie keeps the first ranking's order
+
+
+def test_hybrid_puts_exact_keyword_matches_first(
+    make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path
+) -> None:
+    require_semantic()
+    c = make_collector(f"sqlite:///{tmp_path}/kw.db?semantic=1")
+    for content in (
+        "TLS handshake with the payment provider fails intermittently",
+        "Certificate chain is incomplete on the CDN edge",
+        "Browser shows a secure connection error on the login page",
+        "Error code E4417 returned by the ledger service for refunds",
+        "Ledger service refunds fail with a validation error",
+    ):
+        c.collect("error", content)
+    assert c.flush(120)
+    hits = contents(c.search("E4417 refunds", mode="hybrid", limit=3))
+    assert hits[0] == "Error code E4417 returned by the ledger service for refunds"
+    # Meaning still fills the rest: the other refund failure is next.
+    assert hits[1] == "Ledger service refunds fail with a validation error"
+
+
+def test_the_server_and_remote_collectors_search_by_meaning(
+    store: mc.MemoryCollector, make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path
+) -> None:
+    from .services import ThreadedServer
+
+    with ThreadedServer(collector=store, token="") as server:
+        remote = make_collector(server.url, data_dir=str(tmp_path / "remote"))
+        hits = remote.search("people like the night theme", mode="semantic", limit=1)
+        assert contents(hits) == ["Users love the new dark mode"]
+    plain = make_collector("memory://", data_dir=str(tmp_path / "plain"))
+    with ThreadedServer(collector=plain, token="") as server:
+        remote = make_collector(server.url, data_dir=str(tmp_path / "remote2"))
+        with pytest.raises(mc.ValidationError, match="semantic"):
+            remote.search("anything", mode="semantic")
+
+
+OFFLINE_PROBE = """
+import socket, sys
+attempts = []
+real_connect = socket.socket.connect
+def guarded(self, address):
+    host = address[0] if isinstance(address, tuple) else str(address)
+    if host not in ("127.0.0.1", "::1", "localhost") and not str(host).startswith("/"):
+        attempts.append(host)
+        raise OSError(f"network access attempted: {address!r}")
+    return real_connect(self, address)
+socket.socket.connect = guarded
+real_getaddrinfo = socket.getaddrinfo
+def no_dns(host, *args, **kwargs):
+    if host not in ("127.0.0.1", "::1", "localhost", None):
+        attempts.append(host)
+        raise OSError(f"name lookup attempted: {host!r}")
+    return real_getaddrinfo(host, *args, **kwargs)
+socket.getaddrinfo = no_dns
+from memcollect.semantic import Embedder
+vectors = Embedder().embed(["offline check"])
+print(vectors.shape, attempts)
+sys.exit(1 if attempts else 0)
+"""
+
+
+def test_embeddings_never_touch_the_network(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    require_semantic()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env["HOME"] = str(tmp_path)  # no model cache to fall back on: the packaged files only
+    result = subprocess.run(
+        [sys.executable, "-c", OFFLINE_PROBE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "(1, 384) []"
