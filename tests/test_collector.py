@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -293,3 +293,25 @@ def test_callbacks_see_stored_batches_and_a_failing_callback_is_harmless(
     assert sorted(seen) == sorted(ids)
     c.collect("note", "after the broken callback")
     assert c.flush() and c.count() == 21
+
+
+def test_a_worker_outliving_close_releases_the_backend_when_it_ends(
+    make_collector: Make,
+) -> None:
+    release = threading.Event()
+    closed = threading.Event()
+
+    class Slow(MemoryBackend):
+        def write_batch(self, batch: Sequence[mc.Memory]) -> None:
+            release.wait(10)
+            super().write_batch(batch)
+
+        def close(self) -> None:
+            closed.set()
+
+    c = make_collector(Slow("memory://"))
+    c.collect("note", "held in a slow write")
+    c.close(timeout=0.2)  # the worker is still inside write_batch
+    assert not closed.is_set()  # not closed under a write in flight
+    release.set()
+    assert closed.wait(10)  # released by the worker as it ends

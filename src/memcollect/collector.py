@@ -489,10 +489,14 @@ class MemoryCollector:
             # next owner. A late worker's acks are then ignored; what it stores is replayed
             # once more by the next owner, and idempotent writes make that harmless.
             self._spool.close()
-        if not self._worker.alive():
-            self._backend.close()
-            if self._fallback is not None:
-                self._fallback.close()
+        # A worker still in a write past the deadline releases the backends as it ends:
+        # closing them under it would fail its write, and leaving them open leaks sockets.
+        self._worker.when_exited(self._release_backends)
+
+    def _release_backends(self) -> None:
+        self._backend.close()
+        if self._fallback is not None:
+            self._fallback.close()
 
     async def aclose(self, timeout: float | None = 10.0) -> None:
         """close() without blocking the event loop."""

@@ -72,6 +72,10 @@ class Worker:
         self.stopping = False
         self.deadline: float | None = None
         self._interrupt = threading.Event()
+        # Set by close() when the worker outlives its deadline: run once the thread ends.
+        self.after_exit: Callable[[], None] | None = None
+        self._exit_lock = threading.Lock()
+        self._exited = False
 
     # --- thread --------------------------------------------------------------------------
 
@@ -104,6 +108,20 @@ class Worker:
                     self._move_from_fallback()
         except Exception:  # pragma: no cover - a bug; never take the host process down
             log.exception("memcollect worker crashed; memories queued from now on are not stored")
+        finally:
+            with self._exit_lock:
+                self._exited = True
+                late = self.after_exit
+            if late is not None:
+                late()
+
+    def when_exited(self, action: Callable[[], None]) -> None:
+        """Run `action` once the thread has ended: now if it has, else as its last step."""
+        with self._exit_lock:
+            if not self._exited and self.alive():
+                self.after_exit = action
+                return
+        action()
 
     def _next_batch(self) -> list[Memory]:
         """Wait for a full batch, the linger timeout, a flush, or shutdown; then take one."""

@@ -91,6 +91,7 @@ class RemoteBackend(Backend):
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
         self._clients_lock = threading.Lock()
+        self._closed = False
 
     @property
     def _client(self) -> httpx.Client:
@@ -98,6 +99,8 @@ class RemoteBackend(Backend):
         # readers on other threads never wait behind a batch in flight.
         client: httpx.Client | None = getattr(self._local, "client", None)
         if client is None:
+            if self._closed:
+                raise TransientBackendError(f"the backend for {self.base} is closed")
             client = httpx.Client(
                 base_url=self.base,
                 headers=self._headers,
@@ -228,6 +231,7 @@ class RemoteBackend(Backend):
         """Close every connection."""
         with self._clients_lock:
             clients, self._clients = self._clients, []
+            self._closed = True
         for client in clients:
             client.close()
         self._local = threading.local()
