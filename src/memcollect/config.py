@@ -71,6 +71,8 @@ class Config(msgspec.Struct, kw_only=True):
     @property
     def backend_url(self) -> str:
         """The backend URL, defaulting to a SQLite file in data_dir."""
+        if self.backend in ("mem0://", "mem0:"):
+            return f"mem0:///{Path(self.data_dir) / 'mem0'}"
         if self.backend:
             return self.backend
         return f"sqlite:///{Path(self.data_dir) / 'memories.db'}"

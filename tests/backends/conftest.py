@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from memcollect.backends.base import Backend
 
 from ..services import ThreadedServer, drop_schema, require_postgres
 
-BACKENDS = ["memory", "sqlite", "sqlite-nofts", "postgresql", "remote"]
+BACKENDS = ["memory", "sqlite", "sqlite-nofts", "postgresql", "remote", "mem0"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -34,6 +35,14 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             yield store
             store.close()
         return
+    if request.param == "mem0":
+        from importlib.util import find_spec
+
+        if find_spec("mem0") is None:
+            message = "mem0ai is not installed: make test installs it"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip("!!! SKIPPED, NOT TESTED: " + message)
     if request.param == "postgresql":
         url = f"{require_postgres()}?schema={schema}"
     else:
@@ -41,6 +50,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             "memory": "memory://",
             "sqlite": f"sqlite:///{tmp_path}/conformance.db",
             "sqlite-nofts": f"sqlite:///{tmp_path}/nofts.db?fts=0",
+            "mem0": f"mem0:///{tmp_path}/mem0",
         }[request.param]
     store = open_backend(url)
     store.open()

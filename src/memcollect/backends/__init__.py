@@ -7,7 +7,9 @@ from .base import Backend, DeadLetter, SearchQuery
 
 __all__ = ["Backend", "DeadLetter", "SearchQuery", "open_backend"]
 
-SCHEMES = "memory://, sqlite:///path/to/file.db, postgresql://user@host/db, http://host:8765"
+SCHEMES = (
+    "memory://, sqlite:///path/to/file.db, postgresql://user@host/db, http://host:8765, mem0://"
+)
 
 
 def open_backend(url: str) -> Backend:
@@ -29,6 +31,10 @@ def open_backend(url: str) -> Backend:
         except ImportError as exc:
             raise ValidationError(str(exc)) from None
         return PostgresBackend(url)
+    if scheme == "mem0":
+        from .mem0 import Mem0Backend
+
+        return Mem0Backend(url)
     if scheme in ("http", "https"):
         try:
             from .remote import RemoteBackend
