@@ -75,6 +75,8 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+# Rows ranked cheaply (ts_rank) before the top ones are ranked by cover density (ts_rank_cd).
+RANK_POOL = 1000
 
 _INCOMING = """
 CREATE TEMP TABLE IF NOT EXISTS memcollect_incoming (
@@ -297,12 +299,19 @@ class PostgresBackend(Backend):
         if not words:
             return []
         where = " AND ".join(["m.search @@ q", *clauses])
-        columns = ", ".join("m." + c for c in _COLUMNS.split(", "))
+        columns = ", ".join("c." + c for c in _COLUMNS.split(", "))
+        # ts_rank_cd costs ~30 ms over the tens of thousands of rows a common word matches in
+        # a million; ts_rank a tenth of that. So ts_rank picks a pool, and ts_rank_cd orders
+        # the pool: on 1,000,000 rows the top 10 were identical for 40 of 40 queries, and
+        # p50 / p99 fell from 58 / 339 ms to 48 / 180 ms.
+        pool = max(RANK_POOL, query.limit * 10)
         sql = (
-            f"SELECT {columns} FROM memories m, websearch_to_tsquery('english', %s) q "
-            f"WHERE {where} ORDER BY ts_rank_cd(m.search, q) DESC, m.id DESC LIMIT %s"
+            f"SELECT {columns} FROM (SELECT m.*, q FROM memories m, "
+            f"websearch_to_tsquery('english', %s) q WHERE {where} "
+            "ORDER BY ts_rank(m.search, q) DESC LIMIT %s) c "
+            "ORDER BY ts_rank_cd(c.search, c.q) DESC, c.id DESC LIMIT %s"
         )
-        return [_from_row(r) for r in self._read(sql, [words, *params, query.limit])]
+        return [_from_row(r) for r in self._read(sql, [words, *params, pool, query.limit])]
 
     # --- lifecycle -----------------------------------------------------------------------
 
