@@ -89,6 +89,23 @@ def test_search_ranks_the_best_match_first(backend: Backend) -> None:
     assert backend.search(SearchQuery(text="nonexistentword")) == []
 
 
+def test_search_ranks_memories_holding_every_word_first(backend: Backend) -> None:
+    every = mem("the eviction of the cache went on for a long while after the deploy today")
+    backend.write_batch(
+        [
+            mem("cache cache cache"),
+            mem("cache cache"),
+            mem("eviction eviction"),
+            every,
+            *(mem(f"filler note number {i} about billing") for i in range(6)),
+        ]
+    )
+    hits = backend.search(SearchQuery(text="cache eviction", limit=3))
+    assert hits[0].id == every.id
+    assert len(hits) == 3  # then memories holding some of the words fill the limit
+    assert backend.search(SearchQuery(text="cache eviction", limit=1)) == [every]
+
+
 def test_search_filters(backend: Backend) -> None:
     t0 = time.time()
     backend.write_batch(

@@ -11,7 +11,7 @@ import pytest
 from psycopg import errors as pg_errors
 
 import memcollect as mc
-from memcollect.backends.postgres import PostgresBackend, websearch_text
+from memcollect.backends.postgres import PostgresBackend, websearch_all_words, websearch_text
 
 from ..services import POSTGRES_URL, drop_schema, require_postgres
 
@@ -109,6 +109,10 @@ def test_plain_words_are_ored_and_syntax_passes_through() -> None:
     assert websearch_text("Safari login") == "safari or login"
     assert websearch_text('"exact phrase" -excluded') == '"exact phrase" -excluded'
     assert websearch_text("a OR b") == "a OR b"
+    # Words that merely start with "or" or hold a hyphen are plain words.
+    assert websearch_text("login order origin-check") == "login or order or origin or check"
+    assert websearch_all_words("Safari login safari") == "safari login"
+    assert websearch_all_words("a OR b") == "a OR b"
 
 
 def test_bad_url_options_are_named() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import msgspec
@@ -13,7 +13,7 @@ from ..errors import PermanentBackendError, TransientBackendError
 from ..model import Memory
 from ..retry import ErrorKind
 
-__all__ = ["Backend", "DeadLetter", "SearchQuery", "plain_terms"]
+__all__ = ["Backend", "DeadLetter", "SearchQuery", "every_word_first", "plain_terms"]
 
 
 class SearchQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,6 +58,23 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 def plain_terms(text: str) -> list[str]:
     """The words of a plain-text query, lowercased."""
     return [w.lower() for w in _WORD.findall(text)]
+
+
+def every_word_first(
+    run: Callable[[str, int], list[Memory]], every: str, some: str, limit: int
+) -> list[Memory]:
+    """Ranked hits of the query `every` (all words), then of `some` (any word) to fill `limit`.
+
+    A memory holding every word of a query is what its author was looking for, and there are
+    few of them even when each word is common: ranking those alone spares scoring the tens of
+    thousands of memories that share one common word, unless too few hold them all.
+    """
+    found = run(every, limit)
+    if len(found) >= limit or every == some:
+        return found
+    seen = {m.id for m in found}
+    more = [m for m in run(some, limit + len(found)) if m.id not in seen]
+    return found + more[: limit - len(found)]
 
 
 class Backend(ABC):

@@ -57,7 +57,8 @@ class MemoryBackend(Backend):
             return dict(Counter(m.category for m in self._rows.values()))
 
     def search(self, query: SearchQuery) -> list[Memory]:
-        """Memories matching any query word, ranked by tf-idf; by recency without words."""
+        """Memories matching any query word, those holding every word first, each group ranked
+        by tf-idf; by recency without words."""
         with self._lock:
             rows = [m for m in self._rows.values() if query.matches(m)]
         terms = set(plain_terms(query.text))
@@ -74,9 +75,9 @@ class MemoryBackend(Backend):
                 if words[t]
             )
             if score > 0:
-                scored.append((score, memory.id, memory))
-        scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
-        return [memory for _, _, memory in scored[: query.limit]]
+                scored.append((all(words[t] for t in terms), score, memory.id, memory))
+        scored.sort(key=lambda s: (s[0], s[1], s[2]), reverse=True)
+        return [memory for *_, memory in scored[: query.limit]]
 
     def scan(self, after: str | None, limit: int) -> list[Memory]:
         """Stored memories in id order, after the id `after`."""

@@ -17,7 +17,7 @@ import msgspec
 from ..errors import ValidationError
 from ..model import PRIORITIES, PRIORITY_RANK, Memory
 from ..retry import ErrorKind
-from .base import Backend, DeadLetter, SearchQuery, plain_terms
+from .base import Backend, DeadLetter, SearchQuery, every_word_first, plain_terms
 
 __all__ = ["SQLiteBackend", "parse_sqlite_url"]
 
@@ -420,8 +420,8 @@ class SQLiteBackend(Backend):
         return [DeadLetter(_memory_decode(r[0]), r[1], r[2]) for r in rows]
 
     def search(self, query: SearchQuery) -> list[Memory]:
-        """Full-text search ranked by BM25 (plain words are OR-ed), with filters; or by meaning
-        (mode="semantic"), or both fused by reciprocal rank (mode="hybrid")."""
+        """Full-text search ranked by BM25 (memories holding every word first), with filters;
+        or by meaning (mode="semantic"), or both fused by reciprocal rank (mode="hybrid")."""
         if query.mode != "text" and query.text.strip():
             if not self.supports_semantic:
                 raise ValidationError(
@@ -442,9 +442,21 @@ class SQLiteBackend(Backend):
             return [_from_row(r) for r in self._read(sql, [*params, query.limit])]
         if not self.has_fts:
             return self._scan(query, where, params)
-        match = fts_query(text)
-        if match is None:
+        some = fts_query(text)
+        if some is None:
             return []
+        every = fts_all_words(text) or some
+        return every_word_first(
+            lambda match, limit: self._ranked(text, match, where, params, limit),
+            every,
+            some,
+            query.limit,
+        )
+
+    def _ranked(
+        self, text: str, match: str, where: str, params: list[Any], limit: int
+    ) -> list[Memory]:
+        """The `limit` best memories for an FTS5 MATCH expression, by BM25."""
         # Rank only (rowid, score) over every match, then fetch whole rows for the top k:
         # sorting full rows (content, metadata) for thousands of matches costs more than bm25.
         if where:
@@ -464,7 +476,7 @@ class SQLiteBackend(Backend):
             "JOIN memories m ON m.seq = hits.seq ORDER BY hits.score, hits.seq DESC"
         )
         try:
-            rows = self._read(sql, [match, *params, query.limit])
+            rows = self._read(sql, [match, *params, limit])
         except sqlite3.OperationalError as exc:
             # Our SQL is fixed; a plain SQLITE_ERROR here comes from the user's MATCH text.
             if (getattr(exc, "sqlite_errorcode", 1) & 0xFF) == 1:
