@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -226,9 +228,26 @@ class SQLiteBackend(Backend):
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
         if not self._memory_db:
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._use_wal(conn)
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        # Switching a new file to WAL needs it to itself, and SQLite answers "database is
+        # locked" at once, without its busy handler, while another process or thread is
+        # creating it too: so wait here, within busy_timeout, for the first one to finish.
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.002
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (5, 6)  # BUSY, LOCKED
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(random.uniform(0, pause))
+            pause = min(pause * 2, 0.1)
 
     def open(self) -> None:
         """Create or migrate the schema (safe when several processes start at once)."""
