@@ -244,7 +244,7 @@ def _exported(model: Path) -> Path | None:
     names = ["input_ids", "attention_mask", "token_type_ids"]
     example = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in names)
     # Written beside, then renamed: a process exporting at the same time never reads half.
-    partial = target.with_suffix(f".{os.getpid()}.partial")
+    partial = target.with_suffix(f".{os.getpid()}-{threading.get_ident()}.partial")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
