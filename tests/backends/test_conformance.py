@@ -134,6 +134,40 @@ def test_search_filters(backend: Backend) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "value", ["two words", "émoji 🐛", "dash-and_under", "Case", "x" * 120, 'quote"d']
+)
+def test_search_filters_on_any_value(backend: Backend, value: str) -> None:
+    backend.write_batch(
+        [
+            mem("timeout in payments", tags=[value], project=value, agent=value, session=value),
+            mem("timeout in payments", tags=[value + "x"], project=value + "x"),
+            mem("timeout in payments", tags=["other"], project=value.upper() + "y"),
+        ]
+    )
+    for filters in ({"project": value}, {"tags": (value,)}, {"agent": value, "session": value}):
+        hits = backend.search(SearchQuery(text="timeout", **filters))  # type: ignore[arg-type]
+        assert [h.project for h in hits] == [value], filters
+
+
+@pytest.mark.parametrize(
+    "text", ["secret) OR (timeout", "secret OR timeout", '"secret" OR timeout*', "secret"]
+)
+def test_search_filters_hold_whatever_the_text_says(backend: Backend, text: str) -> None:
+    # A project filter is how a service keeps one tenant's memories from another's.
+    backend.write_batch(
+        [
+            mem("secret timeout of tenant b", project="b", tags=["b"]),
+            mem("timeout of tenant a", project="a", tags=["a"]),
+        ]
+    )
+    try:
+        hits = backend.search(SearchQuery(text=text, project="a", limit=10))
+    except mc.ValidationError:
+        return  # a store without FTS syntax may refuse it; it must not leak
+    assert all(h.project == "a" for h in hits), [h.content for h in hits]
+
+
 def test_dead_letters(backend: Backend) -> None:
     a, b = mem("poison a"), mem("poison b")
     backend.add_dead_letters([DeadLetter(a, "PermanentBackendError: bad", 1.0)])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import memcollect as mc
+from memcollect.backends import sqlite as sqlite_backend
 from memcollect.backends.base import SearchQuery
 from memcollect.backends.sqlite import SCHEMA_VERSION, SQLiteBackend, fts_query
 
@@ -89,6 +90,55 @@ def test_duplicate_writes_do_not_duplicate_the_index(store: SQLiteBackend) -> No
     store.write_batch([m])
     store.write_batch([m])
     assert len(store.search(SearchQuery(text="indexed"))) == 1
+    store.close()
+
+
+def test_deleted_memories_leave_the_index_filters_and_all(store: SQLiteBackend) -> None:
+    kept, gone = mem("moved away", project="p", tags=["t"]), mem("moved away", project="p")
+    store.write_batch([kept, gone])
+    store.delete([gone.id])
+    assert store.search(SearchQuery(text="moved", project="p")) == [kept]
+    store.close()
+    with sqlite3.connect(store.path) as conn:
+        # An external-content index keeps a deleted row's tokens unless told them exactly.
+        for match in ("moved", 'facets : "p70"'):
+            rows = conn.execute(
+                "SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?", [match]
+            )
+            assert len(rows.fetchall()) == 1, match
+        conn.execute("INSERT INTO memories_fts(memories_fts) VALUES ('integrity-check')")
+
+
+def test_when_many_hold_every_word_the_newest_are_ranked(
+    store: SQLiteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "RANK_WINDOW", 20)
+    # The oldest is the best BM25 match (shortest); 30 newer ones hold every word too.
+    best = mem("disk full")
+    newer = [mem(f"disk full on volume {i} of the cluster, again") for i in range(30)]
+    store.write_batch([best])
+    store.write_batch(newer)
+    hits = store.search(SearchQuery(text="disk full", limit=10))
+    assert len(hits) == 10
+    assert best not in hits
+    assert {m.id for m in hits} <= {m.id for m in newer[-20:]}
+    # A limit beyond the window ranks that many of the newest.
+    assert len(store.search(SearchQuery(text="disk full", limit=31))) == 31
+    # With fewer holders than the window, every one of them is ranked.
+    monkeypatch.setattr(sqlite_backend, "RANK_WINDOW", 1000)
+    assert store.search(SearchQuery(text="disk full", limit=1)) == [best]
+    store.close()
+
+
+def test_a_rare_word_is_found_under_many_newer_common_ones(
+    store: SQLiteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "RANK_WINDOW", 20)
+    rare = mem("psycopg pool exhausted")
+    store.write_batch([rare])
+    store.write_batch([mem(f"request timeout number {i}") for i in range(60)])
+    # Nobody holds both words: the fill ranks every holder of either, not only the newest.
+    assert store.search(SearchQuery(text="psycopg timeout", limit=1)) == [rare]
     store.close()
 
 

@@ -82,14 +82,42 @@ MIGRATIONS.append(
     # Embeddings for semantic recall (?semantic=1), one float32 vector per memory row.
     (3, "CREATE TABLE IF NOT EXISTS embeddings (seq INTEGER PRIMARY KEY, vector BLOB NOT NULL)"),
 )
+MIGRATIONS.append(
+    # The full-text index gains a third column, `facets`: one token per filter value
+    # (category, project, agent, session, each tag), so a filtered search narrows its matches
+    # inside the index instead of looking up every matching row. Built again below.
+    (
+        4,
+        """
+        DROP TABLE IF EXISTS memories_fts;
+        CREATE VIEW IF NOT EXISTS memories_fts_source AS SELECT seq, content, tags,
+            'c' || hex(category)
+            || coalesce(' p' || hex(project), '')
+            || coalesce(' a' || hex(agent), '')
+            || coalesce(' s' || hex(session), '')
+            || coalesce((SELECT ' ' || group_concat('t' || hex(value), ' ')
+                         FROM json_each(memories.tags)), '') AS facets
+        FROM memories
+        """,
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _FTS_DDL = """
 CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(
-    content, tags, content='memories', content_rowid='seq',
+    content, tags, facets, content='memories_fts_source', content_rowid='seq',
     tokenize='porter unicode61 remove_diacritics 2'
 )
 """
+# Fills the index from the rows (FTS5's own 'rebuild' cannot read a view).
+_FTS_FILL = (
+    "INSERT INTO memories_fts(rowid, content, tags, facets) "
+    "SELECT seq, content, tags, facets FROM memories_fts_source"
+)
+# When more memories than this hold every word of a query, only the newest of them are
+# ranked: they differ little in BM25 (all hold every word), while scoring tens of thousands
+# of them costs tens of milliseconds.
+RANK_WINDOW = 1000
 
 
 def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
@@ -248,7 +276,7 @@ class SQLiteBackend(Backend):
         exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_fts'").fetchone()
         if self.want_fts and not exists:
             conn.execute(_FTS_DDL)
-            conn.execute("INSERT INTO memories_fts(memories_fts) VALUES ('rebuild')")
+            conn.execute(_FTS_FILL)
             exists = True
         # An index that exists is always kept up to date, whatever this URL says.
         self.has_fts = bool(exists)
@@ -312,11 +340,7 @@ class SQLiteBackend(Backend):
             )
             if self.has_fts:
                 # Index only the rows this batch really added (not the ignored duplicates).
-                conn.execute(
-                    "INSERT INTO memories_fts(rowid, content, tags) "
-                    "SELECT seq, content, tags FROM memories WHERE seq > ?",
-                    (top,),
-                )
+                conn.execute(f"{_FTS_FILL} WHERE seq > ?", (top,))
             if vectors is not None:
                 index = {m.id: i for i, m in enumerate(batch)}
                 new = conn.execute("SELECT seq, id FROM memories WHERE seq > ?", (top,))
@@ -357,8 +381,9 @@ class SQLiteBackend(Backend):
             if self.has_fts:
                 # An external-content index forgets a row only when told what it held.
                 conn.executemany(
-                    "INSERT INTO memories_fts(memories_fts, rowid, content, tags) "
-                    "SELECT 'delete', seq, content, tags FROM memories WHERE id = ?",
+                    "INSERT INTO memories_fts(memories_fts, rowid, content, tags, facets) "
+                    "SELECT 'delete', seq, content, tags, facets FROM memories_fts_source "
+                    "WHERE seq = (SELECT seq FROM memories WHERE id = ?)",
                     params,
                 )
             conn.executemany("DELETE FROM memories WHERE id = ?", params)
@@ -430,36 +455,65 @@ class SQLiteBackend(Backend):
             return []
         every = fts_all_words(text) or some
         return every_word_first(
-            lambda match, limit: self._ranked(text, match, where, params, limit),
+            lambda match, limit: self._ranked(text, match, query, limit, newest=match == every),
             every,
             some,
             query.limit,
         )
 
     def _ranked(
-        self, text: str, match: str, where: str, params: list[Any], limit: int
+        self, text: str, match: str, query: SearchQuery, limit: int, *, newest: bool
     ) -> list[Memory]:
-        """The `limit` best memories for an FTS5 MATCH expression, by BM25."""
-        # Rank only (rowid, score) over every match, then fetch whole rows for the top k:
+        """The `limit` best memories for an FTS5 MATCH expression, by BM25, with the query's
+        filters; with `newest`, only the RANK_WINDOW (or `limit`) newest matches are ranked."""
+        # The user's words look in content and tags; filter values are tokens in `facets`.
+        where = f"{{content tags}} : ({match})"
+        facets = _facet_tokens(query)
+        if facets:
+            where += " AND facets : (" + " AND ".join(f'"{t}"' for t in facets) + ")"
+        hits = self._read_ranked(text, where, query, limit, newest, exact_in_sql=False)
+        if all(query.matches(m) for m in hits):
+            return hits
+        # A user's MATCH syntax can reach around the facet terms (`a) OR (b`): a hit that
+        # fails a filter sends the search the slower way, with every filter in SQL.
+        return self._read_ranked(text, where, query, limit, newest, exact_in_sql=True)
+
+    def _read_ranked(
+        self,
+        text: str,
+        match: str,
+        query: SearchQuery,
+        limit: int,
+        newest: bool,
+        *,
+        exact_in_sql: bool,
+    ) -> list[Memory]:
+        # Rank only (rowid, score) over the matches, then fetch whole rows for the top k:
         # sorting full rows (content, metadata) for thousands of matches costs more than bm25.
+        exact = exact_in_sql or query.since is not None or query.until is not None
+        where, params = _filters(query) if exact else ("", [])
         if where:
-            inner = (
-                "SELECT f.rowid AS seq, bm25(memories_fts) AS score "
+            matches = (
                 "FROM memories_fts f JOIN memories m ON m.seq = f.rowid "
                 f"WHERE memories_fts MATCH ?{where.replace(' WHERE', ' AND', 1)}"
             )
         else:
-            inner = (
-                "SELECT rowid AS seq, bm25(memories_fts) AS score "
-                "FROM memories_fts WHERE memories_fts MATCH ?"
+            matches = "FROM memories_fts f WHERE memories_fts MATCH ?"
+        inner = f"SELECT f.rowid AS seq, bm25(memories_fts, 1.0, 1.0, 0.0) AS score {matches}"
+        args: list[Any] = [match, *params]
+        if newest:
+            inner += (
+                " AND f.rowid >= (SELECT coalesce(min(seq), 0) FROM "
+                f"(SELECT f.rowid AS seq {matches} ORDER BY f.rowid DESC LIMIT ?))"
             )
+            args += [match, *params, max(RANK_WINDOW, limit)]
         columns = ", ".join("m." + c for c in _COLUMNS.split(", "))
         sql = (
             f"SELECT {columns} FROM ({inner} ORDER BY score, seq DESC LIMIT ?) hits "
             "JOIN memories m ON m.seq = hits.seq ORDER BY hits.score, hits.seq DESC"
         )
         try:
-            rows = self._read(sql, [match, *params, limit])
+            rows = self._read(sql, [*args, limit])
         except sqlite3.OperationalError as exc:
             # Our SQL is fixed; a plain SQLITE_ERROR here comes from the user's MATCH text.
             if (getattr(exc, "sqlite_errorcode", 1) & 0xFF) == 1:
@@ -705,6 +759,21 @@ def _filters(query: SearchQuery) -> tuple[str, list[Any]]:
         clauses.append("EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)")
         params.append(tag)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _facet_tokens(query: SearchQuery) -> list[str]:
+    """The `facets` tokens a memory passing the query's filters holds (time is not one)."""
+    tokens = [
+        prefix + value.encode().hex()
+        for prefix, value in (
+            ("c", query.category),
+            ("p", query.project),
+            ("a", query.agent),
+            ("s", query.session),
+        )
+        if value is not None
+    ]
+    return tokens + ["t" + tag.encode().hex() for tag in query.tags]
 
 
 def fts_all_words(text: str) -> str | None:
