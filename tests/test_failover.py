@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import memcollect as mc
-from memcollect.backends.postgres import PostgresBackend
+from memcollect.backends.postgres import SCHEMA_VERSION, PostgresBackend
 from memcollect.backends.sqlite import SQLiteBackend
 from memcollect.testing import FaultyBackend
 
@@ -156,7 +156,7 @@ def test_two_collectors_migrate_one_schema_at_once() -> None:
         assert errors == []
         check = PostgresBackend(f"{base}?schema={schema}")
         rows = check._read("SELECT value FROM memcollect_meta WHERE key = 'schema_version'")
-        assert rows == [("1",)]
+        assert rows == [(str(SCHEMA_VERSION),)]
         check.close()
     finally:
         drop_schema(schema)

@@ -120,3 +120,64 @@ def test_bad_url_options_are_named() -> None:
         PostgresBackend("postgresql://x@localhost/db?schema=Bad-Name")
     with pytest.raises(mc.ValidationError, match="pool_size"):
         PostgresBackend("postgresql://x@localhost/db?pool_size=many")
+
+
+def stored(id_: str, content: str) -> mc.Memory:
+    """A memory with the id given, as the worker hands it to a backend."""
+    return mc.Memory(id_, "note", content, {}, "medium", (), None, None, None, 1.0, "h" * 32)
+
+
+def test_a_version_1_schema_gains_byte_order_ids_and_keeps_its_rows(pg_url: str) -> None:
+    from memcollect.backends.postgres import MIGRATIONS, SCHEMA_VERSION
+
+    schema = schema_of(pg_url)
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute(MIGRATIONS[0][1])
+        conn.execute("CREATE TABLE memcollect_meta (key text PRIMARY KEY, value text)")
+        conn.execute("INSERT INTO memcollect_meta VALUES ('schema_version', '1')")
+        # Ids whose order differs between a language's collation and byte order.
+        for id_ in ("01B", "01a", "01_c"):
+            conn.execute(
+                "INSERT INTO memories (id, category, content, priority, created_at) "
+                "VALUES (%s, 'bug', 'checkout times out', 2, 1.0)",
+                (id_,),
+            )
+    store = PostgresBackend(pg_url)
+    store.open()
+    try:
+        assert [m.id for m in store.scan(None, 10)] == sorted(["01B", "01a", "01_c"])
+        assert len(store.search(mc.SearchQuery(text="checkout timeout"))) == 3
+        store.write_batch([stored("01a", "again")])  # a replay
+        assert store.count() == 3
+    finally:
+        store.close()
+    with psycopg.connect(POSTGRES_URL) as conn:
+        collations = conn.execute(
+            "SELECT column_name, collation_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND column_name IN ('id', 'category') "
+            "AND table_name = 'memories' ORDER BY column_name",
+            (schema,),
+        ).fetchall()
+        version = conn.execute(
+            f'SELECT value FROM "{schema}".memcollect_meta WHERE key = %s', ("schema_version",)
+        ).fetchone()
+    assert collations == [("category", "C"), ("id", "C")]
+    assert version is not None and int(version[0]) == SCHEMA_VERSION == 2
+
+
+def test_a_replayed_batch_is_stored_once_beside_its_new_rows(pg_url: str) -> None:
+    store = PostgresBackend(pg_url)
+    store.open()
+    try:
+        first = [stored(f"01r{i:03d}", f"replay {i}") for i in range(50)]
+        store.write_batch(first)
+        # The same batch again with new rows in the middle: the fast COPY fails on the first
+        # duplicate and the batch goes in through the temporary table instead.
+        fresh = [stored(f"01s{i:03d}", f"fresh {i}") for i in range(5)]
+        store.write_batch([*first[:25], *fresh, *first[25:]])
+        assert store.count() == 55
+        assert {m.id for m in store.scan(None, 100)} == {m.id for m in first + fresh}
+    finally:
+        store.close()
