@@ -214,3 +214,18 @@ def test_bad_url_options_are_named(tmp_path: Path) -> None:
         SQLiteBackend(f"sqlite:///{tmp_path}/x.db?ftz=0")
     with pytest.raises(mc.ValidationError, match="busy_timeout"):
         SQLiteBackend(f"sqlite:///{tmp_path}/x.db?busy_timeout=soon")
+
+
+@pytest.mark.parametrize("size", [1, 255, 256, 257, 1000])
+def test_a_batch_of_any_size_is_stored_once_in_order(store: SQLiteBackend, size: int) -> None:
+    assert store._writer is not None
+    # As on SQLite before 3.32: at most 999 parameters a statement (90 rows of 11).
+    store._writer.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    batch = [mem(f"row {i}") for i in range(size)]
+    store.write_batch(batch[: size // 2])
+    store.write_batch(batch)  # the first half again: skipped, not stored twice
+    assert store.count() == size
+    with sqlite3.connect(store.path) as conn:
+        ids = [row[0] for row in conn.execute("SELECT id FROM memories ORDER BY seq")]
+    assert ids == [m.id for m in batch]
+    assert len(store.search(SearchQuery(text="row", limit=2000))) == size

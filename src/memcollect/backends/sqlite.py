@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -334,10 +335,7 @@ class SQLiteBackend(Backend):
 
         def insert(conn: sqlite3.Connection) -> None:
             top = conn.execute("SELECT coalesce(max(seq), 0) FROM memories").fetchone()[0]
-            conn.executemany(
-                f"INSERT OR IGNORE INTO memories ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
+            _insert_rows(conn, rows)
             if self.has_fts:
                 # Index only the rows this batch really added (not the ignored duplicates).
                 conn.execute(f"{_FTS_FILL} WHERE seq > ?", (top,))
@@ -759,6 +757,36 @@ def _filters(query: SearchQuery) -> tuple[str, list[Any]]:
         clauses.append("EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)")
         params.append(tag)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+# Rows per INSERT statement. executemany() releases the GIL around each row's step and must
+# win it back from the thread calling collect() every time (a wait of up to the switch
+# interval); one statement of many rows releases it once, and SQLite stores those rows on
+# the other core while collect() goes on.
+ROWS_PER_INSERT = 256
+_ROW_PARAMS = len(_COLUMNS.split(", "))
+_ROW_MARKS = "(" + ",".join("?" * _ROW_PARAMS) + ")"
+
+
+def _insert_statement(rows: int) -> str:
+    return f"INSERT OR IGNORE INTO memories ({_COLUMNS}) VALUES " + ",".join([_ROW_MARKS] * rows)
+
+
+_INSERTS = {n: _insert_statement(n) for n in (1 << k for k in range(ROWS_PER_INSERT.bit_length()))}
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert rows (ids already stored are skipped), up to ROWS_PER_INSERT per statement."""
+    # SQLite before 3.32 takes at most 999 parameters a statement.
+    most = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _ROW_PARAMS
+    start = 0
+    while start < len(rows):
+        # Power-of-two sizes: a handful of statements, each prepared once and cached.
+        size = ROWS_PER_INSERT
+        while size > len(rows) - start or size > most:
+            size //= 2
+        conn.execute(_INSERTS[size], list(chain.from_iterable(rows[start : start + size])))
+        start += size
 
 
 def _facet_tokens(query: SearchQuery) -> list[str]:
