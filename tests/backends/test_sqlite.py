@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 import memcollect as mc
-from memcollect.backends import sqlite as sqlite_backend
 from memcollect.backends.base import SearchQuery
 from memcollect.backends.sqlite import SCHEMA_VERSION, SQLiteBackend, fts_query
 
@@ -109,10 +108,8 @@ def test_deleted_memories_leave_the_index_filters_and_all(store: SQLiteBackend) 
         conn.execute("INSERT INTO memories_fts(memories_fts) VALUES ('integrity-check')")
 
 
-def test_when_many_hold_every_word_the_newest_are_ranked(
-    store: SQLiteBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sqlite_backend, "RANK_WINDOW", 20)
+def test_when_many_hold_every_word_the_newest_are_ranked(tmp_path: Path) -> None:
+    store = SQLiteBackend(f"sqlite:///{tmp_path}/w.db?rank_window=20")
     # The oldest is the best BM25 match (shortest); 30 newer ones hold every word too.
     best = mem("disk full")
     newer = [mem(f"disk full on volume {i} of the cluster, again") for i in range(30)]
@@ -124,16 +121,22 @@ def test_when_many_hold_every_word_the_newest_are_ranked(
     assert {m.id for m in hits} <= {m.id for m in newer[-20:]}
     # A limit beyond the window ranks that many of the newest.
     assert len(store.search(SearchQuery(text="disk full", limit=31))) == 31
-    # With fewer holders than the window, every one of them is ranked.
-    monkeypatch.setattr(sqlite_backend, "RANK_WINDOW", 1000)
-    assert store.search(SearchQuery(text="disk full", limit=1)) == [best]
     store.close()
+    # With fewer holders than the window, or a window of 0, every one of them is ranked.
+    for window in ("1000", "0"):
+        exact = SQLiteBackend(f"sqlite:///{tmp_path}/w.db?rank_window={window}")
+        assert exact.search(SearchQuery(text="disk full", limit=1)) == [best]
+        exact.close()
 
 
-def test_a_rare_word_is_found_under_many_newer_common_ones(
-    store: SQLiteBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sqlite_backend, "RANK_WINDOW", 20)
+@pytest.mark.parametrize("window", ["-1", "many", "2.5"])
+def test_a_bad_rank_window_is_named(tmp_path: Path, window: str) -> None:
+    with pytest.raises(mc.ValidationError, match="rank_window"):
+        SQLiteBackend(f"sqlite:///{tmp_path}/w.db?rank_window={window}")
+
+
+def test_a_rare_word_is_found_under_many_newer_common_ones(tmp_path: Path) -> None:
+    store = SQLiteBackend(f"sqlite:///{tmp_path}/w.db?rank_window=20")
     rare = mem("psycopg pool exhausted")
     store.write_batch([rare])
     store.write_batch([mem(f"request timeout number {i}") for i in range(60)])

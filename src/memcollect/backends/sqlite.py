@@ -116,8 +116,8 @@ _FTS_FILL = (
     "SELECT seq, content, tags, facets FROM memories_fts_source"
 )
 # When more memories than this hold every word of a query, only the newest of them are
-# ranked: they differ little in BM25 (all hold every word), while scoring tens of thousands
-# of them costs tens of milliseconds.
+# ranked (the default of the `rank_window` URL option): they differ little in BM25 (all hold
+# every word), while scoring tens of thousands of them costs tens of milliseconds.
 RANK_WINDOW = 1000
 
 
@@ -172,7 +172,9 @@ class SQLiteBackend(Backend):
     `busy_timeout=SECONDS` (default 10) bounds each wait for another writer's lock,
     `synchronous=NORMAL|FULL|OFF` (default NORMAL, which WAL keeps consistent on a crash),
     `semantic=1` embeds each memory as it is stored, for search(mode="semantic" | "hybrid")
-    (needs the semantic extra), and `model=DIR` names another sentence-transformers model.
+    (needs the semantic extra), `model=DIR` names another sentence-transformers model, and
+    `rank_window=N` (default 1000) is how many of the newest memories holding every word of a
+    query are ranked when more hold them (0 ranks them all).
     """
 
     name = "sqlite"
@@ -180,11 +182,12 @@ class SQLiteBackend(Backend):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.path, options = parse_sqlite_url(url)
-        unknown = set(options) - {"fts", "busy_timeout", "synchronous", "semantic", "model"}
+        known = {"fts", "busy_timeout", "synchronous", "semantic", "model", "rank_window"}
+        unknown = set(options) - known
         if unknown:
             raise ValidationError(
                 f"unknown sqlite option {sorted(unknown)[0]!r} in {url!r}: "
-                "use fts, busy_timeout, synchronous, semantic or model"
+                "use fts, busy_timeout, synchronous, semantic, model or rank_window"
             )
         self.supports_semantic = options.get("semantic", "0") not in ("0", "false", "off", "no")
         self.model_dir = options.get("model")
@@ -199,6 +202,12 @@ class SQLiteBackend(Backend):
             self.busy_timeout = float(options.get("busy_timeout", "10"))
         except ValueError:
             raise ValidationError(f"busy_timeout in {url!r} must be a number of seconds") from None
+        window = options.get("rank_window", str(RANK_WINDOW))
+        if not window.isdigit():
+            raise ValidationError(
+                f"rank_window in {url!r} must be a whole number of memories (0 ranks them all)"
+            )
+        self.rank_window = int(window)
         self.synchronous = options.get("synchronous", "NORMAL").upper()
         if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValidationError(f"synchronous in {url!r} must be OFF, NORMAL, FULL or EXTRA")
@@ -441,6 +450,8 @@ class SQLiteBackend(Backend):
         return self._text(query)
 
     def _text(self, query: SearchQuery) -> list[Memory]:
+        if not self._opened:
+            self.open()  # before has_fts is read: opening is what finds the index
         where, params = _filters(query)
         text = query.text.strip()
         if not text:
@@ -453,7 +464,9 @@ class SQLiteBackend(Backend):
             return []
         every = fts_all_words(text) or some
         return every_word_first(
-            lambda match, limit: self._ranked(text, match, query, limit, newest=match == every),
+            lambda match, limit: self._ranked(
+                text, match, query, limit, newest=match == every and self.rank_window > 0
+            ),
             every,
             some,
             query.limit,
@@ -463,7 +476,7 @@ class SQLiteBackend(Backend):
         self, text: str, match: str, query: SearchQuery, limit: int, *, newest: bool
     ) -> list[Memory]:
         """The `limit` best memories for an FTS5 MATCH expression, by BM25, with the query's
-        filters; with `newest`, only the RANK_WINDOW (or `limit`) newest matches are ranked."""
+        filters; with `newest`, only the `rank_window` (or `limit`) newest matches are ranked."""
         # The user's words look in content and tags; filter values are tokens in `facets`.
         where = f"{{content tags}} : ({match})"
         facets = _facet_tokens(query)
@@ -504,7 +517,7 @@ class SQLiteBackend(Backend):
                 " AND f.rowid >= (SELECT coalesce(min(seq), 0) FROM "
                 f"(SELECT f.rowid AS seq {matches} ORDER BY f.rowid DESC LIMIT ?))"
             )
-            args += [match, *params, max(RANK_WINDOW, limit)]
+            args += [match, *params, max(self.rank_window, limit)]
         columns = ", ".join("m." + c for c in _COLUMNS.split(", "))
         sql = (
             f"SELECT {columns} FROM ({inner} ORDER BY score, seq DESC LIMIT ?) hits "
