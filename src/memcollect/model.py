@@ -295,6 +295,8 @@ def _copy_mapping(value: Mapping[Any, Any], path: str, depth: int) -> dict[str, 
                     f"{path} has a key {key!r} of type {type(key).__name__}: JSON keys are str"
                 )
             key = str.__str__(key)
+        if "\x00" in key:
+            raise ValidationError(f"{path} has a key {key!r} with a NUL character: remove it")
         t = type(item)
         if t is str or t is int or t is bool or item is None:
             if t is str and "\x00" in item:
@@ -393,12 +395,16 @@ def _fast_metadata(metadata: dict[Any, Any]) -> dict[str, Any]:
     # A flat dict of str keys and plain scalars is copied as is; anything else is walked.
     for key, item in metadata.items():
         t = type(item)
-        if type(key) is not str or not (
-            t is int
-            or t is bool
-            or item is None
-            or (t is str and "\x00" not in item)
-            or (t is float and item - item == 0)  # false for NaN and ±inf
+        if (
+            type(key) is not str
+            or "\x00" in key
+            or not (
+                t is int
+                or t is bool
+                or item is None
+                or (t is str and "\x00" not in item)
+                or (t is float and item - item == 0)  # false for NaN and ±inf
+            )
         ):
             return check_metadata(metadata)
     return metadata.copy()
