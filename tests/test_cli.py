@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -192,3 +193,36 @@ def test_stats_watch_refreshes_until_interrupted(tmp_path: Path) -> None:
     rows = [" ".join(line.strip("│ ").split()) for line in out.splitlines()]
     assert "qa │ 2" in rows and "all │ 2" in rows
     assert "stored" in out and "/s" in out  # the rate line of a refreshed view
+
+
+def test_search_takes_every_filter_of_the_api(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["--data-dir", str(tmp_path)]
+    ids = {}
+
+    def labels(agent: str, session: str) -> list[str]:
+        return ["--agent", agent, "--session", session]
+
+    for agent, session in [("qa", "s-1"), ("qa", "s-2"), ("perf", "s-1")]:
+        added = runner.invoke(
+            cli,
+            ["add", *args, "bug", f"timeout in {agent} {session}", *labels(agent, session)],
+        )
+        assert added.exit_code == 0, added.output
+        ids[agent, session] = added.output.strip()
+
+    def found(*options: str) -> set[str]:
+        result = runner.invoke(cli, ["search", *args, "timeout", "--json", *options])
+        assert result.exit_code == 0, result.output
+        return {json.loads(line)["id"] for line in result.output.splitlines()}
+
+    assert found("--agent", "qa") == {ids["qa", "s-1"], ids["qa", "s-2"]}
+    assert found("--session", "s-1", "--agent", "perf") == {ids["perf", "s-1"]}
+    assert found("--since", "1h") == set(ids.values())
+    assert found("--since", "2000-01-01", "--until", "2000-01-02") == set()
+    assert found("--until", str(time.time() + 60)) == set(ids.values())
+    bad = runner.invoke(cli, ["search", *args, "timeout", "--since", "yesterday"])
+    assert bad.exit_code != 0 and "--since 'yesterday' is not a time" in bad.output
+    semantic = runner.invoke(cli, ["search", *args, "timeout", "--mode", "semantic"])
+    assert semantic.exit_code != 0 and "semantic=1" in semantic.output
+    assert "Traceback" not in bad.output + semantic.output

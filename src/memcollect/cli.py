@@ -23,8 +23,37 @@ except ImportError:  # pragma: no cover - exercised by users without the extra
 import msgspec
 
 from .collector import MemoryCollector
-from .errors import MemcollectError
+from .errors import MemcollectError, ValidationError
 from .model import Memory
+
+_TIME_HELP = (
+    "Only memories {} this time: an age (30m, 2h, 7d), an ISO date or time "
+    "(2026-11-25, 2026-11-25T14:00:00+00:00; local time without an offset) or epoch seconds."
+)
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _point_in_time(value: str | None, option: str) -> float | None:
+    """Epoch seconds for a --since/--until value (see _TIME_HELP), or a one-line error."""
+    if value is None:
+        return None
+    text = value.strip()
+    unit = _AGE_UNITS.get(text[-1:].lower())
+    try:
+        if unit is not None and text[:-1]:
+            return time.time() - float(text[:-1]) * unit
+        return float(text)
+    except ValueError:
+        pass
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValidationError(
+            f"{option} {value!r} is not a time: give an age (30m, 2h, 7d), an ISO date or "
+            "time (2026-11-25T14:00:00), or epoch seconds"
+        ) from None
 
 
 def main() -> None:
@@ -174,8 +203,19 @@ if HAVE_CLI:
     @_store_options
     @click.argument("query", default="")
     @click.option("--category")
-    @click.option("--tag", "tags", multiple=True)
+    @click.option("--tag", "tags", multiple=True, help="A tag the memories hold (repeatable).")
     @click.option("--project")
+    @click.option("--agent")
+    @click.option("--session")
+    @click.option("--since", help=_TIME_HELP.format("from"))
+    @click.option("--until", help=_TIME_HELP.format("before"))
+    @click.option(
+        "--mode",
+        type=click.Choice(["text", "semantic", "hybrid"]),
+        default="text",
+        show_default=True,
+        help="By words, by meaning, or both (semantic and hybrid need ?semantic=1).",
+    )
     @click.option("--limit", default=10, show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
     def search(
@@ -188,6 +228,8 @@ if HAVE_CLI:
     ) -> None:
         """Search stored memories."""
         with _errors(), _collector(backend, data_dir) as collector:
+            for bound in ("since", "until"):
+                filters[bound] = _point_in_time(filters[bound], f"--{bound}")
             hits = collector.search(query, tags=list(tags), **filters)
         if as_json:
             for memory in hits:
