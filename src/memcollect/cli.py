@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 try:
@@ -45,8 +46,6 @@ def _point_in_time(value: str | None, option: str) -> float | None:
         return float(text)
     except ValueError:
         pass
-    from datetime import datetime
-
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:

@@ -478,16 +478,16 @@ class SQLiteBackend(Backend):
         """The `limit` best memories for an FTS5 MATCH expression, by BM25, with the query's
         filters; with `newest`, only the `rank_window` (or `limit`) newest matches are ranked."""
         # The user's words look in content and tags; filter values are tokens in `facets`.
-        where = f"{{content tags}} : ({match})"
+        expression = f"{{content tags}} : ({match})"
         facets = _facet_tokens(query)
         if facets:
-            where += " AND facets : (" + " AND ".join(f'"{t}"' for t in facets) + ")"
-        hits = self._read_ranked(text, where, query, limit, newest, exact_in_sql=False)
+            expression += " AND facets : (" + " AND ".join(f'"{t}"' for t in facets) + ")"
+        hits = self._read_ranked(text, expression, query, limit, newest, exact_in_sql=False)
         if all(query.matches(m) for m in hits):
             return hits
         # A user's MATCH syntax can reach around the facet terms (`a) OR (b`): a hit that
         # fails a filter sends the search the slower way, with every filter in SQL.
-        return self._read_ranked(text, where, query, limit, newest, exact_in_sql=True)
+        return self._read_ranked(text, expression, query, limit, newest, exact_in_sql=True)
 
     def _read_ranked(
         self,
