@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +32,9 @@ import memcollect as mc  # noqa: E402
 from memcollect.backends.base import SearchQuery  # noqa: E402
 from memcollect.backends.postgres import (  # noqa: E402
     PostgresBackend,
+    _copy,
     _filters,
+    _to_row,
     websearch_all_words,
 )
 from memcollect.model import make_memory  # noqa: E402
@@ -78,6 +81,49 @@ def one_collector(n: int) -> float:
     return n / elapsed
 
 
+def server_alone(n: int, connections: int) -> float:
+    """Stored per second by PostgreSQL alone: rows made beforehand, COPY batches of 2,048 on
+    `connections` connections at once, no collector. The ceiling a collector can reach."""
+    schema = f"b_{uuid.uuid4().hex[:10]}"
+    items, _ = varied_corpus(n)
+    rows = [_to_row(memory(item)) for item in items]
+    batches = [rows[i : i + 2048] for i in range(0, n, 2048)]
+    backend = PostgresBackend(f"{BASE}?schema={schema}&pool_size={connections}")
+    backend.open()
+
+    def copy_every(nth: int) -> None:
+        for batch in batches[nth::connections]:
+            with backend._get_pool().connection() as conn, conn.transaction():
+                _copy(conn, "memories", batch)
+
+    threads = [threading.Thread(target=copy_every, args=(k,)) for k in range(connections)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    assert backend.count() == n
+    backend.close()
+    drop(schema)
+    return n / elapsed
+
+
+def memory(item: dict[str, Any]) -> Any:
+    """A stored memory made from one corpus item."""
+    return make_memory(
+        item["category"],
+        item["content"],
+        item["metadata"],
+        None,
+        item["tags"],
+        item["project"],
+        item["agent"],
+        item["session"],
+        65536,
+    )
+
+
 def processes(n_each: int, count: int) -> float:
     """Aggregate stored per second with `count` producer processes, each its own collector."""
     schema = f"b_{uuid.uuid4().hex[:10]}"
@@ -110,22 +156,7 @@ def search_million(n: int, queries: int = 200) -> dict[str, float]:
     backend.open()
     items, words = varied_corpus(n)
     for start in range(0, n, 10_000):
-        backend.write_batch(
-            [
-                make_memory(
-                    i["category"],
-                    i["content"],
-                    i["metadata"],
-                    None,
-                    i["tags"],
-                    i["project"],
-                    i["agent"],
-                    i["session"],
-                    65536,
-                )
-                for i in items[start : start + 10_000]
-            ]
-        )
+        backend.write_batch([memory(i) for i in items[start : start + 10_000]])
     with psycopg.connect(BASE, autocommit=True) as conn:
         conn.execute(f'VACUUM ANALYZE "{schema}".memories')
     c = mc.MemoryCollector(url, durability="memory", cache_size=0, data_dir=tempfile.mkdtemp())
@@ -182,6 +213,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "one_collector_per_s": statistics.median(single),
         "one_collector_runs": single,
+        "server_alone_per_s": [server_alone(n, 1), server_alone(n, 2)],
         "one_process_per_s": processes(n, 1),
         "four_processes_per_s": processes(n // 4, 4),
         "search": search_million(100_000 if args.quick else 1_000_000),
@@ -198,6 +230,11 @@ def print_table(r: dict[str, Any]) -> None:
             "stored/s, one collector into PostgreSQL (median of 3)",
             f"{r['one_collector_per_s']:,.0f}",
             "≥ 50,000",
+        ),
+        (
+            "stored/s, PostgreSQL alone: COPY of ready rows on 1 / 2 connections",
+            " / ".join(f"{rate:,.0f}" for rate in r["server_alone_per_s"]),
+            "ceiling",
         ),
         ("stored/s, 1 producer process", f"{r['one_process_per_s']:,.0f}", "reference"),
         (
