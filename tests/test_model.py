@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import memcollect as mc
 from memcollect.model import check_category, check_metadata, make_memory
+from memcollect.spool import encode_frame, read_frames
 
 MAX = 64 * 1024
 
@@ -77,6 +78,9 @@ def test_enums_are_accepted_and_stored_as_plain_strings() -> None:
         ({"metadata": {"a\x00b": 1}}, "metadata"),
         ({"metadata": {"x": {"k\x00": [1]}}}, "metadata['x']"),
         ({"metadata": ["not", "a", "dict"]}, "metadata"),
+        # The spool (msgpack) and the stores hold integers of 64 bits.
+        ({"metadata": {"n": 2**63}}, "metadata['n']"),
+        ({"metadata": {"x": [-(2**63) - 1]}}, "metadata['x'][0]"),
         ({"tags": "auth"}, "tags"),
         ({"tags": {"auth": 1}}, "tags"),
         ({"tags": {}}, "tags"),
@@ -109,6 +113,13 @@ def test_metadata_is_copied_so_later_mutation_does_not_leak() -> None:
     assert m.metadata == {"user": {"id": 7}, "steps": [1, 2]}
 
 
+def test_metadata_integers_of_64_bits_survive_the_spool() -> None:
+    extremes = {"min": -(2**63), "max": 2**63 - 1, "nested": {"list": [2**63 - 1]}}
+    memory = build(metadata=extremes)
+    [(_, decoded)], _, _ = read_frames(encode_frame(memory))
+    assert decoded.metadata == extremes
+
+
 def test_tags_are_deduplicated_in_order() -> None:
     assert build(tags=["b", "a", "b"]).tags == ("b", "a")
 
@@ -116,7 +127,7 @@ def test_tags_are_deduplicated_in_order() -> None:
 json_leaf = (
     st.none()
     | st.booleans()
-    | st.integers()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
     | st.text().filter(lambda s: "\x00" not in s)
     | (st.floats(allow_nan=False, allow_infinity=False))
 )

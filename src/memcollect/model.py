@@ -154,6 +154,9 @@ _CATEGORY_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}\Z")
 _valid_categories: set[str] = set(BUILTIN_CATEGORIES)
 _MAX_CACHED_CATEGORIES = 4096
 _MAX_DEPTH = 32
+# Integers in metadata fit 64 signed bits: the spool's msgpack and every store's integers
+# (SQLite's, PostgreSQL's bigint) hold them exactly.
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
 _MAX_LABEL = 256
 _MAX_TAG = 128
 
@@ -298,7 +301,7 @@ def _copy_mapping(value: Mapping[Any, Any], path: str, depth: int) -> dict[str, 
         if "\x00" in key:
             raise ValidationError(f"{path} has a key {key!r} with a NUL character: remove it")
         t = type(item)
-        if t is str or t is int or t is bool or item is None:
+        if t is str or t is bool or item is None or (t is int and _INT_MIN <= item <= _INT_MAX):
             if t is str and "\x00" in item:
                 raise ValidationError(f"{path}[{key!r}] contains a NUL character: remove it")
             out[key] = item
@@ -315,6 +318,11 @@ def _copy_value(value: Any, path: str, depth: int) -> Any:
             raise ValidationError(f"{path} contains a NUL character: remove it")
         return str.__str__(value)
     if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise ValidationError(
+                f"{path} is an integer beyond 64 bits, which stores cannot hold exactly: "
+                "store it as a string"
+            )
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -399,7 +407,7 @@ def _fast_metadata(metadata: dict[Any, Any]) -> dict[str, Any]:
             type(key) is not str
             or "\x00" in key
             or not (
-                t is int
+                (t is int and _INT_MIN <= item <= _INT_MAX)
                 or t is bool
                 or item is None
                 or (t is str and "\x00" not in item)
