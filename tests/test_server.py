@@ -115,17 +115,19 @@ def test_invalid_items_are_named_and_the_valid_ones_kept(
         7,
         {"category": "bug", "content": "good two", "priority": "urgent"},
         {"category": "bug", "content": "good three", "metadata": {"n": 1}},
+        {"category": "bug", "content": "too big", "metadata": {"n": 2**64}},
     ]
     response = api.post("/v1/memories", json=items)
     assert response.status_code == 422
     body = response.json()
     rejected = {r["index"]: r["error"] for r in body["rejected"]}
-    assert set(rejected) == {1, 2, 3, 4}
+    assert set(rejected) == {1, 2, 3, 4, 6}
     assert "category" in rejected[1]
     assert "content" in rejected[2]
     assert "JSON object" in rejected[3]
     assert "priority" in rejected[4]
-    assert body["accepted"] == 2 and "4 of 6" in body["error"]
+    assert "64 bits" in rejected[6]
+    assert body["accepted"] == 2 and "5 of 7" in body["error"]
     assert collector.flush(5)
     stored = sorted(m.content for m in collector.recent(10))
     assert stored == ["good one", "good three"]

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
+
 import hypothesis
 import schemathesis
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from memcollect.server import create_app
 
-# The app builds its collector on first use; memory:// and no spool leave no files behind.
+# The app builds its collector on first use. It spools, as a server does by default: what
+# the server accepts must also be what its spool can write (a 64-bit overflow once was not).
+_data_dir = tempfile.mkdtemp(prefix="memcollect-schema-")
+atexit.register(shutil.rmtree, _data_dir, ignore_errors=True)
 app = create_app(
-    token="", max_batch=50, backend="memory://", durability="memory", batch_timeout=0.005
+    token="", max_batch=50, backend="memory://", data_dir=_data_dir, batch_timeout=0.005
 )
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
