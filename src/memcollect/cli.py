@@ -295,7 +295,9 @@ if HAVE_CLI:
 
         by_category = collector.count_by_category()
         total = sum(by_category.values())
-        table = Table(title=f"stored memories in {collector.backend.url}")
+        title = f"stored memories in {collector.backend.url}"
+        # As wide as its title: a URL wrapped inside a narrow two-column table is unreadable.
+        table = Table(title=title, min_width=min(len(title), console.width))
         table.add_column("category")
         table.add_column("count", justify="right")
         for memory_category, n in sorted(by_category.items(), key=lambda kv: -kv[1]):
