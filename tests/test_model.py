@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import memcollect as mc
+from memcollect import model
 from memcollect.model import check_category, check_metadata, make_memory
 from memcollect.spool import encode_frame, read_frames
 
@@ -81,6 +82,14 @@ def test_enums_are_accepted_and_stored_as_plain_strings() -> None:
         # The spool (msgpack) and the stores hold integers of 64 bits.
         ({"metadata": {"n": 2**63}}, "metadata['n']"),
         ({"metadata": {"x": [-(2**63) - 1]}}, "metadata['x'][0]"),
+        # A lone surrogate cannot be encoded, on disk or on the wire, wherever it hides.
+        ({"metadata": {"k": "\ud800"}}, "metadata['k']"),
+        ({"metadata": {"\udfff": 1}}, "metadata"),
+        ({"metadata": {"k": ["a", {"x": "\ud83d"}]}}, "metadata['k'][1]['x']"),
+        ({"tags": ["\ud800"]}, "tags[0]"),
+        ({"project": "\ud800"}, "project"),
+        ({"agent": "a\udc00"}, "agent"),
+        ({"session": "é\ud800"}, "session"),
         ({"tags": "auth"}, "tags"),
         ({"tags": {"auth": 1}}, "tags"),
         ({"tags": {}}, "tags"),
@@ -111,6 +120,18 @@ def test_metadata_is_copied_so_later_mutation_does_not_leak() -> None:
     original["user"]["id"] = 8
     original["steps"].append(3)
     assert m.metadata == {"user": {"id": 7}, "steps": [1, 2]}
+
+
+def test_the_sets_of_strings_checked_before_stay_bounded() -> None:
+    for i in range(model._MAX_KNOWN + 100):
+        m = build(tags=[f"tag-{i}"], session=f"session-{i}", metadata={f"key-{i}": i})
+        assert m.tags == (f"tag-{i}",) and m.session == f"session-{i}"
+    for known in (model._known_labels, model._known_tags, model._known_keys):
+        assert len(known) <= model._MAX_KNOWN
+    # Remembered or not, a string is checked the same way.
+    assert build(session="session-1").session == "session-1"
+    with pytest.raises(mc.ValidationError, match="session"):
+        build(session="session-1\x00")
 
 
 def test_metadata_integers_of_64_bits_survive_the_spool() -> None:

@@ -159,6 +159,31 @@ _MAX_DEPTH = 32
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
 _MAX_LABEL = 256
 _MAX_TAG = 128
+_SURROGATE = (
+    "holds a lone surrogate that UTF-8 cannot encode: decode the text with errors='replace' first"
+)
+
+
+# Labels, tags and metadata keys that passed once: calls reuse a few of each, and a set
+# lookup costs less than checking them again. Bounded like _valid_categories.
+_known_labels: set[str] = set()
+_known_tags: set[str] = set()
+_known_keys: set[str] = set()
+_MAX_KNOWN = 4096
+
+
+def _remember(known: set[str], value: str) -> None:
+    if len(known) < _MAX_KNOWN:
+        known.add(value)
+
+
+def _utf8(text: str) -> bool:
+    """Whether a str that is not ASCII encodes to UTF-8 (a lone surrogate does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_category(category: object) -> str:
@@ -208,10 +233,7 @@ def check_content(content: object, max_bytes: int) -> str:
             try:
                 size = len(content.encode("utf-8"))
             except UnicodeEncodeError:
-                raise ValidationError(
-                    "content holds a lone surrogate that UTF-8 cannot encode: "
-                    "decode the text with errors='replace' first"
-                ) from None
+                raise ValidationError(f"content {_SURROGATE}") from None
         if size > max_bytes:
             raise ValidationError(
                 f"content is {size} bytes, over max_content_bytes={max_bytes}: "
@@ -233,6 +255,9 @@ def _check_label(value: object, field: str) -> str | None:
             f"{field} {value[:40]!r} must be a non-empty str of at most {_MAX_LABEL} "
             "characters without NUL"
         )
+    if not (value.isascii() or _utf8(value)):
+        raise ValidationError(f"{field} {_SURROGATE}")
+    _remember(_known_labels, value)
     return value
 
 
@@ -240,16 +265,17 @@ def check_labels(
     project: object, agent: object, session: object
 ) -> tuple[str | None, str | None, str | None]:
     """Validate project, agent and session."""
+    known = _known_labels
     return (
-        project if _plain_label(project) else _check_label(project, "project"),  # type: ignore[return-value]
-        agent if _plain_label(agent) else _check_label(agent, "agent"),
-        session if _plain_label(session) else _check_label(session, "session"),
-    )
-
-
-def _plain_label(value: object) -> bool:
-    return value is None or (
-        type(value) is str and 0 < len(value) <= _MAX_LABEL and "\x00" not in value
+        project
+        if project is None or (type(project) is str and project in known)
+        else _check_label(project, "project"),
+        agent
+        if agent is None or (type(agent) is str and agent in known)
+        else _check_label(agent, "agent"),
+        session
+        if session is None or (type(session) is str and session in known)
+        else _check_label(session, "session"),
     )
 
 
@@ -270,7 +296,11 @@ def check_tags(tags: object) -> tuple[str, ...]:
                 f"tags[{i}] {tag[:40]!r} must be a non-empty str of at most {_MAX_TAG} "
                 "characters without NUL"
             )
-        out.append(str.__str__(tag))
+        if not (tag.isascii() or _utf8(tag)):
+            raise ValidationError(f"tags[{i}] {_SURROGATE}")
+        plain = str.__str__(tag)
+        _remember(_known_tags, plain)
+        out.append(plain)
     return tuple(dict.fromkeys(out)) if len(out) > 1 else tuple(out)
 
 
@@ -300,10 +330,15 @@ def _copy_mapping(value: Mapping[Any, Any], path: str, depth: int) -> dict[str, 
             key = str.__str__(key)
         if "\x00" in key:
             raise ValidationError(f"{path} has a key {key!r} with a NUL character: remove it")
+        if not (key.isascii() or _utf8(key)):
+            raise ValidationError(f"{path} has a key that {_SURROGATE}")
+        _remember(_known_keys, key)
         t = type(item)
         if t is str or t is bool or item is None or (t is int and _INT_MIN <= item <= _INT_MAX):
             if t is str and "\x00" in item:
                 raise ValidationError(f"{path}[{key!r}] contains a NUL character: remove it")
+            if t is str and not (item.isascii() or _utf8(item)):
+                raise ValidationError(f"{path}[{key!r}] {_SURROGATE}")
             out[key] = item
         else:
             out[key] = _copy_value(item, f"{path}[{key!r}]", depth + 1)
@@ -316,6 +351,8 @@ def _copy_value(value: Any, path: str, depth: int) -> Any:
     if isinstance(value, str):
         if "\x00" in value:
             raise ValidationError(f"{path} contains a NUL character: remove it")
+        if not (value.isascii() or _utf8(value)):
+            raise ValidationError(f"{path} {_SURROGATE}")
         return str.__str__(value)
     if isinstance(value, int):
         if not _INT_MIN <= value <= _INT_MAX:
@@ -405,12 +442,12 @@ def _fast_metadata(metadata: dict[Any, Any]) -> dict[str, Any]:
         t = type(item)
         if (
             type(key) is not str
-            or "\x00" in key
+            or key not in _known_keys
             or not (
                 (t is int and _INT_MIN <= item <= _INT_MAX)
                 or t is bool
                 or item is None
-                or (t is str and "\x00" not in item)
+                or (t is str and "\x00" not in item and (item.isascii() or _utf8(item)))
                 or (t is float and item - item == 0)  # false for NaN and ±inf
             )
         ):
@@ -421,7 +458,7 @@ def _fast_metadata(metadata: dict[Any, Any]) -> dict[str, Any]:
 def _fast_tags(tags: object) -> tuple[str, ...]:
     if isinstance(tags, (list, tuple)) and type(tags) in (list, tuple):
         for tag in tags:
-            if type(tag) is not str or not tag or len(tag) > _MAX_TAG or "\x00" in tag:
+            if type(tag) is not str or tag not in _known_tags:
                 return check_tags(tags)
         return (tags[0],) if len(tags) == 1 else tuple(dict.fromkeys(tags))
     return check_tags(tags)
