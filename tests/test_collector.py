@@ -70,6 +70,35 @@ def test_invalid_input_raises_before_anything_is_queued(make_collector: Make) ->
     assert c.count() == 0
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"tags": [1]}, "tags[0]"),
+        ({"tags": [""]}, "tags[0]"),
+        ({"project": 5}, "project"),
+        ({"agent": ["qa"]}, "agent"),
+        ({"session": b"s-1"}, "session"),
+        ({"since": float("nan")}, "since"),
+        ({"limit": 0}, "limit"),
+    ],
+)
+def test_invalid_search_filters_are_named(
+    make_collector: Make, kwargs: dict[str, Any], field: str
+) -> None:
+    c = make_collector()  # SQLite: its filter tokens once met these as AttributeError
+    c.collect("bug", "login fails", tags=["web"], project="shop")
+    assert c.flush()
+    with pytest.raises(mc.ValidationError) as info:
+        c.search("login", **kwargs)
+    assert str(info.value).startswith(field), str(info.value)
+    assert [m.content for m in c.search("login", tags=["web"], project="shop")] == ["login fails"]
+
+
+def test_dead_letters_limit_is_checked(make_collector: Make) -> None:
+    with pytest.raises(mc.ValidationError, match="limit"):
+        make_collector().dead_letters(-5)
+
+
 def test_collect_batch_stores_all(make_collector: Make) -> None:
     c = make_collector()
     ids = c.collect_batch(

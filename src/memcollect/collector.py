@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import time
@@ -21,7 +22,15 @@ from .cache import Cache
 from .config import Config, load_config
 from .errors import MemcollectError, QueueFullError, ValidationError
 from .inbox import Inbox
-from .model import PRIORITY_RANK, Memory, check_category, make_memory, memory_from_dict
+from .model import (
+    PRIORITY_RANK,
+    Memory,
+    check_category,
+    check_labels,
+    check_tags,
+    make_memory,
+    memory_from_dict,
+)
 from .retry import CircuitBreaker, RetryPolicy
 from .spool import Segment, Spool, encode_frame, encode_record
 from .stats import Counters, Health, Stats
@@ -601,11 +610,12 @@ class MemoryCollector:
                 f"search mode {mode!r} needs a store with embeddings: "
                 "sqlite:///memories.db?semantic=1 (pip install 'memcollect[semantic]')"
             )
+        project, agent, session = check_labels(project, agent, session)
         request = SearchQuery(
             mode=mode,
             text=query,
             category=check_category(category) if category is not None else None,
-            tags=tuple(tags or ()),
+            tags=check_tags(tags) if tags else (),
             project=project,
             agent=agent,
             session=session,
@@ -637,6 +647,8 @@ class MemoryCollector:
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Memories the backend refused for good, with their errors, oldest first."""
+        if type(limit) is not int or not 1 <= limit <= 10_000:
+            raise ValidationError(f"limit must be a whole number from 1 to 10000, not {limit!r}")
         return self._backend.dead_letters(limit)
 
     def retry_dead_letters(self) -> int:
@@ -808,6 +820,8 @@ def _timestamp(value: object, field: str) -> float | None:
     if isinstance(value, bool):
         raise ValidationError(f"{field} must be a datetime or epoch seconds, not a bool")
     if isinstance(value, (int, float)):
+        if math.isnan(value):  # every comparison with NaN is false: nothing would match
+            raise ValidationError(f"{field} is NaN: give a datetime or epoch seconds")
         return float(value)
     timestamp = getattr(value, "timestamp", None)
     if callable(timestamp):
