@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -11,6 +14,7 @@ import memcollect as mc
 from memcollect.backends.sqlite import SQLiteBackend
 from memcollect.retry import CircuitBreaker, RetryPolicy
 from memcollect.testing import FaultyBackend
+from memcollect.worker import content_hash
 
 Make = Callable[..., mc.MemoryCollector]
 
@@ -140,3 +144,17 @@ def test_close_against_a_dead_backend_is_bounded(make_collector: Make) -> None:
     s = c.stats()
     assert s.stored == 0
     assert s.dropped_by_reason.get("shutdown_deadline") == 100
+
+
+def test_content_hash_is_blake2b_and_import_leaves_hashlib_out() -> None:
+    # Stored digests must not change from one version to the next.
+    text = "Login fails on Safari 17 — ошибка 😀"
+    expected = hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+    assert content_hash(text) == expected
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, memcollect; print('_hashlib' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "False"  # OpenSSL's hashlib costs ~5 ms of import time

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+
+try:  # hashlib would also load OpenSSL: ~5 ms of `import memcollect` for one function
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - an interpreter built without it
+    from hashlib import blake2b
 
 from .backends.base import Backend, DeadLetter
 from .inbox import Inbox
@@ -25,7 +29,7 @@ FailureCallback = Callable[[Sequence[Memory], BaseException], None]
 
 def content_hash(content: str) -> str:
     """A short stable digest of the content, for spotting repeats."""
-    return hashlib.blake2b(content.encode("utf-8"), digest_size=16).hexdigest()
+    return blake2b(content.encode("utf-8"), digest_size=16).hexdigest()
 
 
 class Worker:
