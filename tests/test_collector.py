@@ -344,3 +344,40 @@ def test_a_worker_outliving_close_releases_the_backend_when_it_ends(
     assert not closed.is_set()  # not closed under a write in flight
     release.set()
     assert closed.wait(10)  # released by the worker as it ends
+
+
+class _ClosingBackend(MemoryBackend):
+    """Records when it is closed, and from which thread."""
+
+    closed_by: str | None = None
+
+    def close(self) -> None:
+        self.closed_by = threading.current_thread().name
+        super().close()
+
+
+def test_close_from_a_callback_stores_what_is_queued_then_finishes(make_collector: Make) -> None:
+    backend = _ClosingBackend("memory://")
+    c = make_collector(backend, batch_size=2)
+    outcomes: list[str] = []
+
+    @c.on_stored
+    def close_once(batch: Sequence[mc.Memory]) -> None:
+        if outcomes:
+            return
+        c.collect_batch([{"category": "note", "content": f"queued {i}"} for i in range(5)])
+        c.close(timeout=10)  # on the worker: it cannot join itself
+        outcomes.append("closed")
+        with pytest.raises(mc.MemcollectError, match="callback"):
+            c.flush()
+        outcomes.append("flush refused")
+
+    c.collect("note", "first")
+    c.collect("note", "second")
+    worker = c._worker.thread
+    assert worker is not None
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert outcomes == ["closed", "flush refused"]
+    assert c.closed and c.stats().stored == 7
+    assert backend.closed_by == worker.name  # released as the worker's last step

@@ -440,6 +440,11 @@ class MemoryCollector:
         """Wait until everything accepted so far is stored or dead-lettered; False on timeout."""
         if self._pid != _Process.pid:
             self._after_fork()
+        if self._worker.thread is threading.current_thread():
+            raise MemcollectError(
+                "flush() was called from an on_stored or on_failure callback, which runs on "
+                "the worker: it would wait for itself; flush from another thread"
+            )
         deadline = self._clock() + (timeout if timeout is not None else 1e9)
         # Memories waiting on disk only (a backlog) are not in the RAM queue's marks: then the
         # spool is sealed and drained too. Checked before the marks are taken: with no backlog
@@ -483,12 +488,29 @@ class MemoryCollector:
             self._after_fork()
         deadline = self._clock() + (timeout if timeout is not None else 1e9)
         self._worker.stop(deadline)
+        if self._worker.thread is threading.current_thread():
+            # Called by a callback, on the worker itself, which cannot wait for itself: once
+            # the callback returns it stores what is queued (up to the deadline), then
+            # finishes closing as it exits.
+            self._worker.when_exited(self._finish_close)
+            return
         if self._worker.alive():
             assert self._worker.thread is not None
             self._worker.thread.join(max(0.0, deadline - self._clock()))
         else:
             # At interpreter exit no thread may be started: store from this thread.
             self._drain_inline(deadline)
+        self._count_left()
+        # A worker still in a write past the deadline releases the backends as it ends:
+        # closing them under it would fail its write, and leaving them open leaks sockets.
+        self._worker.when_exited(self._release_backends)
+
+    def _finish_close(self) -> None:
+        self._count_left()
+        self._release_backends()
+
+    def _count_left(self) -> None:
+        """After the worker stopped: count what it left in RAM, and release the spool."""
         left = self._inbox.drain_all()
         if left and self._spool is None:
             self.counters.drop("shutdown_deadline", len(left))
@@ -498,9 +520,6 @@ class MemoryCollector:
             # next owner. A late worker's acks are then ignored; what it stores is replayed
             # once more by the next owner, and idempotent writes make that harmless.
             self._spool.close()
-        # A worker still in a write past the deadline releases the backends as it ends:
-        # closing them under it would fail its write, and leaving them open leaks sockets.
-        self._worker.when_exited(self._release_backends)
 
     def _release_backends(self) -> None:
         self._backend.close()
