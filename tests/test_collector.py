@@ -381,3 +381,25 @@ def test_close_from_a_callback_stores_what_is_queued_then_finishes(make_collecto
     assert outcomes == ["closed", "flush refused"]
     assert c.closed and c.stats().stored == 7
     assert backend.closed_by == worker.name  # released as the worker's last step
+
+
+def test_each_drop_is_reported_once_even_to_a_callback_that_collects(make_collector: Make) -> None:
+    backend = FaultyBackend()
+    backend.go_down()  # the queue stays full: every newcomer evicts the oldest
+    c = make_collector(backend, max_queue_size=10, retry_base=5.0, retry_max=10.0)
+    reported: list[str] = []
+
+    @c.on_failure
+    def note_the_drop(memories: Sequence[mc.Memory], error: BaseException) -> None:
+        assert isinstance(error, mc.QueueFullError)
+        reported.extend(m.content for m in memories)
+        c.collect("error", f"dropped {memories[0].content}")  # into the same full queue
+
+    for i in range(40):
+        c.collect("error", f"e {i}")
+    assert reported, "an evicted memory is a dropped one: on_failure hears of it"
+    assert all(content.startswith("e ") for content in reported)  # never its own notes
+    assert len(reported) == len(set(reported)) < 40
+    # Each note the callback collected evicted one more memory: counted, not reported.
+    assert c.stats().dropped == 2 * len(reported)
+    backend.come_back()

@@ -149,6 +149,7 @@ class MemoryCollector:
             # Left there by an earlier run whose primary was down: move it on.
             self._worker.fallback_pending = self._fallback.count() > 0
         self._warned_closed = False
+        self._reporting_drops = threading.local()
         self._max_bytes = config.max_content_bytes
         self._worker.start()
 
@@ -416,23 +417,45 @@ class MemoryCollector:
             return
         # drop_lowest: make room by evicting the oldest memory of the lowest priority queued,
         # unless the newcomer is itself the lowest, in which case it is the one dropped.
+        evicted = []
         while not self._inbox.put(memory):
-            if self._inbox.evict_lowest(PRIORITY_RANK[memory.priority]) is None:
+            victim = self._inbox.evict_lowest(PRIORITY_RANK[memory.priority])
+            if victim is None:
                 self._reject(memory, "queue_full")
-                return
+                break
+            evicted.append(victim)
+        # Reported once the newcomer has its place: a callback collecting into the queue
+        # before then would take the freed place, and be evicted for the newcomer in turn.
+        for victim in evicted:
+            self._report_drop(victim, "queue_full")
 
     def _reject(self, memory: Memory, reason: str) -> None:
         self._inbox.count_accepted()
         self.counters.drop(reason)
-        for callback in self._on_failure:
-            try:
-                callback([memory], QueueFullError(f"memory dropped: {reason}"))
-            except Exception:
-                log.exception("on_failure callback %r failed", callback)
+        self._report_drop(memory, reason)
 
     def _evicted(self, memory: Memory) -> None:
         self.counters.drop("queue_full")
         self._done([memory])
+
+    def _report_drop(self, memory: Memory, reason: str) -> None:
+        """Tell the on_failure callbacks, in the caller's thread, that a memory was dropped."""
+        if not self._on_failure:
+            return
+        reporting = self._reporting_drops
+        # A callback that collects (say, a note of the drop) into the same full queue would
+        # otherwise be called back for that drop too, and again, as deep as the stack goes.
+        if getattr(reporting, "active", False):
+            return
+        reporting.active = True
+        try:
+            for callback in self._on_failure:
+                try:
+                    callback([memory], QueueFullError(f"memory dropped: {reason}"))
+                except Exception:
+                    log.exception("on_failure callback %r failed", callback)
+        finally:
+            reporting.active = False
 
     # --- flush / close -------------------------------------------------------------------
 
