@@ -17,6 +17,7 @@ import msgspec
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -67,7 +68,7 @@ Sync = Annotated[
 
 
 Tags = Annotated[
-    list[str] | None,
+    list[Annotated[str, Field(min_length=1, max_length=128, pattern=NO_NUL)]] | None,
     Query(description="Memories with all of these tags.", min_length=1),
 ]
 CategoryParam = Annotated[
