@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -190,3 +192,40 @@ def test_the_server_refuses_a_bad_setting_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "MEMCOLLECT_BATCH_SIZE" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+class _NotMemcollect(http.server.BaseHTTPRequestHandler):
+    """Some other web server: 200 and a page for every request."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _page(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = b"<html>hello</html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _page
+
+
+def test_a_url_that_is_not_a_memcollect_server_keeps_the_memories(tmp_path: Path) -> None:
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotMemcollect)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{other.server_address[1]}"
+        c = mc.MemoryCollector(url, data_dir=str(tmp_path), max_retries=2, retry_max=0.05)
+        c.collect("error", "must not vanish")
+        assert not c.flush(1.0)  # a 200 that is not a memcollect answer stores nothing
+        stats = c.stats()
+        assert stats.stored == 0 and stats.dead_lettered == 0
+        assert c.health().status == "failing"
+        with pytest.raises(mc.BackendError, match="did not answer as a memcollect server"):
+            c.search("vanish")
+        c.close(timeout=0.5)  # the spool keeps it for the right URL
+    finally:
+        other.shutdown()
+        other.server_close()

@@ -11,7 +11,7 @@ import gzip
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import msgspec
@@ -33,10 +33,13 @@ except ImportError as exc:  # pragma: no cover - exercised by users without the 
 
 __all__ = ["RemoteBackend"]
 
+T = TypeVar("T")
+
 _encoder = msgspec.json.Encoder()
 _memory = msgspec.json.Decoder(Memory)
 _memories = msgspec.json.Decoder(list[Memory])
 _letters = msgspec.json.Decoder(list[DeadLetter])
+_any: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 _GZIP_FROM = 2048
 _PARAMS = {"timeout", "sync", "gzip"}
 _NO = ("0", "false", "no", "off")
@@ -48,6 +51,13 @@ class _Counts(msgspec.Struct):
 
 
 _counts = msgspec.json.Decoder(_Counts)
+
+
+class _Ingested(msgspec.Struct):
+    accepted: int
+
+
+_ingested = msgspec.json.Decoder(_Ingested)
 
 
 class RemoteBackend(Backend):
@@ -124,6 +134,14 @@ class RemoteBackend(Backend):
             return response
         raise _error_for(response, self.base, write)
 
+    def _decode(self, decoder: msgspec.json.Decoder[T], response: httpx.Response) -> T:
+        try:
+            return decoder.decode(response.content)
+        except msgspec.DecodeError as exc:  # msgspec's ValidationError too
+            raise TransientBackendError(
+                f"{self.base} did not answer as a memcollect server ({exc}): check the backend URL"
+            ) from None
+
     # --- writes (the worker) ---------------------------------------------------------------
 
     def write_batch(self, batch: Sequence[Memory]) -> None:
@@ -134,9 +152,16 @@ class RemoteBackend(Backend):
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
         params = {"sync": "true"} if self.sync else None
-        self._request(
+        response = self._request(
             "POST", "/v1/memories", write=True, content=body, headers=headers, params=params
         )
+        # Any web server answers 200 to a POST it ignores: only a memcollect server's count of
+        # what it accepted means the batch is safe, else it is kept and sent again.
+        accepted = self._decode(_ingested, response).accepted
+        if accepted != len(batch):
+            raise TransientBackendError(
+                f"memcollect server {self.base} accepted {accepted} of {len(batch)} memories"
+            )
 
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Keep dead letters in the server's store, where its operators look for them."""
@@ -163,14 +188,14 @@ class RemoteBackend(Backend):
             response = self._request("GET", f"/v1/memories/{memory_id}")
         except _NotFound:
             return None
-        return _memory.decode(response.content)
+        return self._decode(_memory, response)
 
     def recent(self, limit: int, category: str | None = None) -> list[Memory]:
         """The newest memories first."""
         params: dict[str, Any] = {"limit": limit}
         if category is not None:
             params["category"] = category
-        return _memories.decode(self._request("GET", "/v1/memories", params=params).content)
+        return self._decode(_memories, self._request("GET", "/v1/memories", params=params))
 
     def count(self, category: str | None = None) -> int:
         """How many memories are stored."""
@@ -182,7 +207,7 @@ class RemoteBackend(Backend):
         return self._counts().by_category
 
     def _counts(self) -> _Counts:
-        return _counts.decode(self._request("GET", "/v1/counts").content)
+        return self._decode(_counts, self._request("GET", "/v1/counts"))
 
     def search(self, query: SearchQuery) -> list[Memory]:
         """Memories matching the text and filters, best first, as the server ranks them."""
@@ -194,24 +219,24 @@ class RemoteBackend(Backend):
             if value is not None:
                 params.append((key, value))
         params.extend(("tags", tag) for tag in query.tags)
-        return _memories.decode(self._request("GET", "/v1/search", params=params).content)
+        return self._decode(_memories, self._request("GET", "/v1/search", params=params))
 
     def scan(self, after: str | None, limit: int) -> list[Memory]:
         """The server's memories in id order, after the id `after`."""
         params: dict[str, Any] = {"limit": min(limit, 1000)}
         if after is not None:
             params["after"] = after
-        return _memories.decode(self._request("GET", "/v1/export", params=params).content)
+        return self._decode(_memories, self._request("GET", "/v1/export", params=params))
 
     def server_stats(self) -> dict[str, Any]:
         """The server collector's stats and health, as JSON builtins."""
-        body: dict[str, Any] = msgspec.json.decode(self._request("GET", "/v1/stats").content)
+        body: dict[str, Any] = self._decode(_any, self._request("GET", "/v1/stats"))
         return body
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The server's dead letters, oldest first."""
         response = self._request("GET", "/v1/dead-letters", params={"limit": min(limit, 1000)})
-        return _letters.decode(response.content)
+        return self._decode(_letters, response)
 
     # --- lifecycle -------------------------------------------------------------------------
 
