@@ -78,3 +78,20 @@ def test_collector_takes_a_url_a_config_or_keywords(tmp_path: Path) -> None:
         assert c.backend.url == "memory://"
     with pytest.raises(mc.ValidationError, match="not supported"):
         mc.MemoryCollector("nosuch://x", durability="memory")
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("batchsize = 1\n", "did you mean 'batch_size'?"),
+        ("[tool.memcollect]\nbatch_size = 1\n", "[tool.memcollect] is for pyproject.toml"),
+        ("zzz = 1\n", "the fields are backend, profile"),
+    ],
+)
+def test_an_unknown_field_says_what_to_write(tmp_path: Path, text: str, hint: str) -> None:
+    (tmp_path / "memcollect.toml").write_text(text)
+    with pytest.raises(mc.ConfigError) as info:
+        load_config(environ={}, cwd=tmp_path)
+    assert hint in str(info.value)
+    with pytest.raises(mc.ConfigError, match="did you mean 'batch_size'"):
+        load_config(environ={}, cwd=tmp_path / "none", bacth_size=5)

@@ -242,6 +242,19 @@ def _env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def _field_hint(key: str) -> str:
+    """What to write instead of an unknown field."""
+    if key == "tool":
+        return (
+            ": memcollect.toml holds the fields at its top level "
+            "([tool.memcollect] is for pyproject.toml)"
+        )
+    import difflib  # only on this error path
+
+    close = difflib.get_close_matches(key, FIELDS, n=1)
+    return f": did you mean {close[0]!r}?" if close else f": the fields are {', '.join(FIELDS)}"
+
+
 def load_config(
     base: Config | Mapping[str, Any] | None = None,
     *,
@@ -255,9 +268,8 @@ def load_config(
     """
     unknown = set(overrides) - set(FIELDS)
     if unknown:
-        raise ConfigError(
-            f"unknown config field {sorted(unknown)[0]!r}: the fields are {', '.join(FIELDS)}"
-        )
+        first = sorted(unknown)[0]
+        raise ConfigError(f"unknown config field {first!r}{_field_hint(first)}")
     if isinstance(base, Config):
         return _build(msgspec.structs.asdict(base) | overrides, "arguments")
     if base is not None and FRAMEWORK_KEYS & set(base):
@@ -281,7 +293,7 @@ def load_config(
     for layer, source in layers:
         for key in layer:
             if key not in FIELDS:
-                raise ConfigError(f"unknown config field {key!r} in {source}")
+                raise ConfigError(f"unknown config field {key!r} in {source}{_field_hint(key)}")
             origin[key] = f"MEMCOLLECT_{key.upper()}" if layer is env_settings else source
         merged.update(layer)
     return _build(merged, "configuration", origin)
