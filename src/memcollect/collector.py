@@ -641,10 +641,7 @@ class MemoryCollector:
         (mode="text"), by meaning (mode="semantic") or both (mode="hybrid")."""
         if not isinstance(query, str):
             raise ValidationError(f"query must be a str, not {type(query).__name__}")
-        if type(limit) is not int or not 1 <= limit <= 10_000:
-            raise ValidationError(f"limit must be a whole number from 1 to 10000, not {limit!r}")
-        if isinstance(tags, str):
-            raise ValidationError("tags must be a list of str like ['auth'], not a str")
+        _check_limit(limit)
         if mode not in SEARCH_MODES:
             raise ValidationError(f"mode must be 'text', 'semantic' or 'hybrid', not {mode!r}")
         if mode != "text" and not self._backend.supports_semantic:
@@ -657,7 +654,7 @@ class MemoryCollector:
             mode=mode,
             text=query,
             category=check_category(category) if category is not None else None,
-            tags=check_tags(tags) if tags else (),
+            tags=check_tags(tags),
             project=project,
             agent=agent,
             session=session,
@@ -689,8 +686,7 @@ class MemoryCollector:
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Memories the backend refused for good, with their errors, oldest first."""
-        if type(limit) is not int or not 1 <= limit <= 10_000:
-            raise ValidationError(f"limit must be a whole number from 1 to 10000, not {limit!r}")
+        _check_limit(limit)
         return self._backend.dead_letters(limit)
 
     def retry_dead_letters(self) -> int:
@@ -854,6 +850,11 @@ class MemoryCollector:
 def _footprint(memory: Memory) -> int:
     """About how many bytes a memory holds in RAM, for the cache's byte bound."""
     return 400 + 2 * len(memory.content) + 80 * (len(memory.metadata) + len(memory.tags))
+
+
+def _check_limit(limit: object) -> None:
+    if type(limit) is not int or not 1 <= limit <= 10_000:
+        raise ValidationError(f"limit must be a whole number from 1 to 10000, not {limit!r}")
 
 
 def _timestamp(value: object, field: str) -> float | None:
