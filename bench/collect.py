@@ -157,6 +157,21 @@ def bench_throughput(n: int, tmp: Path, fts: bool, durability: str = "memory") -
     return n / elapsed
 
 
+def memory(item: dict[str, Any]) -> mc.Memory:
+    """A memory made from one corpus item, as collect() would make it."""
+    return make_memory(
+        item["category"],
+        item["content"],
+        item["metadata"],
+        None,
+        item["tags"],
+        item["project"],
+        item["agent"],
+        item["session"],
+        65536,
+    )
+
+
 def templated_corpus(n: int) -> tuple[list[dict[str, Any]], list[str]]:
     """The demo's memories: ~20 templates, so every query matches thousands of rows."""
     stream = memories(random.Random(2), "search-agent")
@@ -223,22 +238,7 @@ def bench_search(
     backend.open()
     items, words = corpus(n)
     for start in range(0, n, 5000):
-        backend.write_batch(
-            [
-                make_memory(
-                    i["category"],
-                    i["content"],
-                    i["metadata"],
-                    None,
-                    i["tags"],
-                    i["project"],
-                    i["agent"],
-                    i["session"],
-                    65536,
-                )
-                for i in items[start : start + 5000]
-            ]
-        )
+        backend.write_batch([memory(i) for i in items[start : start + 5000]])
     backend.close()
     # The read cache would answer repeated queries: this measures the store's search.
     collector = mc.MemoryCollector(f"sqlite:///{path}", durability="memory", cache_size=0)

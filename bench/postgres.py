@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 import psycopg  # noqa: E402
-from collect import varied_corpus  # noqa: E402
+from collect import memory, varied_corpus  # noqa: E402
 
 import memcollect as mc  # noqa: E402
 from memcollect.backends.base import SearchQuery  # noqa: E402
@@ -37,7 +37,6 @@ from memcollect.backends.postgres import (  # noqa: E402
     _to_row,
     websearch_all_words,
 )
-from memcollect.model import make_memory  # noqa: E402
 
 BASE = os.environ.get("MEMCOLLECT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -107,21 +106,6 @@ def server_alone(n: int, connections: int) -> float:
     backend.close()
     drop(schema)
     return n / elapsed
-
-
-def memory(item: dict[str, Any]) -> Any:
-    """A stored memory made from one corpus item."""
-    return make_memory(
-        item["category"],
-        item["content"],
-        item["metadata"],
-        None,
-        item["tags"],
-        item["project"],
-        item["agent"],
-        item["session"],
-        65536,
-    )
 
 
 def processes(n_each: int, count: int) -> float:
