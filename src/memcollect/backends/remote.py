@@ -24,6 +24,7 @@ from ..errors import (
 )
 from ..model import Memory
 from ..retry import ErrorKind
+from ..server.wire import Counts, IngestResult
 from .base import Backend, DeadLetter, SearchQuery
 
 try:
@@ -45,19 +46,9 @@ _PARAMS = {"timeout", "sync", "gzip"}
 _NO = ("0", "false", "no", "off")
 
 
-class _Counts(msgspec.Struct):
-    total: int
-    by_category: dict[str, int]
-
-
-_counts = msgspec.json.Decoder(_Counts)
-
-
-class _Ingested(msgspec.Struct):
-    accepted: int
-
-
-_ingested = msgspec.json.Decoder(_Ingested)
+# The server's own answer types (`wire` needs only msgspec).
+_counts = msgspec.json.Decoder(Counts)
+_ingested = msgspec.json.Decoder(IngestResult)
 
 
 class RemoteBackend(Backend):
@@ -206,7 +197,7 @@ class RemoteBackend(Backend):
         """How many memories are stored, per category."""
         return self._counts().by_category
 
-    def _counts(self) -> _Counts:
+    def _counts(self) -> Counts:
         return self._decode(_counts, self._request("GET", "/v1/counts"))
 
     def search(self, query: SearchQuery) -> list[Memory]:
