@@ -34,7 +34,14 @@ from .model import (
 from .retry import CircuitBreaker, RetryPolicy
 from .spool import Segment, Spool, encode_frame, encode_record
 from .stats import Counters, Health, Stats
-from .worker import FailureCallback, StoredCallback, Worker, content_hash
+from .worker import (
+    FailureCallback,
+    StoredCallback,
+    Worker,
+    content_hash,
+    notify_failure,
+    notify_stored,
+)
 
 __all__ = ["SEARCH_MODES", "MemoryCollector"]
 
@@ -348,11 +355,7 @@ class MemoryCollector:
             len(memories), self._clock() - started, (m.created_at for m in memories)
         )
         self._cache.invalidate_searches()
-        for callback in self._on_stored:
-            try:
-                callback(list(memories))
-            except Exception:
-                log.exception("on_stored callback %r failed", callback)
+        notify_stored(self._on_stored, list(memories))
 
     async def collect_async(
         self,
@@ -449,11 +452,7 @@ class MemoryCollector:
             return
         reporting.active = True
         try:
-            for callback in self._on_failure:
-                try:
-                    callback([memory], QueueFullError(f"memory dropped: {reason}"))
-                except Exception:
-                    log.exception("on_failure callback %r failed", callback)
+            notify_failure(self._on_failure, [memory], QueueFullError(f"memory dropped: {reason}"))
         finally:
             reporting.active = False
 

@@ -32,6 +32,26 @@ def content_hash(content: str) -> str:
     return blake2b(content.encode("utf-8"), digest_size=16).hexdigest()
 
 
+def notify_stored(callbacks: Sequence[StoredCallback], batch: Sequence[Memory]) -> None:
+    """Call each on_stored callback; one that raises is logged, never fatal."""
+    for callback in callbacks:
+        try:
+            callback(batch)
+        except Exception:
+            log.exception("on_stored callback %r failed", callback)
+
+
+def notify_failure(
+    callbacks: Sequence[FailureCallback], memories: Sequence[Memory], exc: BaseException
+) -> None:
+    """Call each on_failure callback; one that raises is logged, never fatal."""
+    for callback in callbacks:
+        try:
+            callback(memories, exc)
+        except Exception:
+            log.exception("on_failure callback %r failed", callback)
+
+
 class Worker:
     """Moves memories from the inbox to the backend on one thread."""
 
@@ -211,7 +231,7 @@ class Worker:
                 len(batch), self.clock() - started, (m.created_at for m in batch)
             )
             self.on_done(batch)
-            self._notify(self.on_stored, batch)
+            notify_stored(self.on_stored, batch)
             return
 
     def _store_in_fallback(self, batch: list[Memory]) -> bool:
@@ -229,7 +249,7 @@ class Worker:
             len(batch), self.clock() - started, (m.created_at for m in batch)
         )
         self.on_done(batch)
-        self._notify(self.on_stored, batch)
+        notify_stored(self.on_stored, batch)
         return True
 
     def _move_from_fallback(self) -> None:
@@ -302,7 +322,7 @@ class Worker:
         self.counters.dead_lettered += 1
         log.warning("memory %s dead-lettered: %s", memory.id, letter.error)
         self.on_done([memory])
-        self._notify_failure([memory], exc)
+        notify_failure(self.on_failure, [memory], exc)
 
     def _abandon(self, batch: list[Memory], exc: BaseException) -> None:
         """Give up on a batch (shutdown deadline passed): count it, never silently."""
@@ -312,7 +332,7 @@ class Worker:
             return
         self.counters.drop("shutdown_deadline", len(batch))
         log.warning("%d memories not stored before the close deadline (%s)", len(batch), exc)
-        self._notify_failure(batch, exc)
+        notify_failure(self.on_failure, batch, exc)
 
     def _sleep(self, seconds: float) -> bool:
         """Wait before a retry; False when the shutdown deadline has passed."""
@@ -327,17 +347,3 @@ class Worker:
             return False
         time.sleep(seconds)
         return True
-
-    def _notify(self, callbacks: list[StoredCallback], batch: Sequence[Memory]) -> None:
-        for callback in callbacks:
-            try:
-                callback(batch)
-            except Exception:
-                log.exception("on_stored callback %r failed", callback)
-
-    def _notify_failure(self, batch: Sequence[Memory], exc: BaseException) -> None:
-        for callback in self.on_failure:
-            try:
-                callback(batch, exc)
-            except Exception:
-                log.exception("on_failure callback %r failed", callback)
