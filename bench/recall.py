@@ -3,7 +3,9 @@
 Run: .venv/bin/python bench/recall.py   (needs the semantic extra; make test installs it)
 200 memories: 30 targets, each with a query that paraphrases it (few words in common), and 170
 distractors (real technical English and the demo's agent memories). Reports recall@5 and MRR
-per mode, prints the README table and writes bench/results-recall.json.
+per mode, with the model (?semantic=1) and with static token vectors (?semantic=static),
+prints the README table and writes bench/results-recall.json.
+`--scale N [static]`: stored/s and search p50 on N memories.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collect import varied_corpus  # noqa: E402
 
 import memcollect as mc  # noqa: E402
 from memcollect.demo import memories as demo_memories  # noqa: E402
+from memcollect.semantic import get_embedder  # noqa: E402
 
 # (category, the memory, a query that asks for it in other words)
 LABELLED: list[tuple[str, str, str]] = [
@@ -175,9 +178,11 @@ LABELLED: list[tuple[str, str, str]] = [
 ]
 
 
-def build_store(tmp: Path) -> tuple[mc.MemoryCollector, list[str]]:
+def build_store(tmp: Path, semantic: str = "1") -> tuple[mc.MemoryCollector, list[str]]:
     collector = mc.MemoryCollector(
-        f"sqlite:///{tmp}/recall.db?semantic=1", durability="memory", data_dir=str(tmp)
+        f"sqlite:///{tmp}/recall-{semantic}.db?semantic={semantic}",
+        durability="memory",
+        data_dir=str(tmp),
     )
     target_ids = [collector.collect(cat, text) for cat, text, _ in LABELLED]
     corpus, _ = varied_corpus(120)
@@ -215,18 +220,19 @@ def evaluate(collector: mc.MemoryCollector, target_ids: list[str], mode: str) ->
     }
 
 
-def scale(n: int) -> dict[str, float]:
+def scale(n: int, semantic: str = "1") -> dict[str, float]:
     """Stored/s with embeddings computed in the worker, and search p50 on n memories."""
     items, words = varied_corpus(n)
     with tempfile.TemporaryDirectory() as tmp:
         c = mc.MemoryCollector(
-            f"sqlite:///{tmp}/scale.db?semantic=1",
+            f"sqlite:///{tmp}/scale.db?semantic={semantic}",
             durability="memory",
             data_dir=tmp,
             max_queue_size=n + 1,
             batch_size=256,
         )
-        c.search("load the model before the clock starts", mode="semantic")
+        # The model loads (or the static table is distilled) before the clock starts.
+        get_embedder(kind="static" if semantic == "static" else "model").embed(["warm up"])
         started = time.perf_counter()
         for item in items:
             c.collect(item["category"], item["content"], tags=item["tags"])
@@ -246,6 +252,7 @@ def scale(n: int) -> dict[str, float]:
         samples.sort()
     return {
         "memories": n,
+        "semantic": semantic,
         "stored_per_s_with_embeddings": stored_per_s,
         "semantic_p50_ms": timings["semantic"][50 // 2] * 1000,
         "hybrid_p50_ms": timings["hybrid"][50 // 2] * 1000,
@@ -259,28 +266,34 @@ def main() -> None:
         print_table(json.loads(out.read_text()))
         return
     if "--scale" in sys.argv:
-        n = int(sys.argv[sys.argv.index("--scale") + 1])
-        result = scale(n)
+        at = sys.argv.index("--scale")
+        n = int(sys.argv[at + 1])
+        semantic = "static" if "static" in sys.argv[at + 2 :] else "1"
+        result = scale(n, semantic)
         saved = json.loads(out.read_text()) if out.exists() else {}
-        saved["scale"] = result
+        saved["scale_static" if semantic == "static" else "scale"] = result
         out.write_text(json.dumps(saved, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return
+    modes: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        collector, target_ids = build_store(Path(tmp))
-        collector.search("warm up the model", mode="semantic")
-        results: dict[str, object] = {
-            "command": "python bench/recall.py",
-            "date": time.strftime("%Y-%m-%d"),
-            "memories": 200,
-            "queries": len(LABELLED),
-            "modes": {
-                m: evaluate(collector, target_ids, m) for m in ("text", "semantic", "hybrid")
-            },
-        }
-        collector.close()
-    if out.exists() and "scale" in json.loads(out.read_text()):
-        results["scale"] = json.loads(out.read_text())["scale"]
+        for semantic, suffix in (("1", ""), ("static", " (static)")):
+            collector, target_ids = build_store(Path(tmp), semantic)
+            collector.search("warm up the model", mode="semantic")
+            for mode in (
+                ("text", "semantic", "hybrid") if semantic == "1" else ("semantic", "hybrid")
+            ):
+                modes[mode + suffix] = evaluate(collector, target_ids, mode)
+            collector.close()
+    results: dict[str, object] = {
+        "command": "python bench/recall.py",
+        "date": time.strftime("%Y-%m-%d"),
+        "memories": 200,
+        "queries": len(LABELLED),
+        "modes": modes,
+    }
+    saved = json.loads(out.read_text()) if out.exists() else {}
+    results.update({k: v for k, v in saved.items() if k.startswith("scale")})
     out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
 
@@ -294,9 +307,12 @@ def print_table(r: dict[str, object]) -> None:
     print("|---|---|---|---|")
     for mode, m in r["modes"].items():  # type: ignore[attr-defined]
         print(f"| {mode} | {m['recall_at_5']:.2f} | {m['mrr']:.2f} | {m['p50_ms']:.1f} ms |")
-    scaled = r.get("scale")
-    if isinstance(scaled, dict):
-        print(f"\nat scale (python bench/recall.py --scale {scaled['memories']}):")
+    for key in ("scale", "scale_static"):
+        scaled = r.get(key)
+        if not isinstance(scaled, dict):
+            continue
+        static = " static" if key == "scale_static" else ""
+        print(f"\nat scale (python bench/recall.py --scale {scaled['memories']}{static}):")
         rate = scaled["stored_per_s_with_embeddings"]
         print(f"- stored/s with embeddings in the worker: {rate:,.0f}")
         print(

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import memcollect as mc
@@ -306,3 +307,86 @@ def test_an_unwritable_model_cache_falls_back_with_a_warning(
     assert embedder.engine == "sentence-transformers"
     assert embedder.embed(["still embedded"]).shape == (1, semantic.DIMENSIONS)
     assert "MEMCOLLECT_CACHE_DIR" in caplog.text
+
+
+def test_static_vectors_find_paraphrases_that_text_search_misses(
+    make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path
+) -> None:
+    require_semantic()
+    c = make_collector(f"sqlite:///{tmp_path}/static.db?semantic=static")
+    for category, content in MEMORIES:
+        c.collect(category, content)
+    assert c.flush(120)
+    for query, target in [
+        ("cannot sign in on Apple's browser", MEMORIES[0][1]),
+        ("RAM keeps climbing in the thumbnail service", MEMORIES[4][1]),
+        ("purchase screen hangs, card processor lags", MEMORIES[1][1]),
+    ]:
+        assert c.search(query) == [], query  # no word in common
+        assert contents(c.search(query, mode="semantic", limit=1)) == [target], query
+        assert contents(c.search(query, mode="hybrid", limit=1)) == [target], query
+    # What is stored beside each memory is the static vector, not the model's.
+    static = semantic.get_embedder(kind="static").embed([MEMORIES[0][1]])[0]
+    model = semantic.get_embedder().embed([MEMORIES[0][1]])[0]
+    stored = c.backend._read(  # type: ignore[attr-defined]
+        "SELECT e.vector FROM memories m JOIN embeddings e ON e.seq = m.seq WHERE m.content = ?",
+        (MEMORIES[0][1],),
+    )[0][0]
+    vector = np.frombuffer(stored, np.float32)
+    assert np.allclose(vector, static, atol=1e-6)
+    assert float(vector @ model) < 0.9
+
+
+def test_static_vectors_are_the_mean_of_the_tokens_in_any_batch() -> None:
+    require_semantic()
+    embedder = semantic.get_embedder(kind="static")
+    texts = ["disk full on the build agent", "", "   ", "naïve café 😀", "x"]
+    together = embedder.embed(texts)
+    alone = np.vstack([embedder.embed([t]) for t in texts])
+    assert together.shape == (len(texts), semantic.DIMENSIONS)
+    assert np.allclose(together, alone, atol=1e-6)  # a batch is no different from one text
+    assert not together[1].any() and not together[2].any()  # no token: no direction
+    norms = np.linalg.norm(together[[0, 3, 4]], axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-5)
+
+
+def test_changing_the_embedder_embeds_the_store_again(
+    make_collector: Callable[..., mc.MemoryCollector],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    require_semantic()
+    path = tmp_path / "switch.db"
+    first = make_collector(f"sqlite:///{path}?semantic=1", data_dir=str(tmp_path / "a"))
+    for category, content in MEMORIES:
+        first.collect(category, content)
+    assert first.flush(120)
+    first.close()
+
+    def stored_vectors(c: mc.MemoryCollector) -> tuple[list[str], np.ndarray]:
+        rows = c.backend._read(  # type: ignore[attr-defined]
+            "SELECT m.content, e.vector FROM memories m JOIN embeddings e ON e.seq = m.seq"
+        )
+        return [r[0] for r in rows], np.vstack([np.frombuffer(r[1], np.float32) for r in rows])
+
+    with caplog.at_level("WARNING", logger="memcollect"):
+        second = make_collector(f"sqlite:///{path}?semantic=static", data_dir=str(tmp_path / "b"))
+        hits = second.search("cannot sign in on Apple's browser", mode="semantic", limit=1)
+    assert contents(hits) == [MEMORIES[0][1]]
+    assert "embedding model changed" in caplog.text
+    # Every vector was made again by the static embedder: none of the model's is left.
+    texts, vectors = stored_vectors(second)
+    assert sorted(texts) == sorted(content for _, content in MEMORIES)
+    assert np.allclose(vectors, semantic.get_embedder(kind="static").embed(texts), atol=1e-6)
+    second.close()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="memcollect"):
+        third = make_collector(f"sqlite:///{path}?semantic=static", data_dir=str(tmp_path / "c"))
+        third.search("anything", mode="semantic")
+    assert "embedding model changed" not in caplog.text
+    assert len(stored_vectors(third)[0]) == len(MEMORIES)
+
+
+def test_an_unknown_semantic_value_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(mc.ValidationError, match=r"semantic in .* must be 1 .*static.* or 0"):
+        mc.MemoryCollector(f"sqlite:///{tmp_path}/x.db?semantic=statc", data_dir=str(tmp_path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import sqlite3
@@ -23,6 +24,8 @@ from ..retry import ErrorKind
 from .base import Backend, DeadLetter, SearchQuery, content_terms, every_word_first
 
 __all__ = ["SQLiteBackend", "parse_sqlite_url"]
+
+log = logging.getLogger("memcollect")
 
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
@@ -172,7 +175,9 @@ class SQLiteBackend(Backend):
     `busy_timeout=SECONDS` (default 10) bounds each wait for another writer's lock,
     `synchronous=NORMAL|FULL|OFF` (default NORMAL, which WAL keeps consistent on a crash),
     `semantic=1` embeds each memory as it is stored, for search(mode="semantic" | "hybrid")
-    (needs the semantic extra), `model=DIR` names another sentence-transformers model, and
+    (needs the semantic extra), `semantic=static` does so with static token vectors distilled
+    from the model (a hundred times faster, less exact), `model=DIR` names another
+    sentence-transformers model, and
     `rank_window=N` (default 1000) is how many of the newest memories holding every word of a
     query are ranked when more hold them (0 ranks them all).
     """
@@ -189,7 +194,14 @@ class SQLiteBackend(Backend):
                 f"unknown sqlite option {sorted(unknown)[0]!r} in {url!r}: "
                 "use fts, busy_timeout, synchronous, semantic, model or rank_window"
             )
-        self.supports_semantic = options.get("semantic", "0") not in ("0", "false", "off", "no")
+        semantic = options.get("semantic", "0").lower()
+        if semantic not in ("0", "false", "off", "no", "1", "true", "on", "yes", "static"):
+            raise ValidationError(
+                f"semantic in {url!r} must be 1 (the model), static (static token vectors, "
+                "faster and less exact) or 0"
+            )
+        self.supports_semantic = semantic not in ("0", "false", "off", "no")
+        self.embedder_kind = "static" if semantic == "static" else "model"
         self.model_dir = options.get("model")
         if self.supports_semantic:
             from ..semantic import MISSING_EXTRA, available
@@ -259,6 +271,8 @@ class SQLiteBackend(Backend):
             conn = self._writer = self._connect()
             with self._transaction(conn):
                 self._migrate(conn)
+                if self.supports_semantic:
+                    self._check_embedder(conn)
             self._opened = True
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -290,6 +304,27 @@ class SQLiteBackend(Backend):
             exists = True
         # An index that exists is always kept up to date, whatever this URL says.
         self.has_fts = bool(exists)
+
+    def _check_embedder(self, conn: sqlite3.Connection) -> None:
+        """Vectors of another embedder cannot be compared with this one's: when the embedder
+        changed (semantic=1 to static, another model), the old vectors go, and are made again
+        with this one at the next semantic search."""
+        from ..semantic import embedder_id
+
+        current = embedder_id(self.embedder_kind, self.model_dir)
+        row = conn.execute("SELECT value FROM memcollect_meta WHERE key = 'embedder'").fetchone()
+        if row is not None and row[0] == current:
+            return
+        if row is not None:
+            log.warning(
+                "%s: the embedding model changed (%s, now %s); memories are embedded again "
+                "at the next semantic search",
+                self.path,
+                row[0],
+                current,
+            )
+        conn.execute("DELETE FROM embeddings")
+        conn.execute("INSERT OR REPLACE INTO memcollect_meta VALUES ('embedder', ?)", (current,))
 
     @contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
@@ -559,14 +594,12 @@ class SQLiteBackend(Backend):
     def _embed(self, texts: Sequence[str]) -> Any:
         from ..semantic import get_embedder
 
-        return get_embedder(self.model_dir).embed(texts)
+        return get_embedder(self.model_dir, self.embedder_kind).embed(texts)
 
     def _sync_vectors(self) -> None:
         """Load vectors stored since the last call (by any process), embedding rows that have
         none: written before ?semantic=1 was on, or by a process without it."""
         import numpy as np
-
-        from ..semantic import DIMENSIONS
 
         with self._vectors.loading:
             seen = self._vectors.checked_seq
@@ -585,7 +618,8 @@ class SQLiteBackend(Backend):
                 stored = [(seq, vectors[i].tobytes()) for i, (seq, _) in enumerate(chunk)]
                 self._write(partial(_insert_vectors, stored=stored))
                 filled.update((seq, vectors[i]) for i, (seq, _) in enumerate(chunk))
-            matrix = np.empty((len(rows), DIMENSIONS), dtype=np.float32)
+            width = len(next(iter(filled.values()))) if filled else len(rows[0][1]) // 4
+            matrix = np.empty((len(rows), width), dtype=np.float32)
             for i, (seq, vector, _) in enumerate(rows):
                 matrix[i] = filled[seq] if vector is None else np.frombuffer(vector, np.float32)
             self._vectors.add_synced([seq for seq, _, _ in rows], matrix, checked=rows[-1][0])
