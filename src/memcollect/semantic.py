@@ -148,18 +148,39 @@ class StaticEmbedder:
         import numpy as np
 
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
-        ids = np.fromiter((i for e in encodings for i in e.ids), np.int64, int(lengths.sum()))
         sums = np.zeros((len(encodings), self._table.shape[1]), np.float32)
-        some = lengths > 0
-        if some.any():
-            starts = (np.cumsum(lengths) - lengths)[some]
-            sums[some] = np.add.reduceat(self._table[ids], starts, axis=0)
+        start = 0
+        while start < len(encodings):
+            # A slice of texts at a time, so the token vectors gathered stay bounded: a batch
+            # of long memories would gather gigabytes at once.
+            end, tokens = start + 1, len(encodings[start].ids)
+            while end < len(encodings) and tokens + len(encodings[end].ids) <= GATHER_TOKENS:
+                tokens += len(encodings[end].ids)
+                end += 1
+            self._sum_tokens(encodings[start:end], sums[start:end])
+            start = end
         # The mean's direction is the sum's: normalizing is all that is left.
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
         return np.ascontiguousarray(sums / np.clip(norms, 1e-12, None), dtype=np.float32)
 
+    def _sum_tokens(self, encodings: Sequence[Any], out: npt.NDArray[np.float32]) -> None:
+        """Each text's token vectors, summed into its row of `out`."""
+        import numpy as np
 
+        lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+        ids = np.fromiter((i for e in encodings for i in e.ids), np.int64, int(lengths.sum()))
+        if len(ids) > GATHER_TOKENS:  # one text, longer than the bound: count, then weigh
+            counts = np.bincount(ids, minlength=len(self._table)).astype(np.float32)
+            out[0] = counts @ self._table
+            return
+        some = lengths > 0
+        if some.any():
+            starts = (np.cumsum(lengths) - lengths)[some]
+            out[some] = np.add.reduceat(self._table[ids], starts, axis=0)
+
+
+# Token vectors gathered at once at most (16,384 x 384 float32: 24 MiB).
+GATHER_TOKENS = 16_384
 # Smooth inverse frequency: a token's vector is weighted a / (a + p(token)), so "the" and
 # "," weigh next to nothing and rare, telling words count fully. The value of model2vec.
 SIF_A = 1e-4
