@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -398,3 +399,41 @@ def test_changing_the_embedder_embeds_the_store_again(
 def test_an_unknown_semantic_value_is_refused(tmp_path: Path) -> None:
     with pytest.raises(mc.ValidationError, match=r"semantic in .* must be 1 .*static.* or 0"):
         mc.MemoryCollector(f"sqlite:///{tmp_path}/x.db?semantic=statc", data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "mem0"])
+def test_a_model_option_that_names_no_model_is_refused_at_construction(
+    tmp_path: Path, scheme: str
+) -> None:
+    from importlib.util import find_spec
+
+    require_semantic()
+    if scheme == "mem0" and find_spec("mem0") is None:
+        pytest.skip("!!! SKIPPED, NOT TESTED: mem0ai is not installed")
+    store = (
+        f"sqlite:///{tmp_path}/m.db?semantic=1&" if scheme == "sqlite" else f"mem0:///{tmp_path}/m?"
+    )
+    with pytest.raises(mc.ValidationError, match=r"/nowhere does not exist; give the directory"):
+        mc.MemoryCollector(f"{store}model={tmp_path}/nowhere", data_dir=str(tmp_path))
+    with pytest.raises(mc.ValidationError, match=r"holds no model \(no config.json\)"):
+        mc.MemoryCollector(f"{store}model={tmp_path}", data_dir=str(tmp_path))
+
+
+def test_a_model_that_cannot_load_holds_memories_back_instead_of_dead_lettering_them(
+    make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path
+) -> None:
+    require_semantic()
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # looks like a model, cannot be loaded
+    c = make_collector(f"sqlite:///{tmp_path}/b.db?semantic=1&model={broken}")
+    c.collect("bug", "kept until the model is fixed")
+    deadline = time.monotonic() + 120  # the first try loads transformers: seconds
+    while c.stats().retried < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert c.stats().retried >= 2
+    assert c.stats().dead_lettered == 0 and c.dead_letters() == []
+    assert c.stats().stored == 0 and c.stats().in_flight + c.stats().queue_depth == 1
+    health = c.health()
+    assert health.status != "ok"
+    assert "embedding model could not be loaded" in " ".join(health.reasons)

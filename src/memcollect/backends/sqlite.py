@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
-from ..errors import ValidationError
+from ..errors import TransientBackendError, ValidationError
 from ..model import PRIORITIES, PRIORITY_RANK, Memory
 from ..retry import ErrorKind
 from .base import Backend, DeadLetter, SearchQuery, content_terms, every_word_first
@@ -204,10 +204,11 @@ class SQLiteBackend(Backend):
         self.embedder_kind = "static" if semantic == "static" else "model"
         self.model_dir = options.get("model")
         if self.supports_semantic:
-            from ..semantic import MISSING_EXTRA, available
+            from ..semantic import MISSING_EXTRA, available, check_model_dir
 
             if not available():
                 raise ValidationError(MISSING_EXTRA)
+            check_model_dir(self.model_dir, url)
         self._vectors = _Vectors()
         self.want_fts = options.get("fts", "1") not in ("0", "false", "off", "no")
         try:
@@ -594,7 +595,18 @@ class SQLiteBackend(Backend):
     def _embed(self, texts: Sequence[str]) -> Any:
         from ..semantic import get_embedder
 
-        return get_embedder(self.model_dir, self.embedder_kind).embed(texts)
+        try:
+            embedder = get_embedder(self.model_dir, self.embedder_kind)
+        except ValidationError:
+            raise
+        except Exception as exc:
+            # The model, not any memory, is at fault: retried (health says why), never
+            # dead-lettered memory by memory.
+            raise TransientBackendError(
+                f"the embedding model could not be loaded ({type(exc).__name__}: {exc}); "
+                "fix or replace the model directory, and the memories waiting are stored"
+            ) from exc
+        return embedder.embed(texts)
 
     def _sync_vectors(self) -> None:
         """Load vectors stored since the last call (by any process), embedding rows that have
