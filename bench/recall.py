@@ -238,6 +238,10 @@ def scale(n: int, semantic: str = "1") -> dict[str, float]:
             c.collect(item["category"], item["content"], tags=item["tags"])
         assert c.flush(3600)
         stored_per_s = n / (time.perf_counter() - started)
+        # Embedded by the worker after storing, while nothing else comes in.
+        while c.backend.pending_embeddings():  # type: ignore[attr-defined]
+            time.sleep(0.05)
+        embedded_per_s = n / (time.perf_counter() - started)
         rng = random.Random(5)
         c.search("load every vector", mode="semantic")
         timings: dict[str, list[float]] = {"semantic": [], "hybrid": []}
@@ -253,7 +257,8 @@ def scale(n: int, semantic: str = "1") -> dict[str, float]:
     return {
         "memories": n,
         "semantic": semantic,
-        "stored_per_s_with_embeddings": stored_per_s,
+        "stored_per_s": stored_per_s,
+        "stored_per_s_with_embeddings": embedded_per_s,
         "semantic_p50_ms": timings["semantic"][50 // 2] * 1000,
         "hybrid_p50_ms": timings["hybrid"][50 // 2] * 1000,
         "hybrid_max_ms": timings["hybrid"][-1] * 1000,
@@ -314,7 +319,9 @@ def print_table(r: dict[str, object]) -> None:
         static = " static" if key == "scale_static" else ""
         print(f"\nat scale (python bench/recall.py --scale {scaled['memories']}{static}):")
         rate = scaled["stored_per_s_with_embeddings"]
-        print(f"- stored/s with embeddings in the worker: {rate:,.0f}")
+        if "stored_per_s" in scaled:
+            print(f"- stored/s (searchable by text): {scaled['stored_per_s']:,.0f}")
+        print(f"- stored and embedded/s, embeddings in the worker: {rate:,.0f}")
         print(
             f"- semantic p50 {scaled['semantic_p50_ms']:.1f} ms; hybrid p50 "
             f"{scaled['hybrid_p50_ms']:.1f} ms, slowest {scaled['hybrid_max_ms']:.1f} ms"

@@ -419,7 +419,7 @@ def test_a_model_option_that_names_no_model_is_refused_at_construction(
         mc.MemoryCollector(f"{store}model={tmp_path}", data_dir=str(tmp_path))
 
 
-def test_a_model_that_cannot_load_holds_memories_back_instead_of_dead_lettering_them(
+def test_a_model_that_cannot_load_stores_memories_and_says_so(
     make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path
 ) -> None:
     require_semantic()
@@ -427,13 +427,84 @@ def test_a_model_that_cannot_load_holds_memories_back_instead_of_dead_lettering_
     broken.mkdir()
     (broken / "config.json").write_text("{}")  # looks like a model, cannot be loaded
     c = make_collector(f"sqlite:///{tmp_path}/b.db?semantic=1&model={broken}")
-    c.collect("bug", "kept until the model is fixed")
-    deadline = time.monotonic() + 120  # the first try loads transformers: seconds
-    while c.stats().retried < 2 and time.monotonic() < deadline:
+    c.collect("bug", "stored while the model is broken")
+    assert c.flush(30)
+    assert contents(c.search("broken")) == ["stored while the model is broken"]
+    deadline = time.monotonic() + 120  # a try at the model loads transformers: seconds
+    while c.health().status == "ok" and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert c.stats().retried >= 2
-    assert c.stats().dead_lettered == 0 and c.dead_letters() == []
-    assert c.stats().stored == 0 and c.stats().in_flight + c.stats().queue_depth == 1
     health = c.health()
-    assert health.status != "ok"
+    assert health.status == "degraded"
+    assert "stored but not embedded" in " ".join(health.reasons)
     assert "embedding model could not be loaded" in " ".join(health.reasons)
+    with pytest.raises(mc.BackendError, match="embedding model could not be loaded"):
+        c.search("anything", mode="semantic")
+    assert c.stats().dead_lettered == 0 and c.dead_letters() == []
+
+
+class CountingEmbedder:
+    """Stands in for the model: a fixed vector per text, and a count of what it embedded."""
+
+    kind = "model"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.embedded: list[str] = []
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if self.fail:
+            raise RuntimeError("the model is not there")
+        self.embedded.extend(texts)
+        rng = np.random.default_rng(len(self.embedded))
+        vectors = rng.standard_normal((len(texts), semantic.DIMENSIONS)).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_storing_never_waits_for_the_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    require_semantic()
+    embedder = CountingEmbedder(fail=True)
+    monkeypatch.setattr(semantic, "get_embedder", lambda *args, **kwargs: embedder)
+    store = SQLiteBackend(f"sqlite:///{tmp_path}/s.db?semantic=1")
+    store.open()
+    batch = [
+        mc.Memory(mc.new_id(), "qa", f"memory {i}", {}, "medium", (), None, None, None, 1.7e9)
+        for i in range(150)
+    ]
+    store.write_batch(batch)  # the model fails: storing does not
+    assert store.count() == 150 and store.pending_embeddings() == 150
+    assert store.idle_work() is False and store.health_reasons()
+    assert store.idle_work() is False and embedder.embedded == []  # backing off
+    embedder.fail = False
+    store._embed_retry_at = 0.0
+    # Then the idle steps embed a chunk at a time, oldest first, until none is left.
+    steps = []
+    while True:
+        more = store.idle_work()
+        steps.append(store.pending_embeddings())
+        if not more:
+            break
+    assert steps == [86, 22, 0] and store.health_reasons() == []
+    assert embedder.embedded == [m.content for m in batch]
+    assert store.idle_work() is False and len(embedder.embedded) == 150  # nothing twice
+    store.close()
+
+
+def test_a_search_embeds_the_newest_itself_and_the_worker_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+    make_collector: Callable[..., mc.MemoryCollector],
+    tmp_path: Path,
+) -> None:
+    require_semantic()
+    embedder = CountingEmbedder()
+    monkeypatch.setattr(semantic, "get_embedder", lambda *args, **kwargs: embedder)
+    c = make_collector(f"sqlite:///{tmp_path}/w.db?semantic=1", batch_size=500)
+    for i in range(400):
+        c.collect("qa", f"memory {i}")
+    assert c.flush(30)
+    deadline = time.monotonic() + 60
+    store = c.backend
+    while store.pending_embeddings() and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.01)
+    assert store.pending_embeddings() == 0  # type: ignore[attr-defined]
+    assert sorted(embedder.embedded) == sorted(f"memory {i}" for i in range(400))
+    assert len(c.search("memory", mode="semantic", limit=500)) == 400

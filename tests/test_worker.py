@@ -158,3 +158,60 @@ def test_content_hash_is_blake2b_and_import_leaves_hashlib_out() -> None:
         check=True,
     )
     assert loaded.stdout.strip() == "False"  # OpenSSL's hashlib costs ~5 ms of import time
+
+
+class PutOffWork(FaultyBackend):
+    """A store with work put off for quiet moments: `steps` steps, then none until a write."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+        self.left = 0  # until something is written
+        self.idle_calls: list[int] = []  # the queue depth at each call
+
+    def write_batch(self, batch: object) -> None:
+        super().write_batch(batch)  # type: ignore[arg-type]
+        self.left = self.steps
+
+    def idle_work(self) -> bool:
+        self.idle_calls.append(self.written_count())
+        if self.left == 0:
+            return False
+        self.left -= 1
+        return self.left > 0
+
+    def written_count(self) -> int:
+        return len(self.written)
+
+
+def test_put_off_work_runs_in_quiet_moments_until_done_and_again_after_a_write(
+    make_collector: Make,
+) -> None:
+    backend = PutOffWork(steps=3)
+    c = make_collector(backend)
+    deadline = time.monotonic() + 30
+    while len(backend.idle_calls) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    c.collect("bug", "one")
+    assert c.flush()
+    while backend.left and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # room for a step too many, which must not come
+    # Once at start (nothing to do), then three steps after the write, and no more.
+    assert backend.idle_calls == [0, 1, 1, 1]
+    assert backend.left == 0
+
+
+def test_put_off_work_waits_while_the_store_is_down(make_collector: Make) -> None:
+    backend = PutOffWork(steps=5)
+    backend.go_down(mc.TransientBackendError("down"))
+    c = make_collector(backend, max_retries=100)
+    c.collect("bug", "waits")
+    deadline = time.monotonic() + 30
+    while c.health().status == "ok" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    calls = len(backend.idle_calls)
+    time.sleep(0.05)
+    assert len(backend.idle_calls) == calls <= 1  # no put-off work against a failing store
+    backend.come_back()
+    assert c.flush(30)

@@ -825,6 +825,9 @@ class MemoryCollector:
         if self._worker.fallback_pending and state == "closed":
             status = "failing" if status == "failing" else "degraded"
             reasons.append("moving what the fallback holds back to the primary")
+        for reason in self._backend.health_reasons():
+            status = "failing" if status == "failing" else "degraded"
+            reasons.append(reason)
         if self._closed:
             status = "failing"
             reasons.append("the collector is closed")

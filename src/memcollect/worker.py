@@ -90,6 +90,9 @@ class Worker:
         # Where batches go while the primary's circuit is open; moved back once it is not.
         self.fallback = fallback
         self.fallback_pending = False
+        # Whether the backend may have work put off for a quiet moment (Backend.idle_work):
+        # at start (what an earlier process left) and after every batch stored.
+        self.idle_due = True
         self.clock = clock
         self.thread: threading.Thread | None = None
         # Set by close(): drain everything, then stop. `deadline` bounds the drain.
@@ -130,6 +133,8 @@ class Worker:
                     return
                 if self.fallback_pending and self.breaker.state != "open" and not self.stopping:
                     self._move_from_fallback()
+                if self.idle_due and self._quiet():
+                    self.idle_due = self._idle_step()
         except Exception:  # pragma: no cover - a bug; never take the host process down
             log.exception("memcollect worker crashed; memories queued from now on are not stored")
         finally:
@@ -138,6 +143,22 @@ class Worker:
                 late = self.after_exit
             if late is not None:
                 late()
+
+    def _quiet(self) -> bool:
+        """Whether there is time for the backend's put-off work: no full batch waiting, no
+        close, and the backend writing. (A flush that comes meanwhile waits one step.)"""
+        return (
+            not self.stopping
+            and self.breaker.state == "closed"
+            and self.inbox.size < self.batch_size
+        )
+
+    def _idle_step(self) -> bool:
+        try:
+            return self.backend.idle_work()
+        except Exception:  # a backend's own bug must not stop storing
+            log.exception("%s: idle work failed", self.backend.url)
+            return False
 
     def when_exited(self, action: Callable[[], None]) -> None:
         """Run `action` once the thread has ended: now if it has, else as its last step."""
@@ -178,6 +199,8 @@ class Worker:
                     if self.breaker.state != "open":
                         return []
                     inbox.wakeup.wait(max(0.01, self.breaker.cooldown_left()))
+                elif self.idle_due and self._quiet():
+                    return []  # a quiet moment: the backend's put-off work runs
                 else:
                     inbox.wakeup.wait()
 
@@ -227,6 +250,7 @@ class Worker:
                 attempt += 1
                 continue
             self.breaker.record_success()
+            self.idle_due = True
             self.counters.record_stored(
                 len(batch), self.clock() - started, (m.created_at for m in batch)
             )
@@ -271,6 +295,7 @@ class Worker:
                 self.breaker.record_failure(exc)
                 return
         self.breaker.record_success()
+        self.idle_due = True
         try:
             self.fallback.delete([m.id for m in memories])
         except Exception as exc:  # noqa: BLE001 - moved again later; the primary ignores repeats

@@ -200,6 +200,15 @@ class Backend(ABC):
         """Remove memories that were moved to another store."""
         raise NotImplementedError(f"{type(self).__name__} cannot serve as a fallback")
 
+    def idle_work(self) -> bool:
+        """One short step of work the store puts off while memories come in (embeddings,
+        say), run by the worker when its queue is short; True while more is waiting."""
+        return False
+
+    def health_reasons(self) -> list[str]:
+        """What is wrong with the store besides failing writes (which the collector sees)."""
+        return []
+
     def classify(self, exc: BaseException) -> ErrorKind | None:
         """Whether a write error is worth retrying; None when it cannot be told."""
         if isinstance(exc, TransientBackendError):

@@ -118,6 +118,13 @@ _FTS_FILL = (
     "INSERT INTO memories_fts(rowid, content, tags, facets) "
     "SELECT seq, content, tags, facets FROM memories_fts_source"
 )
+# Memories embedded in one step of the worker's idle time: about a third of a second of the
+# model (~5 ms a memory on 2 cores), or of static vectors (~0.05 ms).
+_EMBED_CHUNK = {"model": 64, "static": 4096}
+# A semantic search embeds at most this many chunks of memories still without a vector,
+# oldest first (when the worker keeps up: those stored since it was last quiet); the worker
+# embeds the rest of a backlog.
+_SEARCH_EMBEDS_CHUNKS = 4
 # When more memories than this hold every word of a query, only the newest of them are
 # ranked (the default of the `rank_window` URL option): they differ little in BM25 (all hold
 # every word), while scoring tens of thousands of them costs tens of milliseconds.
@@ -210,6 +217,11 @@ class SQLiteBackend(Backend):
                 raise ValidationError(MISSING_EXTRA)
             check_model_dir(self.model_dir, url)
         self._vectors = _Vectors()
+        self._embedding = threading.Lock()
+        self._embedded_upto = 0  # every stored row up to this seq has its vector
+        self._embed_retry_at = 0.0
+        self._embed_failures = 0
+        self._embed_error: str | None = None
         self.want_fts = options.get("fts", "1") not in ("0", "false", "off", "no")
         try:
             self.busy_timeout = float(options.get("busy_timeout", "10"))
@@ -372,11 +384,12 @@ class SQLiteBackend(Backend):
     # --- writes --------------------------------------------------------------------------
 
     def write_batch(self, batch: Sequence[Memory]) -> None:
-        """Store memories in one transaction; ids already stored are skipped."""
+        """Store memories in one transaction; ids already stored are skipped.
+
+        With semantic recall on, the memories are embedded afterwards (`idle_work`, or the
+        next semantic search): the model never holds storing back.
+        """
         rows = [_to_row(m) for m in batch]
-        # Embedded before the transaction: the model's milliseconds never hold the write lock.
-        vectors = self._embed([m.content for m in batch]) if self.supports_semantic else None
-        added: list[tuple[int, int]] = []
 
         def insert(conn: sqlite3.Connection) -> None:
             top = conn.execute("SELECT coalesce(max(seq), 0) FROM memories").fetchone()[0]
@@ -384,18 +397,46 @@ class SQLiteBackend(Backend):
             if self.has_fts:
                 # Index only the rows this batch really added (not the ignored duplicates).
                 conn.execute(f"{_FTS_FILL} WHERE seq > ?", (top,))
-            if vectors is not None:
-                index = {m.id: i for i, m in enumerate(batch)}
-                new = conn.execute("SELECT seq, id FROM memories WHERE seq > ?", (top,))
-                added.extend((seq, index[memory_id]) for seq, memory_id in new)
-                conn.executemany(
-                    "INSERT OR REPLACE INTO embeddings VALUES (?, ?)",
-                    [(seq, vectors[i].tobytes()) for seq, i in added],
-                )
 
         self._write(insert)
-        if vectors is not None and added:
-            self._vectors.add_written([seq for seq, _ in added], vectors[[i for _, i in added]])
+
+    def idle_work(self) -> bool:
+        """Embed the next few stored memories that have no vector yet (semantic recall);
+        True while more are waiting."""
+        if not self.supports_semantic or time.monotonic() < self._embed_retry_at:
+            return False
+        chunk = _EMBED_CHUNK[self.embedder_kind]
+        try:
+            done = self._embed_missing(chunk)
+        except Exception as exc:  # noqa: BLE001 - reported in health(), tried again later
+            self._embed_failures += 1
+            pause = min(60.0, 0.5 * 2 ** min(self._embed_failures, 7))
+            self._embed_retry_at = time.monotonic() + pause
+            if self._embed_error != str(exc):
+                log.warning("%s: embedding failed, trying again later: %s", self.path, exc)
+            self._embed_error = str(exc)
+            return False
+        self._embed_failures, self._embed_error = 0, None
+        return done == chunk
+
+    def health_reasons(self) -> list[str]:
+        """Why semantic recall lags, if it does."""
+        if self._embed_error is None:
+            return []
+        return [f"memories are stored but not embedded, retrying: {self._embed_error}"]
+
+    def pending_embeddings(self) -> int:
+        """How many stored memories have no vector yet (0 without semantic recall)."""
+        if not self.supports_semantic:
+            return 0
+        # Every row up to the cursor has its vector: only the rows after it are counted.
+        return int(
+            self._read(
+                "SELECT count(*) FROM memories m LEFT JOIN embeddings e ON e.seq = m.seq "
+                "WHERE m.seq > ? AND e.seq IS NULL",
+                (self._embedded_upto,),
+            )[0][0]
+        )
 
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Keep memories that could not be stored, with their errors."""
@@ -429,6 +470,11 @@ class SQLiteBackend(Backend):
                     "WHERE seq = (SELECT seq FROM memories WHERE id = ?)",
                     params,
                 )
+            # A seq can be given again to a new row: its vector must not outlive its memory.
+            conn.executemany(
+                "DELETE FROM embeddings WHERE seq = (SELECT seq FROM memories WHERE id = ?)",
+                params,
+            )
             conn.executemany("DELETE FROM memories WHERE id = ?", params)
 
         self._write(remove)
@@ -608,33 +654,51 @@ class SQLiteBackend(Backend):
             ) from exc
         return embedder.embed(texts)
 
+    def _embed_missing(self, limit: int) -> int:
+        """Embed up to `limit` stored memories without a vector, oldest first (written since
+        the last call, by any process, or before semantic recall was on); how many."""
+        with self._embedding:  # the worker or a search, one at a time
+            after = self._embedded_upto
+            top = self._read("SELECT coalesce(max(seq), 0) FROM memories")[0][0]
+            rows = self._read(
+                "SELECT m.seq, m.id, m.content FROM memories m "
+                "LEFT JOIN embeddings e ON e.seq = m.seq "
+                "WHERE m.seq > ? AND m.seq <= ? AND e.seq IS NULL ORDER BY m.seq LIMIT ?",
+                (after, top, limit),
+            )
+            if rows:
+                vectors = self._embed([content for _, _, content in rows])
+                stored = [
+                    (vectors[i].tobytes(), seq, memory_id)
+                    for i, (seq, memory_id, _) in enumerate(rows)
+                ]
+                self._write(partial(_insert_vectors, stored=stored))
+                self._vectors.add_written([seq for seq, _, _ in rows], vectors)
+            # Every row up to here has its vector now (or had one).
+            self._embedded_upto = rows[-1][0] if len(rows) == limit else top
+            return len(rows)
+
     def _sync_vectors(self) -> None:
-        """Load vectors stored since the last call (by any process), embedding rows that have
-        none: written before ?semantic=1 was on, or by a process without it."""
+        """Load the vectors stored since the last call (by any process) into RAM, after
+        embedding up to a search's share of the memories still without one."""
         import numpy as np
 
+        chunk = _EMBED_CHUNK[self.embedder_kind]
+        for _ in range(_SEARCH_EMBEDS_CHUNKS):
+            if self._embed_missing(chunk) < chunk:
+                break
         with self._vectors.loading:
-            seen = self._vectors.checked_seq
-            rows = self._read(
-                "SELECT m.seq, e.vector, m.content FROM memories m "
-                "LEFT JOIN embeddings e ON e.seq = m.seq WHERE m.seq > ? ORDER BY m.seq",
-                (seen,),
-            )
-            if not rows:
+            seen, upto = self._vectors.checked_seq, self._embedded_upto
+            if upto <= seen:
                 return
-            missing = [(seq, content) for seq, vector, content in rows if vector is None]
-            filled: dict[int, Any] = {}
-            for start in range(0, len(missing), 256):
-                chunk = missing[start : start + 256]
-                vectors = self._embed([content for _, content in chunk])
-                stored = [(seq, vectors[i].tobytes()) for i, (seq, _) in enumerate(chunk)]
-                self._write(partial(_insert_vectors, stored=stored))
-                filled.update((seq, vectors[i]) for i, (seq, _) in enumerate(chunk))
-            width = len(next(iter(filled.values()))) if filled else len(rows[0][1]) // 4
-            matrix = np.empty((len(rows), width), dtype=np.float32)
-            for i, (seq, vector, _) in enumerate(rows):
-                matrix[i] = filled[seq] if vector is None else np.frombuffer(vector, np.float32)
-            self._vectors.add_synced([seq for seq, _, _ in rows], matrix, checked=rows[-1][0])
+            rows = self._read(
+                "SELECT m.seq, e.vector FROM memories m JOIN embeddings e ON e.seq = m.seq "
+                "WHERE m.seq > ? AND m.seq <= ? ORDER BY m.seq",
+                (seen, upto),
+            )
+            vectors = [np.frombuffer(vector, np.float32) for _, vector in rows]
+            matrix = np.vstack(vectors) if vectors else None
+            self._vectors.add_synced([seq for seq, _ in rows], matrix, checked=upto)
 
     def _semantic_seqs(self, query: SearchQuery, want: int) -> list[int]:
         """Row seqs passing the filters, nearest in meaning first."""
@@ -718,6 +782,7 @@ class SQLiteBackend(Backend):
         self._readers_lock = threading.Lock()
         self._opened = False
         self._vectors = _Vectors()
+        self._embedding = threading.Lock()
 
     def close(self) -> None:
         """Close every connection this backend opened."""
@@ -732,8 +797,13 @@ class SQLiteBackend(Backend):
             self._opened = False
 
 
-def _insert_vectors(conn: sqlite3.Connection, stored: list[tuple[int, bytes]]) -> None:
-    conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)", stored)
+def _insert_vectors(conn: sqlite3.Connection, stored: list[tuple[bytes, int, str]]) -> None:
+    # Only beside the memory that was embedded: not if it was deleted meanwhile, nor beside
+    # a new row that took its seq.
+    conn.executemany(
+        "INSERT OR REPLACE INTO embeddings SELECT seq, ? FROM memories WHERE seq = ? AND id = ?",
+        stored,
+    )
 
 
 class _Vectors:
@@ -764,7 +834,8 @@ class _Vectors:
         with self.lock:
             keep = [i for i, seq in enumerate(seqs) if seq not in self._written]
             self._written = {seq for seq in self._written if seq > checked}
-            self._append([seqs[i] for i in keep], vectors[keep])
+            if keep:
+                self._append([seqs[i] for i in keep], vectors[keep])
             self.checked_seq = max(self.checked_seq, checked)
 
     def _append(self, seqs: Sequence[int], vectors: Any) -> None:
