@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -12,6 +13,8 @@ import pytest
 
 import memcollect as mc
 from memcollect import semantic
+from memcollect.backends import sqlite as sqlite_backend
+from memcollect.backends.base import SearchQuery
 from memcollect.backends.sqlite import SQLiteBackend
 from memcollect.semantic import rrf
 
@@ -508,3 +511,106 @@ def test_a_search_embeds_the_newest_itself_and_the_worker_the_rest(
     assert store.pending_embeddings() == 0  # type: ignore[attr-defined]
     assert sorted(embedder.embedded) == sorted(f"memory {i}" for i in range(400))
     assert len(c.search("memory", mode="semantic", limit=500)) == 400
+
+
+class TextHashEmbedder:
+    """A vector that is a function of the text alone: which text a stored vector belongs to
+    can be told from the vector."""
+
+    kind = "model"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        import zlib
+
+        rows = [
+            np.random.default_rng(zlib.crc32(t.encode())).standard_normal(semantic.DIMENSIONS)
+            for t in texts
+        ]
+        vectors = np.array(rows, dtype=np.float32).reshape(len(texts), semantic.DIMENSIONS)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_vectors_always_belong_to_their_memory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Random writes, deletes (seqs are given again), quiet steps, searches and a second
+    process's view: every vector found, in the file or in RAM, is its own memory's."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    require_semantic()
+    embedder = TextHashEmbedder()
+    monkeypatch.setattr(semantic, "get_embedder", lambda *args, **kwargs: embedder)
+    monkeypatch.setitem(sqlite_backend._EMBED_CHUNK, "model", 3)
+    ops = st.lists(
+        st.one_of(
+            st.tuples(st.just("write"), st.integers(1, 6)),
+            st.tuples(st.just("delete"), st.integers(1, 4)),
+            st.tuples(st.just("idle"), st.just(0)),
+            st.tuples(st.just("search"), st.integers(0, 1)),
+        ),
+        max_size=25,
+    )
+    runs = iter(range(10**6))
+
+    @settings(max_examples=60, deadline=None)
+    @given(ops)
+    def check(steps: list[tuple[str, int]]) -> None:
+        url = f"sqlite:///{tmp_path}/v{next(runs)}.db?semantic=1"
+        stores = [SQLiteBackend(url), SQLiteBackend(url)]  # two processes on one file
+        for store in stores:
+            store.open()
+        made = itertools.count()
+        for i, (op, n) in enumerate(steps):
+            store = stores[i % 2]
+            if op == "write":
+                store.write_batch(
+                    [
+                        mc.Memory(
+                            mc.new_id(),
+                            "qa",
+                            f"text {next(made)}",
+                            {},
+                            "medium",
+                            (),
+                            None,
+                            None,
+                            None,
+                            1.7e9,
+                        )
+                        for _ in range(n)
+                    ]
+                )
+            elif op == "delete":
+                newest = [m.id for m in store.recent(n)]
+                store.delete(newest)  # the newest: their seqs are given to the next rows
+            elif op == "idle":
+                store.idle_work()
+            else:
+                store = stores[n]
+                hits = store.search(SearchQuery(text="text", mode="semantic", limit=100))
+                assert len(hits) == len({m.id for m in hits})
+                check_ram(store)
+        for store in stores:
+            while store.idle_work():
+                pass
+            assert store.pending_embeddings() == 0
+            store.search(SearchQuery(text="text", mode="semantic", limit=1))
+            check_ram(store)
+        rows = stores[0]._read(
+            "SELECT m.content, e.vector FROM memories m JOIN embeddings e ON e.seq = m.seq"
+        )
+        assert len(rows) == stores[0].count()
+        for content, vector in rows:
+            assert np.allclose(np.frombuffer(vector, np.float32), embedder.embed([content])[0])
+        for store in stores:
+            store.close()
+
+    def check_ram(store: SQLiteBackend) -> None:
+        seqs, matrix = store._vectors.snapshot()
+        contents = dict(store._read("SELECT seq, content FROM memories"))
+        for seq, vector in zip(seqs, matrix if matrix is not None else (), strict=False):
+            if int(seq) in contents:
+                assert np.allclose(vector, embedder.embed([contents[int(seq)]])[0]), seq
+
+    check()

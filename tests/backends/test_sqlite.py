@@ -232,3 +232,24 @@ def test_a_batch_of_any_size_is_stored_once_in_order(store: SQLiteBackend, size:
         ids = [row[0] for row in conn.execute("SELECT id FROM memories ORDER BY seq")]
     assert ids == [m.id for m in batch]
     assert len(store.search(SearchQuery(text="row", limit=2000))) == size
+
+
+def test_a_seq_names_one_memory_for_good_even_after_the_newest_are_deleted(
+    store: SQLiteBackend, tmp_path: Path
+) -> None:
+    def seqs(backend: SQLiteBackend) -> dict[str, int]:
+        return {content: seq for seq, content in backend._read("SELECT seq, content FROM memories")}
+
+    store.write_batch([mem(content=f"first {i}") for i in range(3)])
+    store.delete([m.id for m in store.recent(3)])  # the table is empty again
+    store.write_batch([mem(content="second")])
+    assert seqs(store) == {"second": 4}  # not 1 again
+    other = SQLiteBackend(store.url)  # another process deletes the newest
+    other.open()
+    other.write_batch([mem(content="third")])
+    other.delete([m.id for m in other.recent(1)])
+    store.write_batch([mem(content="fourth")])
+    assert seqs(store) == {"second": 4, "fourth": 6}
+    assert store.count() == 2  # the placeholder that lifted the seqs is gone
+    assert [m.content for m in store.search(SearchQuery(text="fourth"))] == ["fourth"]
+    other.close()

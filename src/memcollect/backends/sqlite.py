@@ -392,8 +392,17 @@ class SQLiteBackend(Backend):
         rows = [_to_row(m) for m in batch]
 
         def insert(conn: sqlite3.Connection) -> None:
-            top = conn.execute("SELECT coalesce(max(seq), 0) FROM memories").fetchone()[0]
-            _insert_rows(conn, rows)
+            top, floor = conn.execute(_TOP_AND_FLOOR).fetchone()
+            if floor is not None and int(floor) > top:
+                # The newest rows were deleted: SQLite would give their seqs to these rows,
+                # and a seq must keep naming one memory (vectors and readers' cursors hold
+                # it). A placeholder at the old top makes the new seqs start above it.
+                top = int(floor)
+                conn.execute(_FLOOR_PLACEHOLDER, (top,))
+                _insert_rows(conn, rows)
+                conn.execute("DELETE FROM memories WHERE seq = ?", (top,))
+            else:
+                _insert_rows(conn, rows)
             if self.has_fts:
                 # Index only the rows this batch really added (not the ignored duplicates).
                 conn.execute(f"{_FTS_FILL} WHERE seq > ?", (top,))
@@ -462,6 +471,13 @@ class SQLiteBackend(Backend):
         params = [(i,) for i in ids]
 
         def remove(conn: sqlite3.Connection) -> None:
+            top = conn.execute("SELECT coalesce(max(seq), 0) FROM memories").fetchone()[0]
+            conn.execute(
+                "INSERT OR REPLACE INTO memcollect_meta VALUES ('seq_floor', "
+                "max(?, coalesce((SELECT CAST(value AS INTEGER) FROM memcollect_meta "
+                "WHERE key = 'seq_floor'), 0)))",
+                (top,),
+            )
             if self.has_fts:
                 # An external-content index forgets a row only when told what it held.
                 conn.executemany(
@@ -795,6 +811,17 @@ class SQLiteBackend(Backend):
                 self._writer.close()
                 self._writer = None
             self._opened = False
+
+
+# The newest seq and the floor new seqs must stay above (set when rows were deleted).
+_TOP_AND_FLOOR = (
+    "SELECT coalesce(max(seq), 0), "
+    "(SELECT value FROM memcollect_meta WHERE key = 'seq_floor') FROM memories"
+)
+_FLOOR_PLACEHOLDER = (
+    "INSERT INTO memories (seq, id, category, content, priority, created_at) "
+    "VALUES (?, char(0) || 'seq floor', '', '', 0, 0)"
+)
 
 
 def _insert_vectors(conn: sqlite3.Connection, stored: list[tuple[bytes, int, str]]) -> None:
