@@ -761,8 +761,18 @@ class MemoryCollector:
             cache_size=len(self._cache),
             stored_in_fallback=c.stored_in_fallback,
             moved_to_primary=c.moved_to_primary,
+            pending_embeddings=self._pending_embeddings(),
             **self._spool_stats(),
         )
+
+    def _pending_embeddings(self) -> int:
+        if not self._backend.supports_semantic:
+            return 0
+        try:
+            return self._backend.pending_embeddings()
+        except Exception as exc:  # noqa: BLE001 - stats never raise; health says what fails
+            log.debug("could not count pending embeddings: %s", exc)
+            return 0
 
     def _spool_stats(self) -> dict[str, int]:
         spool = self._spool

@@ -58,6 +58,8 @@ class Stats(msgspec.Struct, frozen=True):
     cache_size: int = 0
     stored_in_fallback: int = 0
     moved_to_primary: int = 0
+    #: Memories stored but not yet embedded for semantic recall (the worker embeds them).
+    pending_embeddings: int = 0
 
     def to_dict(self) -> dict[str, object]:
         """The snapshot as plain builtins (JSON-ready)."""

@@ -205,6 +205,10 @@ class Backend(ABC):
         say), run by the worker when its queue is short; True while more is waiting."""
         return False
 
+    def pending_embeddings(self) -> int:
+        """How many stored memories wait for their embedding (0 without semantic recall)."""
+        return 0
+
     def health_reasons(self) -> list[str]:
         """What is wrong with the store besides failing writes (which the collector sees)."""
         return []

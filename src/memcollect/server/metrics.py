@@ -51,6 +51,10 @@ class _CollectorMetrics(Collector):
             "spool_bytes": ("Bytes in the spool", stats.spool_bytes),
             "spool_pending": ("Memories waiting in the spool", stats.spool_pending),
             "spool_segments": ("Spool segment files", stats.spool_segments),
+            "pending_embeddings": (
+                "Memories stored, not yet embedded for semantic recall",
+                stats.pending_embeddings,
+            ),
             "uptime_seconds": ("Seconds since the collector started", stats.uptime_s),
             "health": ("Health: 0 ok, 1 degraded, 2 failing", _HEALTH[health.status]),
             "circuit_open": ("1 while the backend circuit is open", stats.circuit != "closed"),
