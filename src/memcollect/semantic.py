@@ -214,6 +214,7 @@ def _static_table(model: Path, tokenizer: Any) -> npt.NDArray[np.float32]:
             return table
         except (OSError, ValueError):
             pass  # a damaged cache file is made again
+    log.info("distilling static token vectors from %s (once per machine, ~15 s)", model)
     forward = _token_forward(model)
     size = tokenizer.get_vocab_size()
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
