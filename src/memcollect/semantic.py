@@ -34,6 +34,7 @@ __all__ = [
     "embedder_id",
     "get_embedder",
     "keep_offline",
+    "model_path",
     "rrf",
 ]
 
