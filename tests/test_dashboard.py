@@ -54,6 +54,7 @@ def test_dashboard_shows_live_counters_and_searches(tmp_path: Path) -> None:
         expect(page.locator("#stat-accepted")).to_have_text("25", timeout=15_000)
         expect(page.locator("#stat-stored")).to_have_text("25", timeout=15_000)
         expect(page.locator("#stat-total")).to_have_text("25", timeout=15_000)
+        expect(page.locator("#embed-box")).to_be_hidden()  # no semantic recall, nothing to wait
         expect(page.locator("#memories tr")).to_have_count(25, timeout=15_000)
 
         # The category chips filter the list.
