@@ -346,11 +346,9 @@ def test_static_vectors_find_paraphrases_that_text_search_misses(
 def test_static_vectors_are_the_mean_of_the_tokens_in_any_batch() -> None:
     require_semantic()
     embedder = semantic.get_embedder(kind="static")
-    # Long texts too: those summed in slices, and one longer than a slice (counted).
     long_text = "disk full on the build agent " * 3000  # 18,000 tokens
     texts = ["disk full on the build agent", "", "   ", "naïve café 😀", "x"]
     texts += ["worker " * 6000] * 3 + [long_text, "x"]
-    assert 2 * 6000 < semantic.GATHER_TOKENS < 3 * 6000 <= 18_000  # two slices, one count
     together = embedder.embed(texts)
     alone = np.vstack([embedder.embed([t]) for t in texts])
     assert together.shape == (len(texts), semantic.DIMENSIONS)

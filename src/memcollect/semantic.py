@@ -12,6 +12,7 @@ import os
 import threading
 import warnings
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -162,41 +163,24 @@ class StaticEmbedder:
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """One unit-length row of DIMENSIONS float32 per text."""
         import numpy as np
+        from scipy.sparse import csr_matrix
 
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        sums = np.zeros((len(encodings), self._table.shape[1]), np.float32)
-        start = 0
-        while start < len(encodings):
-            # A slice of texts at a time, so the token vectors gathered stay bounded: a batch
-            # of long memories would gather gigabytes at once.
-            end, tokens = start + 1, len(encodings[start].ids)
-            while end < len(encodings) and tokens + len(encodings[end].ids) <= GATHER_TOKENS:
-                tokens += len(encodings[end].ids)
-                end += 1
-            self._sum_tokens(encodings[start:end], sums[start:end])
-            start = end
+        token_ids = [e.ids for e in encodings]
+        bounds = np.zeros(len(token_ids) + 1, np.int64)
+        np.cumsum(np.fromiter(map(len, token_ids), np.int64, len(token_ids)), out=bounds[1:])
+        ids = np.fromiter(chain.from_iterable(token_ids), np.int64, int(bounds[-1]))
+        # Texts x vocabulary, a 1 per token: its product with the table sums each text's
+        # token vectors without gathering them (a batch of long memories would gather GBs).
+        counts = csr_matrix(
+            (np.ones(len(ids), np.float32), ids, bounds), shape=(len(token_ids), len(self._table))
+        )
+        sums = np.asarray(counts @ self._table, dtype=np.float32)
         # The mean's direction is the sum's: normalizing is all that is left.
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
         return np.ascontiguousarray(sums / np.clip(norms, 1e-12, None), dtype=np.float32)
 
-    def _sum_tokens(self, encodings: Sequence[Any], out: npt.NDArray[np.float32]) -> None:
-        """Each text's token vectors, summed into its row of `out`."""
-        import numpy as np
 
-        lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
-        ids = np.fromiter((i for e in encodings for i in e.ids), np.int64, int(lengths.sum()))
-        if len(ids) > GATHER_TOKENS:  # one text, longer than the bound: count, then weigh
-            counts = np.bincount(ids, minlength=len(self._table)).astype(np.float32)
-            out[0] = counts @ self._table
-            return
-        some = lengths > 0
-        if some.any():
-            starts = (np.cumsum(lengths) - lengths)[some]
-            out[some] = np.add.reduceat(self._table[ids], starts, axis=0)
-
-
-# Token vectors gathered at once at most (16,384 x 384 float32: 24 MiB).
-GATHER_TOKENS = 16_384
 # Smooth inverse frequency: a token's vector is weighted a / (a + p(token)), so "the" and
 # "," weigh next to nothing and rare, telling words count fully. The value of model2vec.
 SIF_A = 1e-4
