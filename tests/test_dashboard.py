@@ -80,3 +80,60 @@ def test_dashboard_shows_live_counters_and_searches(tmp_path: Path) -> None:
 
     assert errors == []
     assert requested and all(url.startswith(server.url) for url in requested), requested
+
+
+def test_dashboard_shows_memories_waiting_for_their_embedding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import numpy as np
+
+    from memcollect import semantic
+
+    from .test_semantic import require_semantic
+
+    chromium = require_chromium()
+    require_semantic()
+    from playwright.sync_api import expect, sync_playwright
+
+    release = threading.Event()
+
+    class HeldBackEmbedder:
+        """Embeds only once released: the memories wait for it in between."""
+
+        kind = "model"
+
+        def embed(self, texts: list[str]) -> np.ndarray:
+            release.wait(60)
+            vectors = np.ones((len(texts), semantic.DIMENSIONS), np.float32)
+            return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    monkeypatch.setattr(semantic, "get_embedder", lambda *a, **k: HeldBackEmbedder())
+    with (
+        ThreadedServer(
+            backend=f"sqlite:///{tmp_path}/dash.db?semantic=1",
+            data_dir=str(tmp_path / "d"),
+            batch_timeout=0.002,
+            token=TOKEN,
+        ) as server,
+        sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(executable_path=chromium)
+        context = browser.new_context(http_credentials={"username": "me", "password": TOKEN})
+        page = context.new_page()
+        page.goto(server.url + "/")
+        expect(page.locator("#stat-accepted")).to_have_text("0")
+        expect(page.locator("#embed-box")).to_be_hidden()
+        response = httpx.post(
+            server.url + "/v1/memories",
+            json=[{"category": "note", "content": f"waits for the model {i}"} for i in range(7)],
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert response.status_code == 202
+        expect(page.locator("#stat-stored")).to_have_text("7", timeout=15_000)
+        expect(page.locator("#embed-box")).to_be_visible(timeout=15_000)
+        expect(page.locator("#stat-embed")).to_have_text("7")
+        release.set()
+        expect(page.locator("#embed-box")).to_be_hidden(timeout=15_000)
+        browser.close()
