@@ -159,6 +159,28 @@ def test_stats_shows_counts_and_json(tmp_path: Path) -> None:
     assert body == {"total": 2, "by_category": {"feedback": 2}}
 
 
+def test_stats_says_how_many_memories_wait_for_their_embedding(tmp_path: Path) -> None:
+    from .test_semantic import require_semantic
+
+    require_semantic()
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # never embeds: the count cannot move
+    runner = CliRunner()
+    args = [
+        "--data-dir",
+        str(tmp_path),
+        "--backend",
+        f"sqlite:///{tmp_path}/s.db?semantic=1&model={broken}",
+    ]
+    for content in ("one", "two"):
+        assert runner.invoke(cli, ["add", *args, "feedback", content]).exit_code == 0
+    table = runner.invoke(cli, ["stats", *args])
+    assert table.exit_code == 0 and "waiting to embed: 2" in table.output
+    body = json.loads(runner.invoke(cli, ["stats", *args, "--json"]).output)
+    assert body == {"total": 2, "by_category": {"feedback": 2}, "pending_embeddings": 2}
+
+
 def test_every_command_takes_backend_and_data_dir() -> None:
     for name, command in cli.commands.items():
         options = {opt for param in command.params for opt in getattr(param, "opts", [])}

@@ -277,6 +277,8 @@ if HAVE_CLI:
     def _stats_snapshot(collector: MemoryCollector) -> dict[str, Any]:
         by_category = collector.count_by_category()
         snapshot: dict[str, Any] = {"total": sum(by_category.values()), "by_category": by_category}
+        if collector.backend.supports_semantic:
+            snapshot["pending_embeddings"] = collector.stats().pending_embeddings
         server = _server_stats(collector)
         if server is not None:
             snapshot["server"] = server
@@ -304,6 +306,8 @@ if HAVE_CLI:
             table.add_row(memory_category, f"{n:,}")
         table.add_row("[bold]all[/]", f"[bold]{total:,}[/]")
         parts: list[Any] = [table]
+        if collector.backend.supports_semantic:
+            parts.append(f"waiting to embed: {collector.stats().pending_embeddings:,}")
         if previous is not None:
             elapsed = max(time.monotonic() - previous[0], 1e-9)
             parts.append(f"stored {max(total - previous[1], 0) / elapsed:,.0f}/s")
@@ -532,4 +536,6 @@ if HAVE_CLI:
             lat = stats[key]
             table.add_row(key, f"p50 {lat['p50_ms']:.2f} ms · p99 {lat['p99_ms']:.2f} ms")
         table.add_row("throughput", f"{stats['throughput_per_s']:,.0f}/s")
+        if stats.get("pending_embeddings"):
+            table.add_row("waiting to embed", f"{stats['pending_embeddings']:,}")
         return table
