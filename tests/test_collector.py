@@ -110,6 +110,56 @@ def test_collect_batch_stores_all(make_collector: Make) -> None:
     assert c.count("feedback") == 500
 
 
+def built(**fields: object) -> mc.Memory:
+    values: dict[str, object] = dict(
+        id=mc.new_id(),
+        category="bug",
+        content="built elsewhere",
+        metadata={},
+        priority="high",
+        tags=(),
+        project=None,
+        agent=None,
+        session=None,
+        created_at=1.7e9,
+    )
+    values.update(fields)
+    return mc.Memory(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("metadata", {"s": {1, 2}}, r"metadata\['s'\] is a set"),
+        ("priority", "urgent", "priority 'urgent' is unknown"),
+        ("category", "Bad Category", "not a lowercase slug"),
+        ("content", "", "content is empty"),
+        ("id", "not-an-id", "is not a memcollect id"),
+        ("created_at", float("nan"), "created_at"),
+        ("tags", ("",), "tag"),
+    ],
+)
+def test_collect_memories_checks_memories_built_by_hand(
+    make_collector: Make, field: str, value: object, error: str
+) -> None:
+    c = make_collector(durability="spool")
+    good = built(content="kept id and time", created_at=1.6e9)
+    with pytest.raises(mc.ValidationError, match=f"memory 1: .*{error}"):
+        c.collect_memories([good, built(**{field: value})])
+    assert c.flush() and c.count() == 0  # all valid or none
+    assert c.collect_memories([good]) == [good.id]
+    assert c.flush()
+    stored = c.get(good.id)
+    assert stored is not None and stored.created_at == 1.6e9 and stored.content_hash
+    assert c.stats().spool_pending == 0  # nothing left behind in the spool
+
+
+def test_collect_memories_refuses_what_is_not_a_memory(make_collector: Make) -> None:
+    c = make_collector()
+    with pytest.raises(mc.ValidationError, match=r"memory 0 is a dict.*collect_batch"):
+        c.collect_memories([{"category": "bug", "content": "x"}])  # type: ignore[list-item]
+
+
 def test_many_threads_lose_and_duplicate_nothing(make_collector: Make) -> None:
     c = make_collector(batch_size=64, max_queue_size=1_000_000)
     ids: list[list[str]] = [[] for _ in range(8)]

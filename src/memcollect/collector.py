@@ -30,6 +30,7 @@ from .model import (
     check_tags,
     make_memory,
     memory_from_dict,
+    memory_from_record,
 )
 from .retry import CircuitBreaker, RetryPolicy
 from .spool import Segment, Spool, encode_frame, encode_record
@@ -306,10 +307,28 @@ class MemoryCollector:
                 memories.append(memory_from_dict(item, self._max_bytes))
             except ValidationError as exc:
                 raise ValidationError(f"item {index}: {exc}") from None
-        return self.collect_memories(memories)
+        return self._queue_checked(memories)
 
     def collect_memories(self, memories: Sequence[Memory]) -> list[str]:
-        """Queue memories built elsewhere (a server's clients, a replay), keeping their ids."""
+        """Queue Memory objects built elsewhere (a replay, another store), keeping their ids
+        and times; each is checked as collect() checks its arguments: all valid or none."""
+        checked = []
+        for index, memory in enumerate(memories):
+            if not isinstance(memory, Memory):
+                raise ValidationError(
+                    f"memory {index} is a {type(memory).__name__}, not a memcollect Memory: "
+                    "use collect_batch() for dicts"
+                )
+            record = {field: getattr(memory, field) for field in Memory.__struct_fields__}
+            try:
+                checked.append(memory_from_record(record, self._max_bytes))
+            except ValidationError as exc:
+                raise ValidationError(f"memory {index}: {exc}") from None
+        return self._queue_checked(checked)
+
+    def _queue_checked(self, memories: Sequence[Memory]) -> list[str]:
+        """Queue memories already checked (by memory_from_record: the server, the CLI's import),
+        keeping their ids: collect_memories() without checking them twice."""
         if self._pid != _Process.pid:
             self._after_fork()
         if not memories:
