@@ -237,15 +237,7 @@ def _token_forward(model: Path) -> Any:
 
     onnx = _OnnxModel.load(str(model))
     if onnx is not None:
-        session, inputs = onnx._session, onnx._inputs
-
-        def run_onnx(ids: Any) -> Any:
-            feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-            if "token_type_ids" in inputs:
-                feed["token_type_ids"] = np.zeros_like(ids)
-            return session.run(None, feed)[0]
-
-        return run_onnx
+        return lambda ids: onnx.hidden(ids, np.ones_like(ids), np.zeros_like(ids))
     transformer = _sentence_transformer(str(model))[0].auto_model
 
     def run_torch(ids: Any) -> Any:
@@ -262,8 +254,7 @@ def _token_forward(model: Path) -> Any:
 def embedder_id(kind: str, model_dir: str | None = None) -> str:
     """What names the vectors an embedder makes: its kind and its model's weights."""
     path = Path(model_path(model_dir))
-    weights = sorted(f for f in path.iterdir() if f.suffix in (".safetensors", ".bin"))
-    return "|".join([kind, path.name, *(f"{f.name}:{f.stat().st_size}" for f in weights)])
+    return "|".join([kind, path.name, *(f"{f.name}:{f.stat().st_size}" for f in _weights(path))])
 
 
 # Texts per forward pass: sorted by length first, so a pass pads little.
@@ -338,6 +329,13 @@ class _OnnxModel:
             return None
         return cls(session, tokenizer)
 
+    def hidden(self, ids: Any, mask: Any, types: Any) -> Any:
+        """The model's last hidden states for token ids (batch, tokens)."""
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feed["token_type_ids"] = types
+        return self._session.run(None, feed)[0]
+
     def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """Mean-pooled, unit-length embeddings, in the order of `texts`."""
         import numpy as np
@@ -349,10 +347,8 @@ class _OnnxModel:
             encodings = self._tokenizer.encode_batch([texts[i] for i in chunk])
             ids = np.array([e.ids for e in encodings], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-            feed = {"input_ids": ids, "attention_mask": mask}
-            if "token_type_ids" in self._inputs:
-                feed["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
-            hidden = self._session.run(None, feed)[0]
+            types = np.array([e.type_ids for e in encodings], dtype=np.int64)
+            hidden = self.hidden(ids, mask, types)
             weights = mask[..., None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
             norms = np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
@@ -379,21 +375,25 @@ def _mean_pooled_and_normalized(model: Path) -> int | None:
         return None
 
 
+def _weights(model: Path) -> list[Path]:
+    """The model's weight files, by name."""
+    return sorted(f for f in model.iterdir() if f.suffix in (".safetensors", ".bin"))
+
+
 def _cache_file(model: Path, kind: str, version: int, suffix: str) -> Path:
     """Where something made from the model's weights is cached: new weights, new file."""
     import hashlib
 
-    weights = [f for f in model.iterdir() if f.suffix in (".safetensors", ".bin")]
     key = "|".join(
         [str(model.resolve()), str(version)]
-        + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(weights)]
+        + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in _weights(model)]
     )
     return cache_dir() / kind / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}{suffix}"
 
 
 def _exported(model: Path) -> Path | None:
     """The model exported to ONNX, from the cache or made now (a few seconds, once)."""
-    if not any(f.suffix in (".safetensors", ".bin") for f in model.iterdir()):
+    if not _weights(model):
         return None
     target = _cache_file(model, "onnx", _EXPORT_VERSION, ".onnx")
     if target.is_file():
