@@ -181,10 +181,10 @@ class SQLiteBackend(Backend):
     URL options: `fts=0` turns the full-text index off (search falls back to a scan),
     `busy_timeout=SECONDS` (default 10) bounds each wait for another writer's lock,
     `synchronous=NORMAL|FULL|OFF` (default NORMAL, which WAL keeps consistent on a crash),
-    `semantic=1` embeds each memory as it is stored, for search(mode="semantic" | "hybrid")
-    (needs the semantic extra), `semantic=static` does so with static token vectors distilled
-    from the model (a hundred times faster, less exact), `model=DIR` names another
-    sentence-transformers model, and
+    `semantic=1` embeds each memory once it is stored (in the worker's quiet moments), for
+    search(mode="semantic" | "hybrid") (needs the semantic extra), `semantic=static` does so
+    with static token vectors distilled from the model (a hundred times faster, less exact),
+    `model=DIR` names another sentence-transformers model, and
     `rank_window=N` (default 1000) is how many of the newest memories holding every word of a
     query are ranked when more hold them (0 ranks them all).
     """
@@ -321,7 +321,7 @@ class SQLiteBackend(Backend):
     def _check_embedder(self, conn: sqlite3.Connection) -> None:
         """Vectors of another embedder cannot be compared with this one's: when the embedder
         changed (semantic=1 to static, another model), the old vectors go, and are made again
-        with this one at the next semantic search."""
+        with this one, as memories stored without a vector are."""
         from ..semantic import embedder_id
 
         current = embedder_id(self.embedder_kind, self.model_dir)
@@ -330,8 +330,7 @@ class SQLiteBackend(Backend):
             return
         if row is not None:
             log.warning(
-                "%s: the embedding model changed (%s, now %s); memories are embedded again "
-                "at the next semantic search",
+                "%s: the embedding model changed (%s, now %s); every memory is embedded again",
                 self.path,
                 row[0],
                 current,
