@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,16 +17,15 @@ pytestmark = pytest.mark.slow
 TOKEN = "dashboard-token"
 
 
-def test_dashboard_shows_live_counters_and_searches(tmp_path: Path) -> None:
+@contextmanager
+def dashboard(backend: str, data_dir: Path) -> Iterator[tuple[ThreadedServer, Any]]:
+    """A server on `backend` and a Chromium page logged in to it (not yet opened)."""
     chromium = require_chromium()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     with (
         ThreadedServer(
-            backend=f"sqlite:///{tmp_path}/dash.db",
-            data_dir=str(tmp_path / "d"),
-            batch_timeout=0.002,
-            token=TOKEN,
+            backend=backend, data_dir=str(data_dir), batch_timeout=0.002, token=TOKEN
         ) as server,
         sync_playwright() as playwright,
     ):
@@ -32,7 +34,21 @@ def test_dashboard_shows_live_counters_and_searches(tmp_path: Path) -> None:
             http_credentials={"username": "me", "password": TOKEN},
             viewport={"width": 1280, "height": 900},
         )
-        page = context.new_page()
+        yield server, context.new_page()
+        browser.close()
+
+
+def post(server: ThreadedServer, items: list[dict[str, str]]) -> None:
+    response = httpx.post(
+        server.url + "/v1/memories", json=items, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert response.status_code == 202
+
+
+def test_dashboard_shows_live_counters_and_searches(tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    with dashboard(f"sqlite:///{tmp_path}/dash.db", tmp_path / "d") as (server, page):
         requested: list[str] = []
         page.on("request", lambda request: requested.append(request.url))
         errors: list[str] = []
@@ -43,12 +59,7 @@ def test_dashboard_shows_live_counters_and_searches(tmp_path: Path) -> None:
 
         items = [{"category": "note", "content": f"routine note {i}"} for i in range(24)]
         items.append({"category": "bug", "content": "zebra crossing anomaly in the map view"})
-        response = httpx.post(
-            server.url + "/v1/memories",
-            json=items,
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        )
-        assert response.status_code == 202
+        post(server, items)
 
         # Counters move on their own (polling), without a reload.
         expect(page.locator("#stat-accepted")).to_have_text("25", timeout=15_000)
@@ -76,7 +87,6 @@ def test_dashboard_shows_live_counters_and_searches(tmp_path: Path) -> None:
                 c.getContext("2d").getImageData(0, 0, c.width, c.height).data.some((v) => v))"""
         )
         assert painted == [True, True]
-        browser.close()
 
     assert errors == []
     assert requested and all(url.startswith(server.url) for url in requested), requested
@@ -93,9 +103,9 @@ def test_dashboard_shows_memories_waiting_for_their_embedding(
 
     from .test_semantic import require_semantic
 
-    chromium = require_chromium()
+    require_chromium()
     require_semantic()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     release = threading.Event()
 
@@ -110,30 +120,15 @@ def test_dashboard_shows_memories_waiting_for_their_embedding(
             return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
     monkeypatch.setattr(semantic, "get_embedder", lambda *a, **k: HeldBackEmbedder())
-    with (
-        ThreadedServer(
-            backend=f"sqlite:///{tmp_path}/dash.db?semantic=1",
-            data_dir=str(tmp_path / "d"),
-            batch_timeout=0.002,
-            token=TOKEN,
-        ) as server,
-        sync_playwright() as playwright,
-    ):
-        browser = playwright.chromium.launch(executable_path=chromium)
-        context = browser.new_context(http_credentials={"username": "me", "password": TOKEN})
-        page = context.new_page()
+    with dashboard(f"sqlite:///{tmp_path}/dash.db?semantic=1", tmp_path / "d") as (server, page):
         page.goto(server.url + "/")
         expect(page.locator("#stat-accepted")).to_have_text("0")
         expect(page.locator("#embed-box")).to_be_hidden()
-        response = httpx.post(
-            server.url + "/v1/memories",
-            json=[{"category": "note", "content": f"waits for the model {i}"} for i in range(7)],
-            headers={"Authorization": f"Bearer {TOKEN}"},
+        post(
+            server, [{"category": "note", "content": f"waits for the model {i}"} for i in range(7)]
         )
-        assert response.status_code == 202
         expect(page.locator("#stat-stored")).to_have_text("7", timeout=15_000)
         expect(page.locator("#embed-box")).to_be_visible(timeout=15_000)
         expect(page.locator("#stat-embed")).to_have_text("7")
         release.set()
         expect(page.locator("#embed-box")).to_be_hidden(timeout=15_000)
-        browser.close()
