@@ -9,8 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
+import memcollect.cli as cli_module
 from memcollect.cli import cli
 
 
@@ -46,6 +49,33 @@ def test_add_get_search_round_trip(tmp_path: Path) -> None:
     assert record["metadata"] == {"build": 7} and record["tags"] == ["checkout"]
     found = runner.invoke(cli, ["search", *args, "firefox", "--json"])
     assert [json.loads(line)["id"] for line in found.output.splitlines()] == [memory_id]
+
+
+def test_lists_keep_ids_whole_and_text_as_written_at_any_width(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    args = ["--data-dir", str(tmp_path)]
+    long_content = "Checkout hangs on Firefox " + "while the payment form loads " * 6
+    ids = [
+        runner.invoke(cli, ["add", *args, "bug", long_content, "--agent", "qa"]).output.strip(),
+        runner.invoke(cli, ["add", *args, "error", "Timeout calling payments"]).output.strip(),
+        # Brackets are text, not markup for the terminal.
+        runner.invoke(cli, ["add", *args, "bug", "list[int] fails [/] in [bold]x"]).output.strip(),
+    ]
+    for width in (60, 80, 140):
+        monkeypatch.setattr(cli_module, "console", Console(width=width))
+        output = runner.invoke(cli, ["recent", *args]).output
+        lines = output.splitlines()
+        assert all(len(line) <= width for line in lines), output
+        # Every id stays on one line, so it can be copied into `memcollect get`.
+        assert all(any(i in line for line in lines) for i in ids), output
+        flat = " ".join(" ".join(line.split()) for line in lines)
+        assert "while the payment form loads" in flat and "Timeout calling payments" in flat
+        assert "list[int] fails [/] in [bold]x" in flat
+        assert ("agent" in output) == (width >= 100) and "qa" in output
+    empty = runner.invoke(cli, ["search", *args, "nothing-like-this"]).output
+    assert 'search "nothing-like-this": no memories' in empty
 
 
 def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
@@ -130,7 +160,8 @@ def test_dead_letters_list_and_retry(tmp_path: Path) -> None:
         poison = mc.Memory(
             mc.new_id(), "bug", "refused once", {}, "high", (), None, None, None, 1.7e9
         )
-        c.backend.add_dead_letters([DeadLetter(poison, "PermanentBackendError: bad row", 1.7e9)])
+        error = "PermanentBackendError: bad row [int]"
+        c.backend.add_dead_letters([DeadLetter(poison, error, 1.7e9)])
     runner = CliRunner()
     args = ["--backend", store, "--data-dir", str(tmp_path / "d")]
     listed = runner.invoke(cli, ["dead-letters", *args, "--json"])
@@ -140,6 +171,7 @@ def test_dead_letters_list_and_retry(tmp_path: Path) -> None:
     table = runner.invoke(cli, ["dead-letters", *args])
     # The table folds long cells to the terminal's width: check words, not whole cells.
     assert "1 shown" in table.output and "refused" in table.output and "bad" in table.output
+    assert "[int]" in table.output and poison.id in table.output  # as written, on one line
     retried = runner.invoke(cli, ["dead-letters", *args, "--retry"])
     assert retried.exit_code == 0, retried.output
     assert "queued 1 dead letters again; 0 were refused again" in retried.output

@@ -13,9 +13,12 @@ from typing import Any
 
 try:
     import click
-    from rich.console import Console
+    from rich import box
+    from rich.console import Console, Group, RenderableType
+    from rich.padding import Padding
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Table
+    from rich.text import Text
 
     HAVE_CLI = True
 except ImportError:  # pragma: no cover - exercised by users without the extra
@@ -31,6 +34,9 @@ _TIME_HELP = (
     "Only memories {} this time: an age (30m, 2h, 7d), an ISO date or time "
     "(2026-11-25, 2026-11-25T14:00:00+00:00; local time without an offset) or epoch seconds."
 )
+# Below this many columns, memories are listed one under another instead of in a table.
+_WIDE_TABLE = 100
+
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -85,12 +91,41 @@ if HAVE_CLI:
             where = f": {exc.filename}" if exc.filename else ""
             raise click.ClickException(f"{exc.strerror or exc}{where}") from None
 
-    def _table(memories: list[Memory], title: str) -> Table:
-        table = Table(title=title, show_lines=False)
-        for column in ("id", "category", "priority", "content", "agent"):
-            table.add_column(column, overflow="fold")
+    def _table(memories: list[Memory], title: str) -> RenderableType:
+        this_year = time.localtime().tm_year
+
+        def created(m: Memory) -> str:
+            when = time.localtime(m.created_at)
+            return time.strftime("%m-%d %H:%M" if when.tm_year == this_year else "%Y-%m-%d", when)
+
+        if not memories:
+            return Text(f"{title}: no memories", style="dim")
+        # Memories are shown as Text, never as markup: "list[int]" or "[/]" in a bug report
+        # must print as written.
+        if console.width < _WIDE_TABLE:
+            # Too narrow for columns beside the content: a header line per memory, then the
+            # content indented below it, as wide as the terminal.
+            lines: list[RenderableType] = [Text(title, style="bold")]
+            for m in memories:
+                header = f"  {m.category}  {m.priority}  {created(m)}"
+                header += f"  {m.agent}" if m.agent else ""
+                lines.append(Text.assemble((m.id, "cyan"), header))
+                lines.append(Padding(Text(m.content, overflow="fold"), (0, 0, 0, 4), expand=False))
+            return Group(*lines)
+        table = Table(title=Text(title), box=box.SIMPLE_HEAD)
+        # An id is copied into `memcollect get`: it must stay on one line.
+        table.add_column("id", no_wrap=True)
+        table.add_column("category", no_wrap=True)
+        table.add_column("priority", no_wrap=True)
+        table.add_column("created", no_wrap=True)
+        table.add_column("content", overflow="fold", ratio=1)
+        with_agent = any(m.agent for m in memories)
+        if with_agent:
+            table.add_column("agent", overflow="fold")
         for m in memories:
-            table.add_row(m.id, m.category, m.priority, m.content, m.agent or "")
+            row = [m.id, m.category, m.priority, created(m), m.content]
+            row += [m.agent or ""] if with_agent else []
+            table.add_row(*(Text(cell) for cell in row))
         return table
 
     backend_option = click.option(
@@ -299,7 +334,7 @@ if HAVE_CLI:
         total = sum(by_category.values())
         title = f"stored memories in {collector.backend.url}"
         # As wide as its title: a URL wrapped inside a narrow two-column table is unreadable.
-        table = Table(title=title, min_width=min(len(title), console.width))
+        table = Table(title=Text(title), min_width=min(len(title), console.width))
         table.add_column("category")
         table.add_column("count", justify="right")
         for memory_category, n in sorted(by_category.items(), key=lambda kv: -kv[1]):
@@ -425,12 +460,14 @@ if HAVE_CLI:
                 click.echo(json.dumps(msgspec.to_builtins(letter), ensure_ascii=False))
             return
         table = Table(title=f"dead letters ({len(letters)} shown)")
-        for column in ("id", "category", "failed", "error", "content"):
+        table.add_column("id", no_wrap=True)
+        for column in ("category", "failed", "error", "content"):
             table.add_column(column, overflow="fold")
         for letter in letters:
             failed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.failed_at))
             m = letter.memory
-            table.add_row(m.id, m.category, failed, letter.error, m.content[:200])
+            row = (m.id, m.category, failed, letter.error, m.content[:200])
+            table.add_row(*(Text(cell) for cell in row))
         console.print(table)
 
     @cli.command()
