@@ -78,6 +78,24 @@ def test_lists_keep_ids_whole_and_text_as_written_at_any_width(
     assert 'search "nothing-like-this": no memories' in empty
 
 
+def test_delete_by_id_or_by_filters_after_asking(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["--data-dir", str(tmp_path)]
+    ids = [
+        runner.invoke(cli, ["add", *args, "note", f"note {i}", "--session", "s-42"]).output.strip()
+        for i in range(3)
+    ]
+    assert runner.invoke(cli, ["delete", *args, ids[0]]).output == "deleted 1 memory\n"
+    asked = runner.invoke(cli, ["delete", *args, "--session", "s-42"], input="n\n")
+    assert "delete every memory with session=s-42?" in asked.output and asked.exit_code == 1
+    assert runner.invoke(cli, ["get", *args, ids[1]]).exit_code == 0  # not deleted
+    answered = runner.invoke(cli, ["delete", *args, "--session", "s-42"], input="y\n")
+    assert answered.output.endswith("deleted 2 memories\n")
+    assert runner.invoke(cli, ["get", *args, ids[1]]).exit_code != 0
+    nothing = runner.invoke(cli, ["delete", *args])
+    assert nothing.exit_code == 2 and "give the ids to delete, or a filter" in nothing.output
+
+
 def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(cli, ["add", "--data-dir", str(tmp_path), "Not A Slug", "x"])

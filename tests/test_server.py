@@ -295,6 +295,29 @@ def test_dead_letter_endpoints(api: Api, collector: mc.MemoryCollector) -> None:
     assert api.get("/v1/dead-letters").json() == []
 
 
+def test_delete_endpoint_takes_ids_or_filters(api: Api, collector: mc.MemoryCollector) -> None:
+    posted = api.post(
+        "/v1/memories",
+        json=[
+            {"category": "bug", "content": "Login fails", "session": "s-42"},
+            {"category": "bug", "content": "Signup fails", "session": "s-42", "tags": ["x"]},
+            {"category": "note", "content": "Kept", "session": "s-7"},
+        ],
+    ).json()
+    first, _, kept = posted["ids"]
+    # Still queued: the delete stores what came before it, then deletes.
+    deleted = api.post("/v1/delete", json={"ids": [first]})
+    assert deleted.status_code == 200 and deleted.json() == {"deleted": 1}
+    assert api.get(f"/v1/memories/{first}").status_code == 404
+    by_filters = api.post("/v1/delete", json={"session": "s-42", "tags": ["x"]})
+    assert by_filters.json() == {"deleted": 1}
+    assert [m["id"] for m in api.get("/v1/memories").json()] == [kept]
+    refused = api.post("/v1/delete", json={})
+    assert refused.status_code == 422 and "needs ids or a filter" in refused.json()["error"]
+    unknown = api.post("/v1/delete", json={"id": first})
+    assert unknown.status_code == 422 and collector.count() == 1
+
+
 def test_dashboard_is_one_self_contained_page(api: Api) -> None:
     response = api.get("/")
     assert response.headers["content-type"].startswith("text/html")

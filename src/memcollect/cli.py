@@ -273,6 +273,41 @@ if HAVE_CLI:
 
     @cli.command()
     @_store_options
+    @click.argument("ids", nargs=-1)
+    @click.option("--category")
+    @click.option("--tag", "tags", multiple=True, help="A tag the memories hold (repeatable).")
+    @click.option("--project")
+    @click.option("--agent")
+    @click.option("--session")
+    @click.option("--since", help=_TIME_HELP.format("from"))
+    @click.option("--until", help=_TIME_HELP.format("before"))
+    @click.option("--yes", is_flag=True, help="Delete by filters without asking.")
+    def delete(
+        backend: str | None,
+        data_dir: str | None,
+        ids: tuple[str, ...],
+        tags: tuple[str, ...],
+        yes: bool,
+        **filters: Any,
+    ) -> None:
+        """Delete memories for good: by id, or every memory matching the filters."""
+        chosen = {k: v for k, v in filters.items() if v is not None}
+        if tags:
+            chosen["tags"] = list(tags)
+        if not ids and not chosen:
+            raise click.UsageError("give the ids to delete, or a filter (--session, --tag, ...)")
+        if chosen and not ids and not yes:
+            which = ", ".join(f"{k}={v}" for k, v in chosen.items())
+            click.confirm(f"delete every memory with {which}?", abort=True)
+        with _errors(), _collector(backend, data_dir) as collector:
+            for bound in ("since", "until"):
+                if bound in chosen:
+                    chosen[bound] = _point_in_time(chosen[bound], f"--{bound}")
+            deleted = collector.delete(list(ids) if ids else None, **chosen)
+        click.echo(f"deleted {deleted} {'memory' if deleted == 1 else 'memories'}")
+
+    @cli.command()
+    @_store_options
     @click.option("--category")
     @click.option("--limit", default=20, show_default=True)
     def recent(backend: str | None, data_dir: str | None, category: str | None, limit: int) -> None:

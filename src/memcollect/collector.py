@@ -20,7 +20,7 @@ from .backends import open_backend
 from .backends.base import Backend, DeadLetter, SearchQuery
 from .cache import Cache
 from .config import Config, load_config
-from .errors import MemcollectError, QueueFullError, ValidationError
+from .errors import MemcollectError, QueueFullError, TransientBackendError, ValidationError
 from .inbox import Inbox
 from .model import (
     PRIORITY_RANK,
@@ -667,18 +667,17 @@ class MemoryCollector:
                 f"search mode {mode!r} needs a store with embeddings: "
                 "sqlite:///memories.db?semantic=1 (pip install 'memcollect[semantic]')"
             )
-        project, agent, session = check_labels(project, agent, session)
-        request = SearchQuery(
-            mode=mode,
-            text=query,
-            category=check_category(category) if category is not None else None,
-            tags=check_tags(tags),
+        request = _query(
+            category=category,
+            tags=tags,
             project=project,
             agent=agent,
             session=session,
-            since=_timestamp(since, "since"),
-            until=_timestamp(until, "until"),
+            since=since,
+            until=until,
             limit=limit,
+            text=query,
+            mode=mode,
         )
         key = ("search", request)
         cached = self._cache.get(key)
@@ -689,6 +688,66 @@ class MemoryCollector:
         size = sum(map(_footprint, hits)) + 64
         self._cache.put(key, tuple(hits), size, search_generation=generation)
         return hits
+
+    def delete(
+        self,
+        ids: str | Iterable[str] | None = None,
+        *,
+        category: str | None = None,
+        tags: Sequence[str] | None = None,
+        project: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        since: float | Any | None = None,
+        until: float | Any | None = None,
+        timeout: float | None = 10.0,
+    ) -> int:
+        """Delete memories for good, by id, by filters, or the ids that pass the filters,
+        wherever they are kept (the store, the fallback, the dead letters); how many were
+        deleted."""
+        self._check_fork()
+        if self._closed:
+            raise ValidationError("this collector is closed: delete before close()")
+        id_list = _check_ids(ids)
+        filters: dict[str, Any] = {
+            "category": category,
+            "tags": tags,
+            "project": project,
+            "agent": agent,
+            "session": session,
+            "since": since,
+            "until": until,
+        }
+        if id_list is None and all(value is None for value in filters.values()):
+            raise ValidationError(
+                "delete() needs ids or a filter (category, tags, project, agent, session, "
+                "since, until); it never deletes everything"
+            )
+        given = any(value is not None for value in filters.values())
+        query = _query(**filters, limit=_DELETE_PAGE) if given else None
+        if id_list is None and query == SearchQuery(limit=_DELETE_PAGE):
+            # tags=[] and the like: filters that filter nothing would delete everything.
+            raise ValidationError("delete() got filters that match every memory: name one")
+        # What was collected before this call must be stored first, or it would be stored
+        # after the delete, and stay.
+        if not self.flush(timeout):
+            raise TransientBackendError(
+                f"delete() found memories still waiting to be stored after {timeout} s "
+                "(is the store down?): nothing was deleted; try again once it is reachable"
+            )
+        if self._spool is not None:
+            # The spool's bytes of what was stored stay on disk until their segment is
+            # deleted, which waits for the segment being written to fill up: not for these.
+            self._spool.rotate()
+        deleted: set[str] = set()
+        with self._worker.moving:
+            for store in (self._fallback, self._backend):
+                if store is not None:
+                    deleted |= _delete_from(store, id_list, query)
+        self._cache.clear()
+        if deleted:
+            log.info("deleted %d memories", len(deleted))
+        return len(deleted)
 
     def recent(self, limit: int = 20, category: str | None = None) -> list[Memory]:
         """The newest stored memories first."""
@@ -881,6 +940,96 @@ class MemoryCollector:
 def _footprint(memory: Memory) -> int:
     """About how many bytes a memory holds in RAM, for the cache's byte bound."""
     return 400 + 2 * len(memory.content) + 80 * (len(memory.metadata) + len(memory.tags))
+
+
+# Memories found and deleted in one step of a delete by filters.
+_DELETE_PAGE = 1000
+# Dead letters a delete looks through (the most a store lists at once).
+_DEAD_LETTERS_SEEN = 10_000
+
+
+def _query(
+    *,
+    category: str | None,
+    tags: Sequence[str] | None,
+    project: str | None,
+    agent: str | None,
+    session: str | None,
+    since: object,
+    until: object,
+    limit: int,
+    text: str = "",
+    mode: str = "text",
+) -> SearchQuery:
+    """A search query from public arguments, each checked (the error names it)."""
+    project, agent, session = check_labels(project, agent, session)
+    return SearchQuery(
+        mode=mode,
+        text=text,
+        category=check_category(category) if category is not None else None,
+        tags=check_tags(tags),
+        project=project,
+        agent=agent,
+        session=session,
+        since=_timestamp(since, "since"),
+        until=_timestamp(until, "until"),
+        limit=limit,
+    )
+
+
+def _check_ids(ids: object) -> list[str] | None:
+    """delete()'s ids as a list (one id may be passed alone), each a str."""
+    if ids is None:
+        return None
+    if isinstance(ids, str):
+        return [ids]
+    if isinstance(ids, bytes) or not isinstance(ids, Iterable):
+        raise ValidationError(f"ids must be an id or a list of ids, not {type(ids).__name__}")
+    listed = list(ids)
+    for index, memory_id in enumerate(listed):
+        if not isinstance(memory_id, str):
+            raise ValidationError(f"ids[{index}] must be a str, not {type(memory_id).__name__}")
+    return listed
+
+
+def _delete_from(store: Backend, ids: list[str] | None, query: SearchQuery | None) -> set[str]:
+    """Delete from one store, with its dead letters, the memories named by ids or matching
+    the query's filters; the ids it held."""
+    found: set[str] = set()
+
+    def chosen(memory: Memory | None) -> bool:
+        return memory is not None and (query is None or query.matches(memory))
+
+    if ids is not None:
+        for start in range(0, len(ids), _DELETE_PAGE):
+            page = ids[start : start + _DELETE_PAGE]
+            held = [i for i in page if chosen(store.get(i))]
+            if held:
+                store.delete(held)
+            found.update(held)
+    else:
+        assert query is not None
+        while True:
+            page = [m.id for m in store.search(query)]
+            if not page:
+                break
+            if found.issuperset(page):
+                raise MemcollectError(
+                    f"{store.url} still lists memories it was told to delete: "
+                    "stopped to avoid a loop; report this"
+                )
+            store.delete(page)
+            found.update(page)
+    named = set(ids) if ids is not None else None
+    refused = [
+        d.memory.id
+        for d in store.dead_letters(_DEAD_LETTERS_SEEN)
+        if (named is None or d.memory.id in named) and chosen(d.memory)
+    ]
+    if refused:
+        store.remove_dead_letters(refused)
+        found.update(refused)
+    return found
 
 
 def _check_limit(limit: object) -> None:

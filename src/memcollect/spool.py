@@ -322,6 +322,13 @@ class Spool:
         self._fd = -1
         self.current.sealed = True
 
+    def rotate(self) -> None:
+        """Seal the segment being written and start a new one, so that the sealed one is
+        deleted as soon as its records are stored (at once, when they are)."""
+        with self.lock:
+            if not self._closed and self.current.size:
+                self._rotate_locked()
+
     def _rotate_locked(self, needed: int = 0) -> Segment:
         old = self.current
         self._close_current_locked()

@@ -90,6 +90,9 @@ class Worker:
         # Where batches go while the primary's circuit is open; moved back once it is not.
         self.fallback = fallback
         self.fallback_pending = False
+        # Held while a batch moves from the fallback to the primary: a delete() holds it too,
+        # so that a memory read from the fallback is not written back after it was deleted.
+        self.moving = threading.Lock()
         # Whether the backend may have work put off for a quiet moment (Backend.idle_work):
         # at start (what an earlier process left) and after every batch stored.
         self.idle_due = True
@@ -132,7 +135,8 @@ class Worker:
                 elif self.stopping:
                     return
                 if self.fallback_pending and self.breaker.state != "open" and not self.stopping:
-                    self._move_from_fallback()
+                    with self.moving:
+                        self._move_from_fallback()
                 if self.idle_due and self._quiet():
                     self.idle_due = self._idle_step()
         except Exception:  # pragma: no cover - a bug; never take the host process down

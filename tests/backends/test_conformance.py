@@ -71,6 +71,21 @@ def test_counts_and_recent(backend: Backend) -> None:
     assert [m.content for m in backend.recent(10, "bug")] == ["b2", "b1", "b0"]
 
 
+def test_deleted_memories_are_gone_from_reads_counts_and_search(backend: Backend) -> None:
+    kept = mem("Checkout fails on Firefox", "bug", tags=["checkout"])
+    gone = mem("Checkout leaked the token sk-live-123", "bug", tags=["checkout"])
+    other = mem("Checkout page note", tags=["checkout"])
+    backend.write_batch([kept, gone, other])
+    backend.delete([gone.id, "01nosuchid0000000000000000"])
+    assert backend.get(gone.id) is None and backend.get(kept.id) == kept
+    assert backend.count() == 2 and backend.count_by_category() == {"bug": 1, "note": 1}
+    found = backend.search(SearchQuery(text="checkout", limit=10))
+    assert {m.id for m in found} == {kept.id, other.id}
+    assert backend.search(SearchQuery(text="leaked token", limit=10)) == []
+    listed = backend.search(SearchQuery(tags=("checkout",), limit=10))
+    assert {m.id for m in listed} == {kept.id, other.id}
+
+
 def test_search_ranks_the_best_match_first(backend: Backend) -> None:
     backend.write_batch(
         [

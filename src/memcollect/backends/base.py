@@ -197,8 +197,9 @@ class Backend(ABC):
         return self.scan(None, limit)
 
     def delete(self, ids: Sequence[str]) -> None:
-        """Remove memories that were moved to another store."""
-        raise NotImplementedError(f"{type(self).__name__} cannot serve as a fallback")
+        """Remove memories (ids not stored are ignored), with all kept for them: index
+        entries, vectors."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete memories")
 
     def idle_work(self) -> bool:
         """One short step of work the store puts off while memories come in (embeddings,

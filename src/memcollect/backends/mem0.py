@@ -141,7 +141,7 @@ class Mem0Backend(Backend):
         )
 
     def delete(self, ids: Sequence[str]) -> None:
-        """Remove memories (after they were moved to another store)."""
+        """Remove memories (ids not stored are ignored)."""
         from qdrant_client import models
 
         self._client.delete(

@@ -290,7 +290,7 @@ class PostgresBackend(Backend):
         return [_from_row(r) for r in rows]
 
     def delete(self, ids: Sequence[str]) -> None:
-        """Remove memories (after they were moved to another store)."""
+        """Remove memories (ids not stored are ignored)."""
         self._write("DELETE FROM memories WHERE id = %s", [(i,) for i in ids])
 
     # --- reads ---------------------------------------------------------------------------

@@ -162,6 +162,10 @@ class RemoteBackend(Backend):
         """Forget dead letters on the server."""
         self._post_json("/v1/dead-letters/remove", {"ids": list(ids)})
 
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete memories on the server (from its store, fallback and dead letters)."""
+        self._post_json("/v1/delete", {"ids": list(ids)})
+
     def _post_json(self, path: str, payload: Any) -> None:
         self._request(
             "POST",

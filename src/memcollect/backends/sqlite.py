@@ -371,14 +371,25 @@ class SQLiteBackend(Backend):
                 return conn.execute(sql, params).fetchall()
         return conn.execute(sql, params).fetchall()
 
-    def _write(self, action: Callable[[sqlite3.Connection], object]) -> None:
+    def _write(self, action: Callable[[sqlite3.Connection], object], erase: bool = False) -> None:
+        """Run `action` in a write transaction. erase=True for deletes: deleted means gone
+        from the file too, where SQLite overwrites what it frees, and from the write-ahead
+        log, which holds the old pages until it is emptied (when no reader needs it)."""
         if not self._opened:
             self.open()
         with self._write_lock:
             conn = self._writer
             assert conn is not None
-            with self._transaction(conn):
-                action(conn)
+            if erase:
+                conn.execute("PRAGMA secure_delete=ON")
+            try:
+                with self._transaction(conn):
+                    action(conn)
+            finally:
+                if erase:
+                    conn.execute("PRAGMA secure_delete=OFF")
+            if erase and not self._memory_db:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # --- writes --------------------------------------------------------------------------
 
@@ -466,7 +477,7 @@ class SQLiteBackend(Backend):
         return [_from_row(r) for r in rows]
 
     def delete(self, ids: Sequence[str]) -> None:
-        """Remove memories (and their full-text entries)."""
+        """Remove memories (ids not stored are ignored), their full-text entries and vectors."""
         params = [(i,) for i in ids]
 
         def remove(conn: sqlite3.Connection) -> None:
@@ -492,12 +503,15 @@ class SQLiteBackend(Backend):
             )
             conn.executemany("DELETE FROM memories WHERE id = ?", params)
 
-        self._write(remove)
+        self._write(remove, erase=True)
 
     def remove_dead_letters(self, ids: Sequence[str]) -> None:
         """Forget dead letters."""
         params = [(i,) for i in ids]
-        self._write(lambda conn: conn.executemany("DELETE FROM dead_letters WHERE id = ?", params))
+        self._write(
+            lambda conn: conn.executemany("DELETE FROM dead_letters WHERE id = ?", params),
+            erase=True,
+        )
 
     # --- reads ---------------------------------------------------------------------------
 

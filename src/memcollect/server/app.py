@@ -32,6 +32,8 @@ from .wire import (
     CATEGORY_PATTERN,
     NO_NUL,
     Counts,
+    DeleteRequest,
+    DeleteResult,
     ErrorBody,
     IngestResult,
     MemoryIn,
@@ -55,6 +57,7 @@ _decoder = msgspec.json.Decoder()
 _records_decoder = msgspec.json.Decoder(list[MemoryIn] | MemoryIn)
 _dead_letters_decoder = msgspec.json.Decoder(list[DeadLetter])
 _remove_decoder = msgspec.json.Decoder(RemoveIds)
+_delete_decoder = msgspec.json.Decoder(DeleteRequest)
 
 
 ListLimit = Annotated[int, Query(ge=1, le=1000, description="How many to return.")]
@@ -481,6 +484,18 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's collec
         remove = _remove_decoder.decode(await _read_body(request, max_body_bytes))
         await run_in_threadpool(current().backend.remove_dead_letters, remove.ids)
         return Response(status_code=204)
+
+    @app.post(
+        "/v1/delete",
+        summary="Delete memories for good, by ids or by filters",
+        response_model=None,
+        responses=_responses(_200=_schema("DeleteResult", "How many were deleted.")),
+        openapi_extra={"requestBody": _body("DeleteRequest", "Ids, or filters.")},
+    )
+    async def delete_memories(request: Request) -> Response:
+        asked = _delete_decoder.decode(await _read_body(request, max_body_bytes))
+        deleted = await run_in_threadpool(lambda: current().delete(**asked.arguments()))
+        return _json(DeleteResult(deleted))
 
     @app.post(
         "/v1/dead-letters/retry",

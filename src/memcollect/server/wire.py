@@ -12,6 +12,8 @@ from ..stats import Health, Stats
 
 __all__ = [
     "Counts",
+    "DeleteRequest",
+    "DeleteResult",
     "ErrorBody",
     "IngestResult",
     "MemoryIn",
@@ -145,6 +147,34 @@ class RemoveIds(msgspec.Struct, forbid_unknown_fields=True):
     ids: list[str]
 
 
+class DeleteRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Memories to delete: by ids, or by filters (at least one); a field left out is no
+    filter."""
+
+    ids: list[str] | msgspec.UnsetType = msgspec.UNSET
+    category: Category | msgspec.UnsetType = msgspec.UNSET
+    tags: Annotated[list[Tag], msgspec.Meta(min_length=1)] | msgspec.UnsetType = msgspec.UNSET
+    project: Label | msgspec.UnsetType = msgspec.UNSET
+    agent: Label | msgspec.UnsetType = msgspec.UNSET
+    session: Label | msgspec.UnsetType = msgspec.UNSET
+    since: float | msgspec.UnsetType = msgspec.UNSET
+    until: float | msgspec.UnsetType = msgspec.UNSET
+
+    def arguments(self) -> dict[str, Any]:
+        """delete()'s keyword arguments: the fields sent."""
+        return {
+            field: value
+            for field in self.__struct_fields__
+            if (value := getattr(self, field)) is not msgspec.UNSET
+        }
+
+
+class DeleteResult(msgspec.Struct):
+    """How many memories were deleted."""
+
+    deleted: int
+
+
 _TYPES: tuple[Any, ...] = (
     MemoryIn,
     Memory,
@@ -154,6 +184,8 @@ _TYPES: tuple[Any, ...] = (
     StatsBody,
     RetryResult,
     RemoveIds,
+    DeleteRequest,
+    DeleteResult,
     DeadLetter,
 )
 
@@ -163,4 +195,6 @@ def component_schemas() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         _TYPES, ref_template="#/components/schemas/{name}"
     )
+    # Ids or a filter: an empty body would ask to delete nothing or everything.
+    components["DeleteRequest"]["minProperties"] = 1
     return components

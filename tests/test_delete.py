@@ -1,0 +1,133 @@
+"""delete(): memories removed for good, wherever the collector keeps them."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+import memcollect as mc
+from memcollect.backends.base import DeadLetter
+from memcollect.backends.sqlite import SQLiteBackend
+from memcollect.testing import FaultyBackend
+
+from .test_failover import wait_for
+
+Make = Callable[..., mc.MemoryCollector]
+
+
+def test_delete_by_id_reaches_queued_memories_and_clears_the_cache(make_collector: Make) -> None:
+    c = make_collector(batch_timeout=60.0)  # nothing is stored before a flush
+    first = c.collect("bug", "Login fails on Safari")
+    kept = c.collect("bug", "Login fails on Firefox")
+    assert c.flush()
+    assert c.get(first) is not None  # now in the cache
+    assert c.search("login") != []  # a cached search too
+    queued = c.collect("note", "collected just before the delete")
+    assert c.delete([first, queued, "01nosuchid0000000000000000"]) == 2
+    assert c.get(first) is None and c.get(queued) is None
+    assert [m.id for m in c.search("login")] == [kept]
+    assert c.delete(first) == 0  # a single id works, and a second delete finds nothing
+    assert c.count() == 1
+
+
+def test_delete_by_filters_takes_stored_memories_and_dead_letters(make_collector: Make) -> None:
+    c = make_collector()
+    doomed = [c.collect("feedback", f"user said {i}", session="s-42") for i in range(2500)]
+    kept = c.collect("feedback", "user said hello", session="s-7")
+    old = c.collect("note", "an old note", tags=["tmp"])
+    assert c.flush()
+    refused = mc.Memory(mc.new_id(), "bug", "refused", {}, "high", (), None, None, "s-42", 1.0)
+    c.backend.add_dead_letters([DeadLetter(refused, "PermanentBackendError: bad", 1.0)])
+    # More than one page of matches, and the dead letter of that session.
+    assert c.delete(session="s-42") == len(doomed) + 1
+    assert c.dead_letters() == [] and c.count() == 2
+    assert c.delete(tags=["tmp"], since=time.time() + 60) == 0  # every filter must match
+    assert c.delete(tags=["tmp"], until=time.time() + 60) == 1
+    assert [m.id for m in c.recent()] == [kept] and c.get(old) is None
+
+
+def test_delete_needs_ids_or_filters_and_names_what_is_wrong(make_collector: Make) -> None:
+    c = make_collector()
+    mid = c.collect("note", "x")
+    with pytest.raises(mc.ValidationError, match="needs ids or a filter"):
+        c.delete()
+    with pytest.raises(mc.ValidationError, match="filters that match every memory"):
+        c.delete(tags=[])
+    assert c.delete([mid], session="s-1") == 0  # ids and filters: the ids that pass them
+    with pytest.raises(mc.ValidationError, match="ids must be an id or a list of ids, not int"):
+        c.delete(42)  # type: ignore[arg-type]
+    with pytest.raises(mc.ValidationError, match=r"ids\[1\] must be a str, not int"):
+        c.delete([mid, 7])  # type: ignore[list-item]
+    with pytest.raises(mc.ValidationError, match="category 'Bad Slug'"):
+        c.delete(category="Bad Slug")
+    assert c.flush() and c.get(mid) is not None  # nothing was deleted
+    c.close()
+    with pytest.raises(mc.ValidationError, match="closed"):
+        c.delete(mid)
+
+
+def test_a_deleted_memory_leaves_no_bytes_on_disk(make_collector: Make, tmp_path: Path) -> None:
+    secret = "sk-live-4f9a8b7c6d5e"
+    c = make_collector(f"sqlite:///{tmp_path}/m.db", durability="spool", data_dir=str(tmp_path))
+    for i in range(300):
+        c.collect("note", f"note {i} about caching " + "x" * 200)
+        if i == 100:
+            c.collect("error", f"Auth failed with key {secret} on payments", session="s-42")
+    assert c.flush()
+
+    def files_holding_the_secret() -> list[str]:
+        return [
+            str(f) for f in tmp_path.rglob("*") if f.is_file() and secret.encode() in f.read_bytes()
+        ]
+
+    assert files_holding_the_secret()  # in the spool and the database's log
+    # Into the database file itself, where a deleted row's bytes would stay in a page.
+    with closing(sqlite3.connect(tmp_path / "m.db")) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert str(tmp_path / "m.db") in files_holding_the_secret()
+    assert c.delete(session="s-42") == 1
+    assert files_holding_the_secret() == []
+    assert c.search("payments") == [] and c.count() == 300
+
+
+def test_delete_when_the_store_is_down_deletes_nothing_and_says_why(make_collector: Make) -> None:
+    store = FaultyBackend()
+    c = make_collector(store, max_retries=1000)
+    stored = c.collect("note", "stored before the outage")
+    assert c.flush()
+    store.go_down()
+    c.collect("note", "waiting for the store")
+    with pytest.raises(mc.BackendError, match=r"still waiting to be stored.*nothing was deleted"):
+        c.delete(stored, timeout=0.2)
+    assert store.inner.get(stored) is not None
+    store.come_back()
+    assert c.delete(stored) == 1
+
+
+def test_delete_reaches_the_fallback_and_what_moves_back_stays_deleted(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    primary = FaultyBackend()
+    fallback_url = f"sqlite:///{tmp_path}/fallback.db"
+    c = make_collector(
+        primary, fallback=fallback_url, max_retries=2, retry_base=0.001, retry_max=0.05,
+        batch_size=20,
+    )  # fmt: skip
+    primary.go_down()
+    doomed = [c.collect("note", f"private {i}", session="s-42") for i in range(50)]
+    kept = [c.collect("note", f"public {i}", session="s-7") for i in range(50)]
+    assert c.flush(timeout=30)
+    fallback = SQLiteBackend(fallback_url)
+    assert fallback.count() == 100  # all in the fallback
+    assert c.delete(session="s-42") == 50
+    assert fallback.count() == 50
+    primary.come_back()
+    assert wait_for(lambda: fallback.count() == 0)
+    assert sorted(m.id for m in primary.inner.recent(1000)) == sorted(kept)
+    assert not set(doomed) & set(primary.written)
+    fallback.close()
