@@ -341,6 +341,14 @@ def test_static_vectors_find_paraphrases_that_text_search_misses(
     vector = np.frombuffer(stored, np.float32)
     assert np.allclose(vector, static, atol=1e-6)
     assert float(vector @ model) < 0.9
+    # A deleted memory is no longer found by meaning, and its vector is gone.
+    (target,) = c.search("Safari")
+    assert c.delete(target.id) == 1
+    for mode in ("semantic", "hybrid"):
+        hits = contents(c.search("cannot sign in on Apple's browser", mode=mode, limit=20))
+        assert MEMORIES[0][1] not in hits and hits, mode
+    (vectors,) = c.backend._read("SELECT count(*) FROM embeddings")[0]  # type: ignore[attr-defined]
+    assert vectors == c.count()
 
 
 def test_static_vectors_are_the_mean_of_the_tokens_in_any_batch() -> None:
