@@ -86,3 +86,48 @@ def test_without_the_extra_the_error_names_it(
     )
     with pytest.raises(mc.ValidationError, match=r"pip install 'memcollect\[mem0\]'"):
         mc.MemoryCollector(f"mem0:///{tmp_path}/m", data_dir=str(tmp_path))
+
+
+def test_reads_while_the_worker_writes_never_fail(tmp_path: Path) -> None:
+    require_mem0()
+    import threading
+
+    from memcollect.backends import open_backend
+    from memcollect.backends.base import SearchQuery
+    from memcollect.model import make_memory
+
+    store = open_backend(f"mem0:///{tmp_path}/mem0")
+    store.open()
+    errors: list[BaseException] = []
+    writing = threading.Event()
+    writing.set()
+
+    def write() -> None:
+        try:
+            for start in range(0, 480, 16):
+                batch = [
+                    make_memory("note", f"note {i}", None, None, None, None, None, None, 65536)
+                    for i in range(start, start + 16)
+                ]
+                store.write_batch(batch)
+        finally:
+            writing.clear()
+
+    def read() -> None:
+        try:
+            while writing.is_set():
+                store.count()
+                store.search(SearchQuery(text="note", limit=5))
+                store.search(SearchQuery(limit=5))
+        except Exception as exc:
+            errors.append(exc)
+            writing.clear()
+
+    threads = [threading.Thread(target=write), *(threading.Thread(target=read) for _ in range(2))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+    # Local qdrant is not thread-safe: reads beside an insert failed with IndexError.
+    assert errors == []

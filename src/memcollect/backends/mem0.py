@@ -76,6 +76,8 @@ class Mem0Backend(Backend):
         check_model_dir(self.model_dir, url)
         self._memory: Any = None
         self._lock = threading.Lock()
+        # Held around every call into the local vector store (see _local).
+        self._store_lock = threading.Lock()
         from .sqlite import SQLiteBackend
 
         # mem0 has no place for records it cannot take: they are kept beside its files.
@@ -123,9 +125,12 @@ class Mem0Backend(Backend):
             self._memory = Mem0Memory.from_config(config)
             return self._memory
 
-    @property
-    def _client(self) -> Any:
-        return self._mem0().vector_store.client
+    def _local(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the local qdrant client, one call at a time: it is not thread-safe (a search
+        while the worker inserts failed with IndexError)."""
+        client = self._mem0().vector_store.client
+        with self._store_lock:
+            return getattr(client, method)(*args, **kwargs)
 
     # --- writes --------------------------------------------------------------------------
 
@@ -136,17 +141,17 @@ class Mem0Backend(Backend):
         vectors = memory.embedding_model.embed_batch([m.content for m in unique], "add")
         now = datetime.now(UTC).isoformat()
         payloads = [_payload(m, now) for m in unique]
-        memory.vector_store.insert(
-            vectors=vectors, payloads=payloads, ids=[point_id(m.id) for m in unique]
-        )
+        with self._store_lock:
+            memory.vector_store.insert(
+                vectors=vectors, payloads=payloads, ids=[point_id(m.id) for m in unique]
+            )
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove memories (ids not stored are ignored)."""
         from qdrant_client import models
 
-        self._client.delete(
-            self.collection, points_selector=models.PointIdsList(points=[point_id(i) for i in ids])
-        )
+        selector = models.PointIdsList(points=[point_id(i) for i in ids])
+        self._local("delete", self.collection, points_selector=selector)
 
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Keep memories mem0 could not take, with their errors (in dead_letters.db beside)."""
@@ -164,14 +169,15 @@ class Mem0Backend(Backend):
 
     def get(self, memory_id: str) -> Memory | None:
         """One memory by id."""
-        points = self._client.retrieve(self.collection, ids=[point_id(memory_id)])
+        points = self._local("retrieve", self.collection, ids=[point_id(memory_id)])
         return _memory(points[0].payload) if points else None
 
     def _all(self, query_filter: Any = None) -> list[Memory]:
         out: list[Memory] = []
         offset = None
         while True:
-            points, offset = self._client.scroll(
+            points, offset = self._local(
+                "scroll",
                 self.collection,
                 scroll_filter=query_filter,
                 limit=1000,
@@ -197,7 +203,7 @@ class Mem0Backend(Backend):
     def count(self, category: str | None = None) -> int:
         """How many memories are stored."""
         query_filter = _filter(SearchQuery(category=category))
-        return int(self._client.count(self.collection, count_filter=query_filter).count)
+        return int(self._local("count", self.collection, count_filter=query_filter).count)
 
     def count_by_category(self) -> dict[str, int]:
         """How many memories are stored, per category."""
@@ -232,7 +238,8 @@ class Mem0Backend(Backend):
         self, text: str, query: SearchQuery, words: tuple[str, list[str]] | None, limit: int
     ) -> list[Memory]:
         vector = self._mem0().embedding_model.embed(text, "search")
-        result = self._client.query_points(
+        result = self._local(
+            "query_points",
             self.collection,
             query=vector,
             query_filter=_filter(query, words),
@@ -247,6 +254,7 @@ class Mem0Backend(Backend):
         """Forget the parent's store (local qdrant is locked by the process that opened it)."""
         self._memory = None
         self._lock = threading.Lock()
+        self._store_lock = threading.Lock()
         self._dead.after_fork()
 
     def close(self) -> None:
