@@ -120,6 +120,8 @@ def test_bad_url_options_are_named() -> None:
         PostgresBackend("postgresql://x@localhost/db?schema=Bad-Name")
     with pytest.raises(mc.ValidationError, match="pool_size"):
         PostgresBackend("postgresql://x@localhost/db?pool_size=many")
+    with pytest.raises(mc.ValidationError, match=r"writers=5 .* from 1 to pool_size \(4\)"):
+        PostgresBackend("postgresql://x@localhost/db?writers=5")
 
 
 def stored(id_: str, content: str) -> mc.Memory:
@@ -181,3 +183,36 @@ def test_a_replayed_batch_is_stored_once_beside_its_new_rows(pg_url: str) -> Non
         assert {m.id for m in store.scan(None, 100)} == {m.id for m in first + fresh}
     finally:
         store.close()
+
+
+def test_writers_split_a_batch_and_a_part_that_fails_loses_and_repeats_nothing(
+    pg_url: str, tmp_path: Path
+) -> None:
+    schema = schema_of(pg_url)
+    url = f"{pg_url}&writers=3"
+    store = PostgresBackend(url)
+    store.open()
+    try:
+        batch = [stored(f"01w{i:04d}", f"split {i}") for i in range(1500)]
+        store.write_batch(batch)  # three parts of 500, on three connections at once
+        store.write_batch(batch)  # a replay: every part takes the duplicate-safe path
+        assert store.count() == 1500
+        assert [m.id for m in store.scan(None, 2000)] == [m.id for m in batch]
+    finally:
+        store.close()
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(
+            f'ALTER TABLE "{schema}".memories ADD CONSTRAINT no_poison '
+            "CHECK (content <> 'poison')"
+        )
+    # The poison sits in the last part: the other parts commit, the batch fails, the
+    # collector splits it, and what was stored already is not stored twice.
+    with mc.MemoryCollector(url, data_dir=str(tmp_path), batch_size=1200, batch_timeout=5) as c:
+        ids = c.collect_batch(
+            [{"category": "note", "content": "poison" if i == 1100 else f"good {i}"}
+             for i in range(1200)]
+        )  # fmt: skip
+        assert c.flush(timeout=60)
+        assert c.count() == 1500 + 1199
+        assert [d.memory.id for d in c.dead_letters()] == [ids[1100]]
+        assert c.stats().failed >= 1

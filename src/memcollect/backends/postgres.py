@@ -6,6 +6,7 @@ import logging
 import re
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -87,6 +88,8 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+# A batch of at least this many memories is split over `writers` connections.
+WRITERS_SPLIT = 512
 # Rows ranked cheaply (ts_rank) before the top ones are ranked by cover density (ts_rank_cd).
 RANK_POOL = 1000
 
@@ -148,7 +151,9 @@ class PostgresBackend(Backend):
 
     URL options (removed before connecting): `schema=NAME` keeps the tables in a schema of
     their own (created if missing), `pool_size=N` (default 4), `pool_timeout=SECONDS` (how long
-    a write waits for a connection, default 10), `connect_timeout` as libpq has it (default 5).
+    a write waits for a connection, default 10), `writers=N` (default 1: a batch of at least
+    WRITERS_SPLIT memories is split over N connections writing at once), `connect_timeout` as
+    libpq has it (default 5).
     """
 
     name = "postgresql"
@@ -165,16 +170,24 @@ class PostgresBackend(Backend):
         try:
             self.pool_size = int(options.pop("pool_size", "4"))
             self.pool_timeout = float(options.pop("pool_timeout", "10"))
+            self.writers = int(options.pop("writers", "1"))
         except ValueError:
             raise ValidationError(
-                "pool_size and pool_timeout in the backend URL must be numbers"
+                "pool_size, pool_timeout and writers in the backend URL must be numbers"
             ) from None
+        if not 1 <= self.writers <= self.pool_size:
+            raise ValidationError(
+                f"writers={self.writers} in the backend URL must be from 1 to pool_size "
+                f"({self.pool_size}): each writer takes a connection of the pool"
+            )
         options.setdefault("connect_timeout", "5")
         scheme = "postgresql" if parts.scheme in ("postgres", "postgresql") else parts.scheme
         self.conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(options), ""))
         self._pool: ConnectionPool[Any] | None = None
         self._lock = threading.Lock()
         self._migrated = False
+        # Threads that write the other parts of a split batch (writers > 1), made on first use.
+        self._helpers: ThreadPoolExecutor | None = None
 
     # --- connections ---------------------------------------------------------------------
 
@@ -255,6 +268,31 @@ class PostgresBackend(Backend):
         """COPY the batch into the table; a batch stored before goes in without duplicates."""
         self._ensure_schema()
         rows = [_to_row(m) for m in batch]
+        if self.writers == 1 or len(rows) < WRITERS_SPLIT:
+            self._store(rows)
+            return
+        # One server process a connection: parts written at once use the server's other
+        # cores. Each part commits alone; when one fails, the batch is retried whole, and the
+        # parts already stored go through the duplicate-safe path below.
+        size = -(-len(rows) // self.writers)
+        parts = [rows[i : i + size] for i in range(0, len(rows), size)]
+        with self._lock:
+            if self._helpers is None:
+                self._helpers = ThreadPoolExecutor(
+                    self.writers - 1, thread_name_prefix="memcollect-pg-writer"
+                )
+            helpers = self._helpers
+        others = [helpers.submit(self._store, part) for part in parts[1:]]
+        try:
+            self._store(parts[0])
+        finally:
+            errors = [f.exception() for f in others]
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def _store(self, rows: list[tuple[Any, ...]]) -> None:
+        """COPY rows in one transaction, skipping ids stored before."""
         with self._get_pool().connection() as conn:
             try:
                 with conn.transaction():
@@ -394,11 +432,15 @@ class PostgresBackend(Backend):
             _ABANDONED.append(self._pool)
         self._pool = None
         self._lock = threading.Lock()
+        self._helpers = None  # the parent's threads do not exist here
 
     def close(self) -> None:
         """Close the pool."""
         with self._lock:
             pool, self._pool = self._pool, None
+            helpers, self._helpers = self._helpers, None
+        if helpers is not None:
+            helpers.shutdown()
         if pool is not None:
             pool.close(timeout=5.0)
 
