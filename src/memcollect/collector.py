@@ -702,9 +702,7 @@ class MemoryCollector:
         until: float | Any | None = None,
         timeout: float | None = 10.0,
     ) -> int:
-        """Delete memories for good, by id, by filters, or the ids that pass the filters,
-        wherever they are kept (the store, the fallback, the dead letters); how many were
-        deleted."""
+        """Delete memories for good, by ids and/or filters, wherever they are kept; how many."""
         self._check_fork()
         if self._closed:
             raise ValidationError("this collector is closed: delete before close()")

@@ -216,3 +216,29 @@ def test_writers_split_a_batch_and_a_part_that_fails_loses_and_repeats_nothing(
         assert c.count() == 1500 + 1199
         assert [d.memory.id for d in c.dead_letters()] == [ids[1100]]
         assert c.stats().failed >= 1
+
+
+def test_a_script_that_never_closes_stores_its_split_batches_at_exit(pg_url: str) -> None:
+    from ..test_processes import run_python
+
+    result = run_python(
+        """
+        import atexit, sys, memcollect as mc
+        made = []
+        # Registered first, so it runs after the collector's own at-exit flush.
+        atexit.register(lambda: print("failed writes:", made[0].stats().failed))
+        c = mc.MemoryCollector(sys.argv[1], durability="memory", batch_size=2048,
+                               batch_timeout=60.0)
+        made.append(c)
+        for i in range(2000):
+            c.collect("note", f"at exit {i}")
+        # No close: the at-exit flush writes the first split batch while the interpreter
+        # shuts down, when a thread pool takes no more work.
+        """,
+        f"{pg_url}&writers=2",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "failed writes: 0" in result.stdout, result.stdout + result.stderr
+    store = PostgresBackend(pg_url)
+    assert store.count() == 2000
+    store.close()

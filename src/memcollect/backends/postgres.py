@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from queue import SimpleQueue
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -187,7 +188,7 @@ class PostgresBackend(Backend):
         self._lock = threading.Lock()
         self._migrated = False
         # Threads that write the other parts of a split batch (writers > 1), made on first use.
-        self._helpers: ThreadPoolExecutor | None = None
+        self._helpers: _Helpers | None = None
 
     # --- connections ---------------------------------------------------------------------
 
@@ -278,10 +279,13 @@ class PostgresBackend(Backend):
         parts = [rows[i : i + size] for i in range(0, len(rows), size)]
         with self._lock:
             if self._helpers is None:
-                self._helpers = ThreadPoolExecutor(
-                    self.writers - 1, thread_name_prefix="memcollect-pg-writer"
-                )
+                self._helpers = _Helpers(self.writers - 1)
             helpers = self._helpers
+        if not helpers.started:
+            # A first split during interpreter shutdown, where no thread may start.
+            for part in parts:
+                self._store(part)
+            return
         others = [helpers.submit(self._store, part) for part in parts[1:]]
         try:
             self._store(parts[0])
@@ -440,9 +444,46 @@ class PostgresBackend(Backend):
             pool, self._pool = self._pool, None
             helpers, self._helpers = self._helpers, None
         if helpers is not None:
-            helpers.shutdown()
+            helpers.stop()
         if pool is not None:
             pool.close(timeout=5.0)
+
+
+class _Helpers:
+    """Daemon threads that run calls handed to them. Not a ThreadPoolExecutor: it refuses
+    work once the interpreter starts to shut down, when the at-exit flush still writes."""
+
+    def __init__(self, count: int) -> None:
+        self._calls: SimpleQueue[tuple[Callable[[], None], Future[None]] | None] = SimpleQueue()
+        self._count = count
+        self.started = True
+        try:
+            for n in range(count):
+                name = f"memcollect-pg-writer-{n + 1}"
+                threading.Thread(target=self._run, name=name, daemon=True).start()
+        except RuntimeError:  # "can't create new thread at interpreter shutdown"
+            self.started = False
+
+    def submit(self, call: Callable[..., None], *args: Any) -> Future[None]:
+        """Run call(*args) on a helper thread; its future."""
+        future: Future[None] = Future()
+        self._calls.put((lambda: call(*args), future))
+        return future
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, future = item
+            try:
+                call()
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting writer
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+    def stop(self) -> None:
+        """Let the threads end once the calls handed to them are done."""
+        for _ in range(self._count):
+            self._calls.put(None)
 
 
 # Pools inherited across fork are kept referenced, never closed by the child.

@@ -487,10 +487,10 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's collec
 
     @app.post(
         "/v1/delete",
-        summary="Delete memories for good, by ids or by filters",
+        summary="Delete memories for good, by ids, by filters, or both",
         response_model=None,
         responses=_responses(_200=_schema("DeleteResult", "How many were deleted.")),
-        openapi_extra={"requestBody": _body("DeleteRequest", "Ids, or filters.")},
+        openapi_extra={"requestBody": _body("DeleteRequest", "Ids and/or filters.")},
     )
     async def delete_memories(request: Request) -> Response:
         asked = _delete_decoder.decode(await _read_body(request, max_body_bytes))

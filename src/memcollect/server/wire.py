@@ -148,8 +148,8 @@ class RemoveIds(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class DeleteRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Memories to delete: by ids, or by filters (at least one); a field left out is no
-    filter."""
+    """Memories to delete: by ids, by filters, or the ids that pass the filters; a field
+    left out is no filter."""
 
     ids: list[str] | msgspec.UnsetType = msgspec.UNSET
     category: Category | msgspec.UnsetType = msgspec.UNSET
