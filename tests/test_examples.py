@@ -40,6 +40,13 @@ EXPECTED = {
         "with traceback: True",
         "priority: critical",
     ],
+    "forget.py": [
+        "deleted the leak: 1",
+        "key still on disk: False",
+        "deleted session s-42: 2",
+        "left: ['Keep memories 90 days']",
+        "older than 90 days: 0",
+    ],
     "recall.py": [
         "seen before: True",
         "closest: Login fails on Safari 17 after password reset: session cookie is dropped",
