@@ -15,7 +15,7 @@ from memcollect.backends.base import DeadLetter
 from memcollect.backends.sqlite import SQLiteBackend
 from memcollect.testing import FaultyBackend
 
-from .test_failover import wait_for
+from .test_failover import wait_for, with_fallback
 
 Make = Callable[..., mc.MemoryCollector]
 
@@ -112,12 +112,7 @@ def test_delete_when_the_store_is_down_deletes_nothing_and_says_why(make_collect
 def test_delete_reaches_the_fallback_and_what_moves_back_stays_deleted(
     make_collector: Make, tmp_path: Path
 ) -> None:
-    primary = FaultyBackend()
-    fallback_url = f"sqlite:///{tmp_path}/fallback.db"
-    c = make_collector(
-        primary, fallback=fallback_url, max_retries=2, retry_base=0.001, retry_max=0.05,
-        batch_size=20,
-    )  # fmt: skip
+    c, primary, fallback_url = with_fallback(make_collector, tmp_path)
     primary.go_down()
     doomed = [c.collect("note", f"private {i}", session="s-42") for i in range(50)]
     kept = [c.collect("note", f"public {i}", session="s-7") for i in range(50)]

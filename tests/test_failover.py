@@ -28,15 +28,23 @@ def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
     return condition()
 
 
-def test_fallback_takes_over_and_gives_everything_back(
+def with_fallback(
     make_collector: Make, tmp_path: Path
-) -> None:
+) -> tuple[mc.MemoryCollector, FaultyBackend, str]:
+    """A collector whose primary can be taken down, with a SQLite fallback; and its parts."""
     primary = FaultyBackend()
     fallback_url = f"sqlite:///{tmp_path}/fallback.db"
     c = make_collector(
         primary, fallback=fallback_url, max_retries=2, retry_base=0.001, retry_max=0.05,
         batch_size=20,
     )  # fmt: skip
+    return c, primary, fallback_url
+
+
+def test_fallback_takes_over_and_gives_everything_back(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    c, primary, fallback_url = with_fallback(make_collector, tmp_path)
     before = [c.collect("note", f"before {i}") for i in range(30)]
     assert c.flush()
     primary.go_down()

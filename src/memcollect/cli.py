@@ -138,6 +138,23 @@ if HAVE_CLI:
     def _store_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return backend_option(data_dir_option(func))
 
+    def _filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
+        """The filters of search() and delete(), as options."""
+        options = [
+            click.option("--category"),
+            click.option(
+                "--tag", "tags", multiple=True, help="A tag the memories hold (repeatable)."
+            ),
+            click.option("--project"),
+            click.option("--agent"),
+            click.option("--session"),
+            click.option("--since", help=_TIME_HELP.format("from")),
+            click.option("--until", help=_TIME_HELP.format("before")),
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
     @click.group()
     @click.version_option(package_name="memcollect")
     def cli() -> None:
@@ -236,13 +253,7 @@ if HAVE_CLI:
     @cli.command()
     @_store_options
     @click.argument("query", default="")
-    @click.option("--category")
-    @click.option("--tag", "tags", multiple=True, help="A tag the memories hold (repeatable).")
-    @click.option("--project")
-    @click.option("--agent")
-    @click.option("--session")
-    @click.option("--since", help=_TIME_HELP.format("from"))
-    @click.option("--until", help=_TIME_HELP.format("before"))
+    @_filter_options
     @click.option(
         "--mode",
         type=click.Choice(["text", "semantic", "hybrid"]),
@@ -274,13 +285,7 @@ if HAVE_CLI:
     @cli.command()
     @_store_options
     @click.argument("ids", nargs=-1)
-    @click.option("--category")
-    @click.option("--tag", "tags", multiple=True, help="A tag the memories hold (repeatable).")
-    @click.option("--project")
-    @click.option("--agent")
-    @click.option("--session")
-    @click.option("--since", help=_TIME_HELP.format("from"))
-    @click.option("--until", help=_TIME_HELP.format("before"))
+    @_filter_options
     @click.option("--yes", is_flag=True, help="Delete by filters without asking.")
     def delete(
         backend: str | None,
