@@ -299,8 +299,9 @@ class PostgresBackend(Backend):
         """COPY rows in one transaction, skipping ids stored before."""
         with self._get_pool().connection() as conn:
             try:
-                with conn.transaction():
-                    _copy(conn, "memories", rows)
+                # The connection is in autocommit mode: COPY is a transaction of its own, with
+                # no BEGIN and COMMIT round trips (each one a wait for the GIL afterwards).
+                _copy(conn, "memories", rows)
                 return
             except pg_errors.UniqueViolation:
                 # A replay (a batch whose commit landed but whose answer was lost, a drain
