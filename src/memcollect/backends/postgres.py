@@ -152,7 +152,7 @@ class PostgresBackend(Backend):
 
     URL options (removed before connecting): `schema=NAME` keeps the tables in a schema of
     their own (created if missing), `pool_size=N` (default 4), `pool_timeout=SECONDS` (how long
-    a write waits for a connection, default 10), `writers=N` (default 1: a batch of at least
+    a write waits for a connection, default 10), `writers=N` (default 2: a batch of at least
     WRITERS_SPLIT memories is split over N connections writing at once), `connect_timeout` as
     libpq has it (default 5).
     """
@@ -171,7 +171,8 @@ class PostgresBackend(Backend):
         try:
             self.pool_size = int(options.pop("pool_size", "4"))
             self.pool_timeout = float(options.pop("pool_timeout", "10"))
-            self.writers = int(options.pop("writers", "1"))
+            # Two by default: a busy collector's batches use two of the server's cores.
+            self.writers = int(options.pop("writers", min(2, self.pool_size)))
         except ValueError:
             raise ValidationError(
                 "pool_size, pool_timeout and writers in the backend URL must be numbers"
