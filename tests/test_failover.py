@@ -79,7 +79,8 @@ def test_a_fallback_left_with_memories_is_emptied_on_the_next_start(
     c = make_collector(primary, fallback=fallback_url)
     assert wait_for(lambda: left.count() == 0)
     assert sorted(m.id for m in primary.inner.recent(100)) == sorted(ids)
-    assert c.stats().moved_to_primary == 10
+    # Counted once the fallback's delete has returned, a moment after its rows are gone.
+    assert wait_for(lambda: c.stats().moved_to_primary == 10)
     left.close()
 
 
@@ -125,7 +126,8 @@ def test_postgres_outage_fails_over_to_sqlite_and_drains_back(tmp_path: Path) ->
         assert wait_for(lambda: fallback.count() == 0, 60)
         fallback.close()
         s = c.stats()
-        assert s.stored_in_fallback > 0 and s.moved_to_primary == s.stored_in_fallback
+        assert s.stored_in_fallback > 0
+        assert wait_for(lambda: c.stats().moved_to_primary == s.stored_in_fallback)
         c.close()
         store = PostgresBackend(f"{base}?schema={schema}")
         stored = [m.id for m in store.search(mc.SearchQuery(limit=10_000))]

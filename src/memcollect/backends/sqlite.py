@@ -389,7 +389,13 @@ class SQLiteBackend(Backend):
                 if erase:
                     conn.execute("PRAGMA secure_delete=OFF")
             if erase and not self._memory_db:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                # Best effort: a reader in a long transaction (another process) holds the old
+                # pages; wait for it briefly, not for the whole busy timeout.
+                conn.execute("PRAGMA busy_timeout=200")
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
 
     # --- writes --------------------------------------------------------------------------
 
