@@ -253,3 +253,24 @@ def test_a_seq_names_one_memory_for_good_even_after_the_newest_are_deleted(
     assert store.count() == 2  # the placeholder that lifted the seqs is gone
     assert [m.content for m in store.search(SearchQuery(text="fourth"))] == ["fourth"]
     other.close()
+
+
+def test_a_delete_beside_a_reader_holding_old_pages_completes_and_keeps_settings(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteBackend(f"sqlite:///{tmp_path}/held.db?busy_timeout=7")
+    store.open()
+    memories = [mem(f"note {i}") for i in range(20)]
+    store.write_batch(memories)
+    reader = sqlite3.connect(tmp_path / "held.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM memories").fetchone()  # a snapshot held open
+    try:
+        store.delete([memories[0].id])
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    assert store.get(memories[0].id) is None and store.count() == 19
+    # The log truncation waits briefly for such a reader; the store's own timeout is back.
+    assert store._writer.execute("PRAGMA busy_timeout").fetchone() == (7000,)  # type: ignore[union-attr]
+    store.close()
