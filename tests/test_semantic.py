@@ -620,3 +620,34 @@ def test_vectors_always_belong_to_their_memory(
                 assert np.allclose(vector, embedder.embed([contents[int(seq)]])[0]), seq
 
     check()
+
+
+def test_deleted_vectors_leave_ram_once_a_quarter_is_deleted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    require_semantic()
+    embedder = TextHashEmbedder()
+    monkeypatch.setattr(semantic, "get_embedder", lambda *args, **kwargs: embedder)
+    store = SQLiteBackend(f"sqlite:///{tmp_path}/forget.db?semantic=1")
+    store.open()
+    memories = [
+        mc.Memory(mc.new_id(), "qa", f"text {i}", {}, "medium", (), None, None, None, 1.7e9)
+        for i in range(4000)
+    ]
+    store.write_batch(memories)
+    store.search(SearchQuery(text="text", mode="semantic", limit=1))  # embeds, loads RAM
+    while store.idle_work():
+        pass
+    store.search(SearchQuery(text="text", mode="semantic", limit=1))
+    assert len(store._vectors.snapshot()[0]) == 4000
+    store.delete([m.id for m in memories[:1500]])
+    seqs, matrix = store._vectors.snapshot()
+    # A long-running store that deletes (retention) must not keep every vector it ever had.
+    assert len(seqs) == 2500
+    contents = dict(store._read("SELECT seq, content FROM memories"))
+    assert set(map(int, seqs)) == set(contents)
+    for seq, vector in zip(seqs, matrix, strict=True):
+        assert np.allclose(vector, embedder.embed([contents[int(seq)]])[0])
+    hits = store.search(SearchQuery(text="text 1", mode="semantic", limit=50))
+    assert hits and not {m.id for m in hits} & {m.id for m in memories[:1500]}
+    store.close()

@@ -503,13 +503,20 @@ class SQLiteBackend(Backend):
                     params,
                 )
             # A seq can be given again to a new row: its vector must not outlive its memory.
+            if self.supports_semantic:
+                for (memory_id,) in params:
+                    row = conn.execute("SELECT seq FROM memories WHERE id = ?", (memory_id,))
+                    gone.extend(seq for (seq,) in row)
             conn.executemany(
                 "DELETE FROM embeddings WHERE seq = (SELECT seq FROM memories WHERE id = ?)",
                 params,
             )
             conn.executemany("DELETE FROM memories WHERE id = ?", params)
 
+        gone: list[int] = []
         self._write(remove, erase=True)
+        if gone:
+            self._vectors.forget(gone)
 
     def remove_dead_letters(self, ids: Sequence[str]) -> None:
         """Forget dead letters."""
@@ -865,6 +872,8 @@ class _Vectors:
         self._matrix: Any = None
         # Rows this process added after the last sync read the file: the next sync skips them.
         self._written: set[int] = set()
+        # Rows deleted since the last compaction (their vectors are still in the matrix).
+        self._forgotten: set[int] = set()
 
     def add_written(self, seqs: Sequence[int], vectors: Any) -> None:
         """Rows this process just stored (nothing to do until a search has loaded the file)."""
@@ -901,6 +910,26 @@ class _Vectors:
         self._matrix[self._size : need] = vectors
         self._seqs[self._size : need] = seqs
         self._size = need
+
+    def forget(self, seqs: Sequence[int]) -> None:
+        """Rows deleted from the file. Their vectors leave RAM once a quarter of the rows
+        are such: searches skip deleted rows anyway, and compacting costs a copy of all."""
+        import numpy as np
+
+        with self.lock:
+            if self._matrix is None:
+                return
+            self._forgotten.update(seqs)
+            if len(self._forgotten) < max(1024, self._size // 4):
+                return
+            keep = ~np.isin(self._seqs[: self._size], np.fromiter(self._forgotten, np.int64))
+            # Published whole, as when growing: readers keep the arrays they took.
+            self._matrix, self._seqs = (
+                self._matrix[: self._size][keep],
+                self._seqs[: self._size][keep],
+            )
+            self._size = len(self._seqs)
+            self._forgotten = set()
 
     def snapshot(self) -> tuple[Any, Any]:
         """(seqs, matrix) as of now."""
