@@ -295,7 +295,7 @@ if HAVE_CLI:
         yes: bool,
         **filters: Any,
     ) -> None:
-        """Delete memories for good: by id, or every memory matching the filters."""
+        """Delete memories for good: by id, every memory matching the filters, or both."""
         chosen = {k: v for k, v in filters.items() if v is not None}
         if tags:
             chosen["tags"] = list(tags)
