@@ -32,7 +32,7 @@ def test_delete_by_id_reaches_queued_memories_and_clears_the_cache(make_collecto
     assert c.get(first) is None and c.get(queued) is None
     assert [m.id for m in c.search("login")] == [kept]
     assert c.delete(first) == 0  # a single id works, and a second delete finds nothing
-    assert c.count() == 1
+    assert c.count() == 1 and c.stats().deleted == 2
 
 
 def test_delete_by_filters_takes_stored_memories_and_dead_letters(make_collector: Make) -> None:

@@ -316,6 +316,7 @@ def test_delete_endpoint_takes_ids_or_filters(api: Api, collector: mc.MemoryColl
     assert refused.status_code == 422 and "needs ids or a filter" in refused.json()["error"]
     unknown = api.post("/v1/delete", json={"id": first})
     assert unknown.status_code == 422 and collector.count() == 1
+    assert "memcollect_deleted_total 2.0" in api.get("/metrics").text
 
 
 def test_dashboard_is_one_self_contained_page(api: Api) -> None:

@@ -615,4 +615,6 @@ if HAVE_CLI:
         table.add_row("throughput", f"{stats['throughput_per_s']:,.0f}/s")
         if stats.get("pending_embeddings"):
             table.add_row("waiting to embed", f"{stats['pending_embeddings']:,}")
+        if stats.get("deleted"):
+            table.add_row("deleted", f"{stats['deleted']:,}")
         return table

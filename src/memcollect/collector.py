@@ -738,10 +738,11 @@ class MemoryCollector:
             # deleted, which waits for the segment being written to fill up: not for these.
             self._spool.rotate()
         deleted: set[str] = set()
-        with self._worker.moving:
+        with self._worker.moving:  # one delete at a time, and no move from the fallback
             for store in (self._fallback, self._backend):
                 if store is not None:
                     deleted |= _delete_from(store, id_list, query)
+            self.counters.deleted += len(deleted)
         self._cache.clear()
         if deleted:
             log.info("deleted %d memories", len(deleted))
@@ -837,6 +838,7 @@ class MemoryCollector:
             cache_size=len(self._cache),
             stored_in_fallback=c.stored_in_fallback,
             moved_to_primary=c.moved_to_primary,
+            deleted=c.deleted,
             pending_embeddings=self._pending_embeddings(),
             **self._spool_stats(),
         )

@@ -58,6 +58,8 @@ class Stats(msgspec.Struct, frozen=True):
     cache_size: int = 0
     stored_in_fallback: int = 0
     moved_to_primary: int = 0
+    #: Memories deleted by delete() (stored ones and dead letters).
+    deleted: int = 0
     #: Memories stored but not yet embedded for semantic recall (the worker embeds them).
     pending_embeddings: int = 0
 
@@ -119,6 +121,7 @@ class Counters:
         self.retried_memories = 0
         self.stored_in_fallback = 0
         self.moved_to_primary = 0
+        self.deleted = 0
         self.failed = 0
         self.dead_lettered = 0
         self.batches = 0

@@ -34,6 +34,7 @@ class _CollectorMetrics(Collector):
             "corrupt_skipped": ("Corrupt spool stretches skipped", stats.corrupt_skipped),
             "stored_in_fallback": ("Memories stored in the fallback", stats.stored_in_fallback),
             "moved_to_primary": ("Memories moved from fallback", stats.moved_to_primary),
+            "deleted": ("Memories deleted by delete()", stats.deleted),
             "cache_hits": ("Read cache hits", stats.cache_hits),
             "cache_misses": ("Read cache misses", stats.cache_misses),
         }
