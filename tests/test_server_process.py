@@ -122,6 +122,11 @@ def test_a_remote_collector_stores_through_the_server(
         hits = c.search("checkout", tags=["remote"], limit=5)
         assert len(hits) == 5 and all("checkout" in h.content for h in hits)
         assert c.health().status == "ok"
+        # Deleting through the server: by id, then by filters over more than one page.
+        assert c.delete(ids[0]) == 1 and c.get(ids[0]) is None
+        c.collect("note", "kept")
+        assert c.delete(tags=["remote"]) == 2999
+        assert c.count() == 1 and c.search("checkout") == []
     code, output = server.stop()
     assert code == 0, output
 
