@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import pytest
 
 import memcollect as mc
 from memcollect.backends.base import DeadLetter
+from memcollect.backends.memory import MemoryBackend
 from memcollect.backends.sqlite import SQLiteBackend
 from memcollect.testing import FaultyBackend
 
@@ -126,3 +127,29 @@ def test_delete_reaches_the_fallback_and_what_moves_back_stays_deleted(
     assert sorted(m.id for m in primary.inner.recent(1000)) == sorted(kept)
     assert not set(doomed) & set(primary.written)
     fallback.close()
+
+
+def test_a_store_failing_part_way_is_one_clear_error_and_a_retry_finishes(
+    make_collector: Make,
+) -> None:
+    class Unreachable(MemoryBackend):
+        """Lists memories, then loses its connection for deletes until told otherwise."""
+
+        down = True
+
+        def delete(self, ids: Sequence[str]) -> None:
+            if self.down:
+                raise ConnectionError("connection reset by peer")
+            super().delete(ids)
+
+    store = Unreachable()
+    c = make_collector(store)
+    ids = [c.collect("note", f"private {i}", session="s-42") for i in range(5)]
+    assert c.flush() and c.get(ids[0]) is not None  # cached
+    with pytest.raises(mc.BackendError) as failed:
+        c.delete(session="s-42")
+    message = str(failed.value)
+    assert "could not finish in memory://" in message and "ConnectionError" in message
+    assert "call it again" in message
+    store.down = False
+    assert c.delete(session="s-42") == 5 and c.get(ids[0]) is None

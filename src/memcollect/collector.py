@@ -739,11 +739,14 @@ class MemoryCollector:
             self._spool.rotate()
         deleted: set[str] = set()
         with self._worker.moving:  # one delete at a time, and no move from the fallback
-            for store in (self._fallback, self._backend):
-                if store is not None:
-                    deleted |= _delete_from(store, id_list, query)
-            self.counters.deleted += len(deleted)
-        self._cache.clear()
+            try:
+                for store in (self._fallback, self._backend):
+                    if store is not None:
+                        deleted |= _delete_from_or_say_why(store, id_list, query)
+            finally:
+                # Also after a failure part way: nothing deleted may be read from the cache.
+                self.counters.deleted += len(deleted)
+                self._cache.clear()
         if deleted:
             log.info("deleted %d memories", len(deleted))
         return len(deleted)
@@ -990,6 +993,21 @@ def _check_ids(ids: object) -> list[str] | None:
         if not isinstance(memory_id, str):
             raise ValidationError(f"ids[{index}] must be a str, not {type(memory_id).__name__}")
     return listed
+
+
+def _delete_from_or_say_why(
+    store: Backend, ids: list[str] | None, query: SearchQuery | None
+) -> set[str]:
+    """_delete_from, with a store's own failure told as one error that says what to do."""
+    try:
+        return _delete_from(store, ids, query)
+    except MemcollectError:
+        raise
+    except Exception as exc:
+        raise TransientBackendError(
+            f"delete() could not finish in {store.url} ({type(exc).__name__}: {exc}): call it "
+            "again once the store answers; what it deleted before stays deleted"
+        ) from exc
 
 
 def _delete_from(store: Backend, ids: list[str] | None, query: SearchQuery | None) -> set[str]:
