@@ -299,8 +299,6 @@ class MemoryCollector:
 
     def collect_batch(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
         """Queue many memories (dicts with collect()'s argument names); all valid or none."""
-        if self._pid != _Process.pid:
-            self._after_fork()
         memories = []
         for index, item in enumerate(items):
             try:
@@ -716,12 +714,12 @@ class MemoryCollector:
             "since": since,
             "until": until,
         }
-        if id_list is None and all(value is None for value in filters.values()):
+        given = any(value is not None for value in filters.values())
+        if id_list is None and not given:
             raise ValidationError(
                 "delete() needs ids or a filter (category, tags, project, agent, session, "
                 "since, until); it never deletes everything"
             )
-        given = any(value is not None for value in filters.values())
         query = _query(**filters, limit=_DELETE_PAGE) if given else None
         if id_list is None and query == SearchQuery(limit=_DELETE_PAGE):
             # tags=[] and the like: filters that filter nothing would delete everything.

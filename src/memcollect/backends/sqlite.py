@@ -484,7 +484,6 @@ class SQLiteBackend(Backend):
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove memories (ids not stored are ignored), their full-text entries and vectors."""
-        params = [(i,) for i in ids]
 
         def remove(conn: sqlite3.Connection) -> None:
             top = conn.execute("SELECT coalesce(max(seq), 0) FROM memories").fetchone()[0]
@@ -494,29 +493,25 @@ class SQLiteBackend(Backend):
                 "WHERE key = 'seq_floor'), 0)))",
                 (top,),
             )
+            # The rows' seqs, looked up once: the index, the vectors and the rows go by them.
+            for memory_id in dict.fromkeys(ids):
+                gone.extend(seq for (seq,) in conn.execute(_SEQ_OF_ID, (memory_id,)))
+            seqs = [(seq,) for seq in gone]
             if self.has_fts:
                 # An external-content index forgets a row only when told what it held.
                 conn.executemany(
                     "INSERT INTO memories_fts(memories_fts, rowid, content, tags, facets) "
                     "SELECT 'delete', seq, content, tags, facets FROM memories_fts_source "
-                    "WHERE seq = (SELECT seq FROM memories WHERE id = ?)",
-                    params,
+                    "WHERE seq = ?",
+                    seqs,
                 )
             # A seq can be given again to a new row: its vector must not outlive its memory.
-            if self.supports_semantic:
-                for (memory_id,) in params:
-                    row = conn.execute("SELECT seq FROM memories WHERE id = ?", (memory_id,))
-                    gone.extend(seq for (seq,) in row)
-            conn.executemany(
-                "DELETE FROM embeddings WHERE seq = (SELECT seq FROM memories WHERE id = ?)",
-                params,
-            )
-            conn.executemany("DELETE FROM memories WHERE id = ?", params)
+            conn.executemany("DELETE FROM embeddings WHERE seq = ?", seqs)
+            conn.executemany("DELETE FROM memories WHERE seq = ?", seqs)
 
         gone: list[int] = []
         self._write(remove, erase=True)
-        if gone:
-            self._vectors.forget(gone)
+        self._vectors.forget(gone)
 
     def remove_dead_letters(self, ids: Sequence[str]) -> None:
         """Forget dead letters."""
@@ -840,6 +835,7 @@ class SQLiteBackend(Backend):
 
 
 # The newest seq and the floor new seqs must stay above (set when rows were deleted).
+_SEQ_OF_ID = "SELECT seq FROM memories WHERE id = ?"
 _TOP_AND_FLOOR = (
     "SELECT coalesce(max(seq), 0), "
     "(SELECT value FROM memcollect_meta WHERE key = 'seq_floor') FROM memories"
