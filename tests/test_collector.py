@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,7 +12,10 @@ import pytest
 
 import memcollect as mc
 from memcollect.backends.memory import MemoryBackend
+from memcollect.model import make_memory
+from memcollect.stats import Counters
 from memcollect.testing import FaultyBackend
+from memcollect.worker import LATENCY_SAMPLES_PER_BATCH, latency_sample
 
 Make = Callable[..., mc.MemoryCollector]
 
@@ -355,6 +359,24 @@ def test_stats_and_latencies_are_reported(make_collector: Make) -> None:
     assert 0 < s.accept_to_stored_latency.p50_ms <= s.accept_to_stored_latency.p99_ms
     assert s.throughput_per_s > 0 and s.uptime_s > 0
     assert s.to_dict()["stored"] == 100
+
+
+def make_memory_at(created_at: float) -> mc.Memory:
+    memory = make_memory("note", "x", None, None, None, None, None, None, 1024)
+    memory.created_at = created_at
+    return memory
+
+
+def test_latency_of_a_large_batch_is_sampled_from_its_oldest_memory() -> None:
+    counters = Counters()
+    now = time.time()
+    # A batch of 2,048 whose oldest memory waited 10 s and the others about 1 s.
+    batch = [make_memory_at(now - 10.0)] + [make_memory_at(now - 1.0) for _ in range(2047)]
+    counters.record_stored(len(batch), 0.001, latency_sample(batch))
+    latency = counters.store_latency.snapshot()
+    assert 0 < latency.samples <= LATENCY_SAMPLES_PER_BATCH
+    assert latency.max_ms >= 10_000  # the oldest is always in the sample
+    assert 900 <= latency.p50_ms <= 1_100
 
 
 def test_callbacks_see_stored_batches_and_a_failing_callback_is_harmless(

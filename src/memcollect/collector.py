@@ -40,6 +40,7 @@ from .worker import (
     StoredCallback,
     Worker,
     content_hash,
+    latency_sample,
     notify_failure,
     notify_stored,
 )
@@ -369,7 +370,7 @@ class MemoryCollector:
             raise
         self._inbox.count_accepted(len(memories))
         self.counters.record_stored(
-            len(memories), self._clock() - started, (m.created_at for m in memories)
+            len(memories), self._clock() - started, latency_sample(memories)
         )
         self._cache.invalidate_searches()
         notify_stored(self._on_stored, list(memories))

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from itertools import chain
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -141,22 +140,6 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
     path = path[1:] if path.startswith("/") else path
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     return path or ":memory:", options
-
-
-def _to_row(m: Memory) -> tuple[Any, ...]:
-    return (
-        m.id,
-        m.category,
-        m.content,
-        _json_encode(m.metadata).decode() if m.metadata else "{}",
-        PRIORITY_RANK[m.priority],
-        _json_encode(m.tags).decode() if m.tags else "[]",
-        m.project,
-        m.agent,
-        m.session,
-        m.created_at,
-        m.content_hash,
-    )
 
 
 def _from_row(row: Sequence[Any]) -> Memory:
@@ -405,7 +388,6 @@ class SQLiteBackend(Backend):
         With semantic recall on, the memories are embedded afterwards (`idle_work`, or the
         next semantic search): the model never holds storing back.
         """
-        rows = [_to_row(m) for m in batch]
 
         def insert(conn: sqlite3.Connection) -> None:
             top, floor = conn.execute(_TOP_AND_FLOOR).fetchone()
@@ -415,10 +397,10 @@ class SQLiteBackend(Backend):
                 # it). A placeholder at the old top makes the new seqs start above it.
                 top = int(floor)
                 conn.execute(_FLOOR_PLACEHOLDER, (top,))
-                _insert_rows(conn, rows)
+                _insert_rows(conn, batch)
                 conn.execute("DELETE FROM memories WHERE seq = ?", (top,))
             else:
-                _insert_rows(conn, rows)
+                _insert_rows(conn, batch)
             if self.has_fts:
                 # Index only the rows this batch really added (not the ignored duplicates).
                 conn.execute(f"{_FTS_FILL} WHERE seq > ?", (top,))
@@ -976,17 +958,39 @@ def _insert_statement(rows: int) -> str:
 _INSERTS = {n: _insert_statement(n) for n in (1 << k for k in range(ROWS_PER_INSERT.bit_length()))}
 
 
-def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert rows (ids already stored are skipped), up to ROWS_PER_INSERT per statement."""
+def _insert_rows(conn: sqlite3.Connection, batch: Sequence[Memory]) -> None:
+    """Insert memories (ids already stored are skipped), up to ROWS_PER_INSERT per statement."""
     # SQLite before 3.32 takes at most 999 parameters a statement.
     most = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _ROW_PARAMS
+    encode, ranks = _json_encode, PRIORITY_RANK
     start = 0
-    while start < len(rows):
+    while start < len(batch):
         # Power-of-two sizes: a handful of statements, each prepared once and cached.
         size = ROWS_PER_INSERT
-        while size > len(rows) - start or size > most:
+        while size > len(batch) - start or size > most:
             size //= 2
-        conn.execute(_INSERTS[size], list(chain.from_iterable(rows[start : start + size])))
+        # One flat parameter list, built row by row in place: a tuple a row flattened
+        # afterwards costs twice as much, all of it holding the GIL the caller of collect()
+        # is waiting for. The columns are those of _COLUMNS, in order.
+        params: list[Any] = []
+        add = params.extend
+        for m in batch[start : start + size]:
+            add(
+                (
+                    m.id,
+                    m.category,
+                    m.content,
+                    encode(m.metadata).decode() if m.metadata else "{}",
+                    ranks[m.priority],
+                    encode(m.tags).decode() if m.tags else "[]",
+                    m.project,
+                    m.agent,
+                    m.session,
+                    m.created_at,
+                    m.content_hash,
+                )
+            )
+        conn.execute(_INSERTS[size], params)
         start += size
 
 
