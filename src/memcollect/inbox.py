@@ -133,7 +133,12 @@ class Inbox:
                 queue = self.queues[rank]
                 n = min(limit - len(batch), len(queue))
                 if n:
-                    batch.extend(queue.popleft() for _ in range(n))
+                    if n == len(queue):
+                        batch.extend(queue)
+                        queue.clear()
+                    else:
+                        popleft = queue.popleft
+                        batch.extend([popleft() for _ in range(n)])
                     self.popped[rank] += n
                 if len(batch) >= limit:
                     break
