@@ -153,3 +153,29 @@ def test_a_store_failing_part_way_is_one_clear_error_and_a_retry_finishes(
     assert "call it again" in message
     store.down = False
     assert c.delete(session="s-42") == 5 and c.get(ids[0]) is None
+
+
+def test_delete_by_ids_reads_a_page_at_a_time_not_a_memory_at_a_time(
+    make_collector: Make,
+) -> None:
+    class Counting(MemoryBackend):
+        """Counts reads: over HTTP each is a round trip."""
+
+        reads = 0
+
+        def get(self, memory_id: str) -> mc.Memory | None:
+            self.reads += 1
+            return super().get(memory_id)
+
+        def get_many(self, ids: Sequence[str]) -> list[mc.Memory]:
+            self.reads += 1
+            return super().get_many(ids)
+
+    store = Counting()
+    c = make_collector(store)
+    ids = [c.collect("note", f"private {i}") for i in range(1500)]
+    assert c.flush()
+    store.reads = 0
+    assert c.delete([*ids[:1200], "01nosuchid0000000000000000"]) == 1200
+    assert store.reads == 2  # two pages of ids
+    assert c.count() == 300

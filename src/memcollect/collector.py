@@ -1014,13 +1014,14 @@ def _delete_from(store: Backend, ids: list[str] | None, query: SearchQuery | Non
     the query's filters; the ids it held."""
     found: set[str] = set()
 
-    def chosen(memory: Memory | None) -> bool:
-        return memory is not None and (query is None or query.matches(memory))
+    def chosen(memory: Memory) -> bool:
+        return query is None or query.matches(memory)
 
     if ids is not None:
         for start in range(0, len(ids), _DELETE_PAGE):
             page = ids[start : start + _DELETE_PAGE]
-            held = [i for i in page if chosen(store.get(i))]
+            # One read a page (a request, for a server), not one a memory.
+            held = [m.id for m in store.get_many(page) if chosen(m)]
             if held:
                 store.delete(held)
             found.update(held)

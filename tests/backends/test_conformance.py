@@ -53,6 +53,15 @@ def test_every_field_round_trips(backend: Backend) -> None:
     assert backend.get("01nosuchid0000000000000000") is None
 
 
+def test_get_many_reads_in_the_order_asked(backend: Backend) -> None:
+    batch = [mem(f"many {i}") for i in range(5)]
+    backend.write_batch(batch)
+    unknown = "01nosuchid0000000000000000"
+    asked = [batch[3].id, unknown, batch[0].id, batch[4].id]
+    assert backend.get_many(asked) == [batch[3], batch[0], batch[4]]
+    assert backend.get_many([unknown]) == [] and backend.get_many([]) == []
+
+
 @pytest.mark.parametrize("text", UNICODE)
 def test_unicode_round_trips(backend: Backend, text: str) -> None:
     m = mem(text, metadata={"k": text}, tags=[text[:10]])

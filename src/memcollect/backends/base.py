@@ -160,6 +160,10 @@ class Backend(ABC):
     def get(self, memory_id: str) -> Memory | None:
         """One memory by id."""
 
+    def get_many(self, ids: Sequence[str]) -> list[Memory]:
+        """The memories with these ids, in the order asked; ids not stored are left out."""
+        return [m for m in map(self.get, ids) if m is not None]
+
     @abstractmethod
     def recent(self, limit: int, category: str | None = None) -> list[Memory]:
         """The newest memories first."""

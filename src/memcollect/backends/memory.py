@@ -40,6 +40,11 @@ class MemoryBackend(Backend):
         with self._lock:
             return self._rows.get(memory_id)
 
+    def get_many(self, ids: Sequence[str]) -> list[Memory]:
+        """The memories with these ids, in the order asked; ids not stored are left out."""
+        with self._lock:
+            return [self._rows[i] for i in ids if i in self._rows]
+
     def recent(self, limit: int, category: str | None = None) -> list[Memory]:
         """The newest memories first."""
         return self.search(SearchQuery(category=category, limit=limit))

@@ -344,6 +344,12 @@ class PostgresBackend(Backend):
         rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id = %s", (memory_id,))
         return _from_row(rows[0]) if rows else None
 
+    def get_many(self, ids: Sequence[str]) -> list[Memory]:
+        """The memories with these ids, in the order asked; ids not stored are left out."""
+        rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id = ANY(%s)", (list(ids),))
+        found = {row[0]: _from_row(row) for row in rows}
+        return [found[i] for i in ids if i in found]
+
     def recent(self, limit: int, category: str | None = None) -> list[Memory]:
         """The newest memories first."""
         return self.search(SearchQuery(category=category, limit=limit))

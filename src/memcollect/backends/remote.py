@@ -24,7 +24,7 @@ from ..errors import (
 )
 from ..model import Memory
 from ..retry import ErrorKind
-from ..server.wire import Counts, IngestResult
+from ..server.wire import LOOKUP_MAX_IDS, Counts, IngestResult
 from .base import Backend, DeadLetter, SearchQuery
 
 try:
@@ -184,6 +184,20 @@ class RemoteBackend(Backend):
         except _NotFound:
             return None
         return self._decode(_memory, response)
+
+    def get_many(self, ids: Sequence[str]) -> list[Memory]:
+        """The memories with these ids, in the order asked; ids not stored are left out."""
+        found: list[Memory] = []
+        for start in range(0, len(ids), LOOKUP_MAX_IDS):
+            response = self._request(
+                "POST",
+                "/v1/lookup",
+                content=_encoder.encode({"ids": list(ids[start : start + LOOKUP_MAX_IDS])}),
+                headers={"Content-Type": "application/json"},
+            )
+            page: list[Memory] = self._decode(_memories, response)
+            found += page
+        return found
 
     def recent(self, limit: int, category: str | None = None) -> list[Memory]:
         """The newest memories first."""

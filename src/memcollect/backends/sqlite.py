@@ -510,6 +510,17 @@ class SQLiteBackend(Backend):
         rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id = ?", (memory_id,))
         return _from_row(rows[0]) if rows else None
 
+    def get_many(self, ids: Sequence[str]) -> list[Memory]:
+        """The memories with these ids, in the order asked; ids not stored are left out."""
+        found: dict[str, Memory] = {}
+        # SQLite before 3.32 takes at most 999 parameters a statement.
+        for start in range(0, len(ids), 500):
+            page = ids[start : start + 500]
+            marks = ",".join("?" * len(page))
+            for row in self._read(f"SELECT {_COLUMNS} FROM memories WHERE id IN ({marks})", page):
+                found[row[0]] = _from_row(row)
+        return [found[i] for i in ids if i in found]
+
     def recent(self, limit: int, category: str | None = None) -> list[Memory]:
         """The newest memories first."""
         return self.search(SearchQuery(category=category, limit=limit))

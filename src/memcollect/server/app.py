@@ -36,6 +36,7 @@ from .wire import (
     DeleteResult,
     ErrorBody,
     IngestResult,
+    LookupRequest,
     MemoryIn,
     Rejection,
     RemoveIds,
@@ -58,6 +59,7 @@ _records_decoder = msgspec.json.Decoder(list[MemoryIn] | MemoryIn)
 _dead_letters_decoder = msgspec.json.Decoder(list[DeadLetter])
 _remove_decoder = msgspec.json.Decoder(RemoveIds)
 _delete_decoder = msgspec.json.Decoder(DeleteRequest)
+_lookup_decoder = msgspec.json.Decoder(LookupRequest)
 
 
 ListLimit = Annotated[int, Query(ge=1, le=1000, description="How many to return.")]
@@ -376,6 +378,21 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's collec
         if memory is None:
             return _error(404, f"no memory with id {memory_id!r}")
         return _json(memory)
+
+    @app.post(
+        "/v1/lookup",
+        summary="Memories by id, many at once (also those still queued)",
+        response_model=None,
+        responses=_responses(
+            _200=_schema("Memory", "In the order asked; unknown ids left out.", array=True)
+        ),
+        openapi_extra={"requestBody": _body("LookupRequest", "At most 1000 ids.")},
+    )
+    async def lookup(request: Request) -> Response:
+        asked = _lookup_decoder.decode(await _read_body(request, max_body_bytes))
+        collector = current()
+        found = await run_in_threadpool(lambda: [m for m in map(collector.get, asked.ids) if m])
+        return _json(found)
 
     @app.get(
         "/v1/memories",

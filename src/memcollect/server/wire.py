@@ -16,6 +16,7 @@ __all__ = [
     "DeleteResult",
     "ErrorBody",
     "IngestResult",
+    "LookupRequest",
     "MemoryIn",
     "Rejection",
     "RemoveIds",
@@ -147,6 +148,19 @@ class RemoveIds(msgspec.Struct, forbid_unknown_fields=True):
     ids: list[str]
 
 
+# Ids a lookup may name at once: one page of a client's delete or get_many.
+LOOKUP_MAX_IDS = 1000
+
+
+class LookupRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Ids of memories to read at once."""
+
+    ids: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=128)]],
+        msgspec.Meta(max_length=LOOKUP_MAX_IDS),
+    ]
+
+
 class DeleteRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Memories to delete: by ids, by filters, or the ids that pass the filters; a field
     left out is no filter."""
@@ -184,6 +198,7 @@ _TYPES: tuple[Any, ...] = (
     StatsBody,
     RetryResult,
     RemoveIds,
+    LookupRequest,
     DeleteRequest,
     DeleteResult,
     DeadLetter,
@@ -197,4 +212,25 @@ def component_schemas() -> dict[str, Any]:
     )
     # Ids or a filter: an empty body would ask to delete nothing or everything.
     components["DeleteRequest"]["minProperties"] = 1
+    # Metadata's rules at every level, not only in words: no NUL in keys or strings, integers
+    # in 64 bits (what collect() accepts; the stores keep nothing else).
+    value = {"$ref": "#/components/schemas/MetadataValue"}
+    mapping = {
+        "type": "object",
+        "propertyNames": {"pattern": NO_NUL},
+        "additionalProperties": value,
+    }
+    components["MetadataValue"] = {
+        "anyOf": [
+            {"type": "null"},
+            {"type": "boolean"},
+            {"type": "integer", "minimum": -(1 << 63), "maximum": (1 << 63) - 1},
+            {"type": "number", "not": {"type": "integer"}},
+            {"type": "string", "pattern": NO_NUL},
+            {"type": "array", "items": value},
+            mapping,
+        ]
+    }
+    metadata = components["MemoryIn"]["properties"]["metadata"]["anyOf"][0]
+    metadata.update(mapping)
     return components
