@@ -651,3 +651,36 @@ def test_deleted_vectors_leave_ram_once_a_quarter_is_deleted(
     hits = store.search(SearchQuery(text="text 1", mode="semantic", limit=50))
     assert hits and not {m.id for m in hits} & {m.id for m in memories[:1500]}
     store.close()
+
+
+def test_vectors_deleted_by_another_process_leave_ram_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    require_semantic()
+    embedder = TextHashEmbedder()
+    monkeypatch.setattr(semantic, "get_embedder", lambda *args, **kwargs: embedder)
+    url = f"sqlite:///{tmp_path}/shared.db?semantic=1"
+    searcher, deleter = SQLiteBackend(url), SQLiteBackend(url)  # each as its own process would
+    searcher.open()
+    deleter.open()
+    memories = [
+        mc.Memory(mc.new_id(), "qa", f"text {i}", {}, "medium", (), None, None, None, 1.7e9)
+        for i in range(4000)
+    ]
+    searcher.write_batch(memories)
+    while searcher.idle_work():
+        pass
+    searcher.search(SearchQuery(text="text", mode="semantic", limit=1))
+    assert len(searcher._vectors.snapshot()[0]) == 4000
+    deleter.delete([m.id for m in memories[:1500]])
+    assert len(searcher._vectors.snapshot()[0]) == 4000  # not seen until it searches again
+    hits = searcher.search(SearchQuery(text="text 1", mode="semantic", limit=50))
+    assert hits and not {m.id for m in hits} & {m.id for m in memories[:1500]}
+    seqs, matrix = searcher._vectors.snapshot()
+    contents = dict(searcher._read("SELECT seq, content FROM memories"))
+    assert len(seqs) == 2500 and set(map(int, seqs)) == set(contents)
+    for seq, vector in zip(seqs, matrix, strict=True):
+        assert np.allclose(vector, embedder.embed([contents[int(seq)]])[0])
+    assert searcher._vectors.deletions_seen == 1
+    searcher.close()
+    deleter.close()

@@ -490,6 +490,9 @@ class SQLiteBackend(Backend):
             # A seq can be given again to a new row: its vector must not outlive its memory.
             conn.executemany("DELETE FROM embeddings WHERE seq = ?", seqs)
             conn.executemany("DELETE FROM memories WHERE seq = ?", seqs)
+            if gone:
+                # A new count tells other processes that vectors they hold in RAM may be gone.
+                conn.execute(_COUNT_DELETION)
 
         gone: list[int] = []
         self._write(remove, erase=True)
@@ -718,6 +721,17 @@ class SQLiteBackend(Backend):
             if self._embed_missing(chunk) < chunk:
                 break
         with self._vectors.loading:
+            rows = self._read(
+                "SELECT CAST(value AS INTEGER) FROM memcollect_meta WHERE key = 'deletions'"
+            )
+            deletions = rows[0][0] if rows else None
+            if deletions != self._vectors.deletions_seen:
+                # Another process deleted memories: let go of the vectors whose rows are gone.
+                # (Searches skip deleted rows anyway; this keeps RAM to what is stored.)
+                checked = self._vectors.checked_seq
+                held = self._read("SELECT seq FROM embeddings WHERE seq <= ?", (checked,))
+                self._vectors.keep_only({seq for (seq,) in held}, upto=checked)
+                self._vectors.deletions_seen = deletions
             seen, upto = self._vectors.checked_seq, self._embedded_upto
             if upto <= seen:
                 return
@@ -863,6 +877,8 @@ class _Vectors:
         self._written: set[int] = set()
         # Rows deleted since the last compaction (their vectors are still in the matrix).
         self._forgotten: set[int] = set()
+        # The file's count of deletes when this process last looked for rows deleted elsewhere.
+        self.deletions_seen: int | None = None
 
     def add_written(self, seqs: Sequence[int], vectors: Any) -> None:
         """Rows this process just stored (nothing to do until a search has loaded the file)."""
@@ -920,6 +936,19 @@ class _Vectors:
             self._size = len(self._seqs)
             self._forgotten = set()
 
+    def keep_only(self, held: set[int], upto: int) -> None:
+        """Forget the rows up to seq `upto` that are not in `held` (deleted elsewhere)."""
+        import numpy as np
+
+        with self.lock:
+            if self._matrix is None:
+                return
+            mine = self._seqs[: self._size]
+            mine = mine[mine <= upto]
+            gone = mine[~np.isin(mine, np.fromiter(held, np.int64, len(held)))]
+        if len(gone):
+            self.forget(gone.tolist())
+
     def snapshot(self) -> tuple[Any, Any]:
         """(seqs, matrix) as of now."""
         with self.lock:
@@ -953,6 +982,11 @@ def _filters(query: SearchQuery) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+# Counts deletes in the file, for other processes holding its vectors in RAM.
+_COUNT_DELETION = (
+    "INSERT OR REPLACE INTO memcollect_meta VALUES ('deletions', 1 + coalesce("
+    "(SELECT CAST(value AS INTEGER) FROM memcollect_meta WHERE key = 'deletions'), 0))"
+)
 # Rows per INSERT statement. executemany() releases the GIL around each row's step and must
 # win it back from the thread calling collect() every time (a wait of up to the switch
 # interval); one statement of many rows releases it once, and SQLite stores those rows on
