@@ -151,6 +151,12 @@ def test_content_hash_is_blake2b_and_import_leaves_hashlib_out() -> None:
     text = "Login fails on Safari 17 — ошибка 😀"
     expected = hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
     assert content_hash(text) == expected
+    # The worker's own (inlined) hashing makes the same digest.
+    with mc.MemoryCollector("memory://", durability="memory") as c:
+        stored_id = c.collect("bug", text)
+        assert c.flush()
+        stored = c.get(stored_id)
+    assert stored is not None and stored.content_hash == expected
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys, memcollect; print('_hashlib' in sys.modules)"],
         capture_output=True,
