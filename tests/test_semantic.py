@@ -622,6 +622,30 @@ def test_vectors_always_belong_to_their_memory(
     check()
 
 
+def four_thousand_in_ram(store: SQLiteBackend) -> list[mc.Memory]:
+    """Store 4,000 memories, embed them all and load their vectors into the store's RAM."""
+    memories = [
+        mc.Memory(mc.new_id(), "qa", f"text {i}", {}, "medium", (), None, None, None, 1.7e9)
+        for i in range(4000)
+    ]
+    store.write_batch(memories)
+    store.search(SearchQuery(text="text", mode="semantic", limit=1))  # embeds, loads RAM
+    while store.idle_work():  # the rest, added to RAM as embedded
+        pass
+    store.search(SearchQuery(text="text", mode="semantic", limit=1))
+    assert len(store._vectors.snapshot()[0]) == 4000
+    return memories
+
+
+def assert_ram_holds_the_stored_vectors(store: SQLiteBackend, embedder: TextHashEmbedder) -> None:
+    """The RAM matrix holds a vector for each stored memory and no other, each its memory's."""
+    seqs, matrix = store._vectors.snapshot()
+    contents = dict(store._read("SELECT seq, content FROM memories"))
+    assert set(map(int, seqs)) == set(contents) and len(seqs) == len(contents)
+    for seq, vector in zip(seqs, matrix, strict=True):
+        assert np.allclose(vector, embedder.embed([contents[int(seq)]])[0])
+
+
 def test_deleted_vectors_leave_ram_once_a_quarter_is_deleted(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -630,24 +654,13 @@ def test_deleted_vectors_leave_ram_once_a_quarter_is_deleted(
     monkeypatch.setattr(semantic, "get_embedder", lambda *args, **kwargs: embedder)
     store = SQLiteBackend(f"sqlite:///{tmp_path}/forget.db?semantic=1")
     store.open()
-    memories = [
-        mc.Memory(mc.new_id(), "qa", f"text {i}", {}, "medium", (), None, None, None, 1.7e9)
-        for i in range(4000)
-    ]
-    store.write_batch(memories)
-    store.search(SearchQuery(text="text", mode="semantic", limit=1))  # embeds, loads RAM
-    while store.idle_work():
-        pass
-    store.search(SearchQuery(text="text", mode="semantic", limit=1))
-    assert len(store._vectors.snapshot()[0]) == 4000
+    memories = four_thousand_in_ram(store)
     store.delete([m.id for m in memories[:1500]])
-    seqs, matrix = store._vectors.snapshot()
+    # Its own delete is forgotten already: the next search does not look for rows gone.
+    assert store._vectors.deletions_seen == 1
     # A long-running store that deletes (retention) must not keep every vector it ever had.
-    assert len(seqs) == 2500
-    contents = dict(store._read("SELECT seq, content FROM memories"))
-    assert set(map(int, seqs)) == set(contents)
-    for seq, vector in zip(seqs, matrix, strict=True):
-        assert np.allclose(vector, embedder.embed([contents[int(seq)]])[0])
+    assert len(store._vectors.snapshot()[0]) == 2500
+    assert_ram_holds_the_stored_vectors(store, embedder)
     hits = store.search(SearchQuery(text="text 1", mode="semantic", limit=50))
     assert hits and not {m.id for m in hits} & {m.id for m in memories[:1500]}
     store.close()
@@ -663,24 +676,13 @@ def test_vectors_deleted_by_another_process_leave_ram_too(
     searcher, deleter = SQLiteBackend(url), SQLiteBackend(url)  # each as its own process would
     searcher.open()
     deleter.open()
-    memories = [
-        mc.Memory(mc.new_id(), "qa", f"text {i}", {}, "medium", (), None, None, None, 1.7e9)
-        for i in range(4000)
-    ]
-    searcher.write_batch(memories)
-    while searcher.idle_work():
-        pass
-    searcher.search(SearchQuery(text="text", mode="semantic", limit=1))
-    assert len(searcher._vectors.snapshot()[0]) == 4000
+    memories = four_thousand_in_ram(searcher)
     deleter.delete([m.id for m in memories[:1500]])
     assert len(searcher._vectors.snapshot()[0]) == 4000  # not seen until it searches again
     hits = searcher.search(SearchQuery(text="text 1", mode="semantic", limit=50))
     assert hits and not {m.id for m in hits} & {m.id for m in memories[:1500]}
-    seqs, matrix = searcher._vectors.snapshot()
-    contents = dict(searcher._read("SELECT seq, content FROM memories"))
-    assert len(seqs) == 2500 and set(map(int, seqs)) == set(contents)
-    for seq, vector in zip(seqs, matrix, strict=True):
-        assert np.allclose(vector, embedder.embed([contents[int(seq)]])[0])
+    assert len(searcher._vectors.snapshot()[0]) == 2500
+    assert_ram_holds_the_stored_vectors(searcher, embedder)
     assert searcher._vectors.deletions_seen == 1
     searcher.close()
     deleter.close()

@@ -493,10 +493,14 @@ class SQLiteBackend(Backend):
             if gone:
                 # A new count tells other processes that vectors they hold in RAM may be gone.
                 conn.execute(_COUNT_DELETION)
+                counted.append(conn.execute(_DELETIONS).fetchone()[0])
 
         gone: list[int] = []
+        counted: list[int] = []
         self._write(remove, erase=True)
         self._vectors.forget(gone)
+        if counted:
+            self._vectors.deleted_here(counted[0])
 
     def remove_dead_letters(self, ids: Sequence[str]) -> None:
         """Forget dead letters."""
@@ -721,16 +725,15 @@ class SQLiteBackend(Backend):
             if self._embed_missing(chunk) < chunk:
                 break
         with self._vectors.loading:
-            rows = self._read(
-                "SELECT CAST(value AS INTEGER) FROM memcollect_meta WHERE key = 'deletions'"
-            )
-            deletions = rows[0][0] if rows else None
+            deletions = self._read(_DELETIONS)[0][0]
             if deletions != self._vectors.deletions_seen:
-                # Another process deleted memories: let go of the vectors whose rows are gone.
-                # (Searches skip deleted rows anyway; this keeps RAM to what is stored.)
-                checked = self._vectors.checked_seq
-                held = self._read("SELECT seq FROM embeddings WHERE seq <= ?", (checked,))
-                self._vectors.keep_only({seq for (seq,) in held}, upto=checked)
+                if self._vectors.deletions_seen is not None:
+                    # Another process deleted memories: let go of the vectors whose rows are
+                    # gone. (Searches skip deleted rows anyway; this keeps RAM to what is
+                    # stored.) At the first sync nothing is held yet: nothing to look for.
+                    checked = self._vectors.checked_seq
+                    held = self._read("SELECT seq FROM embeddings WHERE seq <= ?", (checked,))
+                    self._vectors.keep_only({seq for (seq,) in held}, upto=checked)
                 self._vectors.deletions_seen = deletions
             seen, upto = self._vectors.checked_seq, self._embedded_upto
             if upto <= seen:
@@ -936,6 +939,14 @@ class _Vectors:
             self._size = len(self._seqs)
             self._forgotten = set()
 
+    def deleted_here(self, count: int) -> None:
+        """This process's delete made the file's count of deletes `count`; it has forgotten
+        those rows already, so when it had seen the count before, there is nothing to look
+        for at the next sync."""
+        with self.loading:
+            if self.deletions_seen == count - 1:
+                self.deletions_seen = count
+
     def keep_only(self, held: set[int], upto: int) -> None:
         """Forget the rows up to seq `upto` that are not in `held` (deleted elsewhere)."""
         import numpy as np
@@ -983,6 +994,10 @@ def _filters(query: SearchQuery) -> tuple[str, list[Any]]:
 
 
 # Counts deletes in the file, for other processes holding its vectors in RAM.
+_DELETIONS = (
+    "SELECT coalesce((SELECT CAST(value AS INTEGER) FROM memcollect_meta "
+    "WHERE key = 'deletions'), 0)"
+)
 _COUNT_DELETION = (
     "INSERT OR REPLACE INTO memcollect_meta VALUES ('deletions', 1 + coalesce("
     "(SELECT CAST(value AS INTEGER) FROM memcollect_meta WHERE key = 'deletions'), 0))"
