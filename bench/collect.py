@@ -122,7 +122,9 @@ def bench_durable_latency(n: int, n_peer: int, tmp: Path) -> dict[str, float]:
     }
 
 
-def bench_throughput(n: int, tmp: Path, fts: bool, durability: str = "memory") -> float:
+def bench_throughput(
+    n: int, tmp: Path, fts: bool, durability: str = "memory", storer: str = "thread"
+) -> float:
     """Memories stored per second, end to end: first collect() to flush() returning."""
     suffix = "" if fts else "?fts=0"
     name = f"tp-{durability}-{'fts' if fts else 'nofts'}-{time.monotonic_ns()}.db"
@@ -132,6 +134,7 @@ def bench_throughput(n: int, tmp: Path, fts: bool, durability: str = "memory") -
         data_dir=str(tmp / f"tp-{durability}-{fts}-{time.monotonic_ns()}"),
         profile="high_performance",
         max_queue_size=n + 1,
+        storer=storer,
     )
     rng = random.Random(1)
     stream = memories(rng, "bench-agent")
@@ -328,14 +331,24 @@ def main() -> None:
         )
         # Throughput swings with what else the machine does: the median of three runs,
         # interleaved so that memory and spool modes see the same conditions.
-        runs: dict[str, list[float]] = {"fts": [], "spool": [], "nofts": []}
+        runs: dict[str, list[float]] = {
+            "fts": [], "spool": [], "nofts": [], "process_fts": [], "process_nofts": []
+        }  # fmt: skip
         for _ in range(3):
             runs["fts"].append(bench_throughput(n_throughput, tmp, fts=True))
             runs["spool"].append(bench_throughput(n_throughput, tmp, fts=True, durability="spool"))
             runs["nofts"].append(bench_throughput(n_throughput, tmp, fts=False))
+            for fts in (True, False):
+                runs["process_fts" if fts else "process_nofts"].append(
+                    bench_throughput(
+                        n_throughput, tmp, fts=fts, durability="spool", storer="process"
+                    )
+                )
         results["throughput_fts_per_s"] = statistics.median(runs["fts"])
         results["throughput_spool_fts_per_s"] = statistics.median(runs["spool"])
         results["throughput_nofts_per_s"] = statistics.median(runs["nofts"])
+        results["throughput_process_fts_per_s"] = statistics.median(runs["process_fts"])
+        results["throughput_process_nofts_per_s"] = statistics.median(runs["process_nofts"])
         results["throughput_runs"] = runs
         results["search_varied"] = bench_search(n_search, tmp, varied_corpus)
         results["search_templated"] = bench_search(n_search, tmp, templated_corpus)
@@ -388,6 +401,16 @@ def print_table(r: dict[str, Any]) -> None:
             "stored/s end to end, SQLite, FTS off (median of 3)",
             f"{r['throughput_nofts_per_s']:,.0f}",
             "≥ 150,000",
+        ),
+        (
+            "same, storer='process' (spool mode, a storing process)",
+            f"{r['throughput_process_nofts_per_s']:,.0f}",
+            "≥ 150,000",
+        ),
+        (
+            "stored/s end to end, SQLite + FTS5, storer='process'",
+            f"{r['throughput_process_fts_per_s']:,.0f}",
+            "≥ 30,000",
         ),
         (
             f"search p50 / p99, {n_rows(r)} memories, real text",

@@ -10,7 +10,14 @@ import pytest
 import memcollect as mc
 from memcollect.backends import open_backend
 from memcollect.model import make_memory
-from memcollect.spool import HEADER, Spool, encode_frame, iter_spool_records, read_frames
+from memcollect.spool import (
+    HEADER,
+    Spool,
+    encode_frame,
+    iter_spool_records,
+    read_frames,
+    read_memories,
+)
 from memcollect.testing import FaultyBackend
 
 Make = Callable[..., mc.MemoryCollector]
@@ -57,6 +64,19 @@ def test_the_preallocated_zero_tail_of_a_segment_is_a_clean_end() -> None:
     torn = frames + encode_frame(mem("c"))[:20] + bytes(4096)  # killed mid-copy
     decoded, corrupt, _ = read_frames(torn)
     assert [m.content for _, m in decoded] == ["a", "b"] and corrupt == 1
+
+
+def test_read_memories_reads_whole_frames_and_falls_back_on_anything_else() -> None:
+    records = [mem(f"r{i} ✓") for i in range(5)]
+    frames = [bytearray(encode_frame(m)) for m in records]
+    assert read_memories(b"".join(frames)) == records
+    assert read_memories(b"") == []
+    # A flipped bit, a torn tail, a zero tail: the same answer as read_frames gives.
+    frames[2][HEADER.size + 3] ^= 0xFF
+    assert [m.content for m in read_memories(b"".join(frames))] == ["r0 ✓", "r1 ✓", "r3 ✓", "r4 ✓"]
+    whole = b"".join(encode_frame(m) for m in records)
+    assert read_memories(whole + encode_frame(mem("torn"))[:15]) == records
+    assert read_memories(whole + bytes(4096)) == records
 
 
 def test_incomplete_tail_is_not_corrupt_while_still_being_written() -> None:

@@ -57,6 +57,28 @@ Clock = Callable[[], float]
 RECENT_DROP_S = 300.0
 
 
+_CALLBACKS_NEED_THREAD = (
+    "on_stored and on_failure callbacks run where memories are stored, which with "
+    "storer='process' is another process: use storer='thread' to have callbacks"
+)
+
+
+def _check_process_storer(backend: Backend | None, config: Config, callbacks: bool) -> None:
+    """What storer='process' cannot do, said before anything starts."""
+    if callbacks:
+        raise ValidationError(_CALLBACKS_NEED_THREAD)
+    if backend is not None:
+        raise ValidationError(
+            "storer='process' opens the store again in the storing process: pass its URL, "
+            "not a Backend object"
+        )
+    if config.backend_url.startswith(("memory:", "MEMORY:")):
+        raise ValidationError(
+            "storer='process' needs a store both processes reach (sqlite://, postgresql://, "
+            "http://), not memory://, which lives in one process's RAM"
+        )
+
+
 class _Process:
     """The current PID, refreshed by an at-fork hook so the hot path needs no syscall."""
 
@@ -90,6 +112,8 @@ class MemoryCollector:
             fields.setdefault("backend", target)
             target = None
         self.config = load_config(target, **fields)
+        if self.config.storer == "process":
+            _check_process_storer(backend, self.config, bool(on_stored or on_failure))
         self._backend = backend or open_backend(self.config.backend_url)
         self._backend.open()
         self._fallback = open_backend(self.config.fallback) if self.config.fallback else None
@@ -154,13 +178,37 @@ class MemoryCollector:
             fallback=self._fallback,
             clock=self._clock,
         )
-        if self._fallback is not None:
-            # Left there by an earlier run whose primary was down: move it on.
-            self._worker.fallback_pending = self._fallback.count() > 0
         self._warned_closed = False
         self._reporting_drops = threading.local()
         self._max_bytes = config.max_content_bytes
+        self._storer: StoringProcess | None = None
+        if config.storer == "process":
+            from .storer import StoringProcess  # here: it costs `import subprocess`
+
+            assert self._spool is not None  # the config insists on a spool
+            # Left by a process that died: counted as accepted (and replayed) here, as the
+            # worker thread counts what it reads back.
+            self._inbox.accepted += self._spool.adopted_records
+            self.counters.replayed += self._spool.adopted_records
+            self._storer = StoringProcess(
+                self._spool,
+                config,
+                self.counters,
+                self._mirror_circuit,
+                self._cache.invalidate_searches,
+            )
+            self._storer.start()
+            return
+        if self._fallback is not None:
+            # Left there by an earlier run whose primary was down: move it on.
+            self._worker.fallback_pending = self._fallback.count() > 0
         self._worker.start()
+
+    def _mirror_circuit(self, failures: int, open_for: float, error: str) -> None:
+        """The storing process's circuit, as seen here (for stats() and health())."""
+        breaker = self.breaker
+        breaker.failures, breaker.last_error = failures, error
+        breaker.opened_at = None if open_for < 0 else self._clock() - open_for
 
     def _check_fork(self) -> None:
         if self._pid != _Process.pid:
@@ -170,6 +218,8 @@ class MemoryCollector:
         # The parent's worker thread does not exist here and its locks may be held forever;
         # what it had queued is the parent's to store. Start afresh with its own worker,
         # connections and spool.
+        if self._storer is not None:
+            self._storer.abandon_after_fork()
         if self._spool is not None:
             self._spool.abandon_after_fork()
         self._backend.after_fork()
@@ -214,7 +264,7 @@ class MemoryCollector:
             placed = spool.append_one_locked(payload, crc)
             if placed is not None:
                 segment, offset = placed
-                if not spool.backlog:
+                if not spool.backlog and self._storer is None:
                     self._segment_of[memory.id] = segment
                     if inbox.put_locked(memory):
                         return
@@ -223,7 +273,9 @@ class MemoryCollector:
                 inbox.accepted += 1
                 return
         self._log_spool_trouble()
-        if not inbox.put(memory):
+        if self._storer is not None:
+            self._spool_full([memory])
+        elif not inbox.put(memory):
             self._full(memory)
 
     def _log_spool_trouble(self) -> None:
@@ -245,7 +297,7 @@ class MemoryCollector:
             placed = spool.append_locked(data, len(frames))
             if placed is not None:
                 segment, offset = placed
-                if spool.spilling and not force:
+                if self._storer is not None or (spool.spilling and not force):
                     # Behind older records still on disk: this one waits there too, so its
                     # segment must be read back from here (a no-op when it already is).
                     spool.start_backlog_locked(segment, offset)
@@ -265,6 +317,9 @@ class MemoryCollector:
                 return
         # The spool is full (max_spool_bytes) or the disk refused: RAM and its policy.
         self._log_spool_trouble()
+        if self._storer is not None:
+            self._spool_full(memories)
+            return
         for memory in memories:
             if not self._inbox.put(memory):
                 self._full(memory)
@@ -450,6 +505,44 @@ class MemoryCollector:
         for victim in evicted:
             self._report_drop(victim, "queue_full")
 
+    def _spool_full(self, memories: list[Memory]) -> None:
+        """With storer='process' the spool is the only queue: when it refuses, on_full says
+        what happens (there is no RAM queue to fall back on)."""
+        spool = self._spool
+        assert spool is not None
+        for memory in memories:
+            if self._closed:
+                self._reject(memory, "closed")
+                continue
+            policy = self.config.on_full
+            if policy == "raise":
+                raise QueueFullError(
+                    f"the spool is full (max_spool_bytes={spool.max_bytes}) or the disk "
+                    "refused (see health()): slow down, raise max_spool_bytes, or choose "
+                    "on_full='drop_lowest' or 'block'"
+                )
+            if policy == "block" and self._append_when_room(memory):
+                continue
+            self._reject(memory, "queue_full")
+
+    def _append_when_room(self, memory: Memory) -> bool:
+        """Wait up to block_timeout for the storing process to make room in the spool."""
+        spool = self._spool
+        assert spool is not None
+        frame = encode_frame(memory)
+        deadline = time.monotonic() + self.config.block_timeout
+        with spool.lock:
+            while True:
+                placed = spool.append_locked(frame, 1)
+                if placed is not None:
+                    spool.start_backlog_locked(*placed)
+                    self._inbox.accepted += 1
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return False
+                spool.drained.wait(min(remaining, 0.05))
+
     def _reject(self, memory: Memory, reason: str) -> None:
         self._inbox.count_accepted()
         self.counters.drop(reason)
@@ -480,6 +573,12 @@ class MemoryCollector:
         """Wait until everything accepted so far is stored or dead-lettered; False on timeout."""
         if self._pid != _Process.pid:
             self._after_fork()
+        if self._storer is not None:
+            assert self._spool is not None
+            if self._spool.fsync:
+                self._spool.sync()  # accepted means on disk now, even if storing times out
+            limit = time.monotonic() + (timeout if timeout is not None else 1e9)
+            return self._storer.wait_acked(self._storer.target(), limit)
         if self._worker.thread is threading.current_thread():
             raise MemcollectError(
                 "flush() was called from an on_stored or on_failure callback, which runs on "
@@ -526,6 +625,12 @@ class MemoryCollector:
         atexit.unregister(self._atexit)
         if self._pid != _Process.pid:
             self._after_fork()
+        if self._storer is not None:
+            assert self._spool is not None
+            self._storer.stop(time.monotonic() + (timeout if timeout is not None else 1e9))
+            self._spool.close()  # what the storing process did not answer waits on disk
+            self._release_backends()
+            return
         deadline = self._clock() + (timeout if timeout is not None else 1e9)
         self._worker.stop(deadline)
         if self._worker.thread is threading.current_thread():
@@ -612,8 +717,8 @@ class MemoryCollector:
         self._check_fork()
         # Look where a memory goes next only after where it is now: disk, RAM (queued or in
         # flight), then the store. A memory moving on while we look is found further along.
-        if self._spool is not None and self._spool.spilling:
-            on_disk = self._spool.find(memory_id)
+        if self._spool is not None and (self._spool.spilling or self._storer is not None):
+            on_disk = self._spool.find(memory_id, everything=self._storer is not None)
             if on_disk is not None:
                 return on_disk
         queued = self._inbox.find(memory_id)
@@ -789,11 +894,15 @@ class MemoryCollector:
 
     def on_stored(self, callback: StoredCallback) -> StoredCallback:
         """Call `callback(batch)` in the worker after each batch is stored."""
+        if self._storer is not None:
+            raise ValidationError(_CALLBACKS_NEED_THREAD)
         self._on_stored.append(callback)
         return callback
 
     def on_failure(self, callback: FailureCallback) -> FailureCallback:
         """Call `callback(memories, error)` when memories are dead-lettered or dropped."""
+        if self._storer is not None:
+            raise ValidationError(_CALLBACKS_NEED_THREAD)
         self._on_failure.append(callback)
         return callback
 
@@ -813,6 +922,8 @@ class MemoryCollector:
         c = self.counters
         overall, recent = c.throughput()
         dropped = dict(c.dropped)
+        storer = self._storer
+        spool_stats = self._spool_stats()
         return Stats(
             accepted=self._inbox.accepted,
             stored=c.stored,
@@ -822,11 +933,15 @@ class MemoryCollector:
             dead_lettered=c.dead_lettered,
             dropped=sum(dropped.values()),
             dropped_by_reason=dropped,
-            queue_depth=self._inbox.size,
+            queue_depth=self._inbox.size if storer is None else spool_stats["spool_pending"],
             in_flight=len(self._inbox.in_flight),
             batches=c.batches,
-            batch_write_latency=c.batch_latency.snapshot(),
-            accept_to_stored_latency=c.store_latency.snapshot(),
+            batch_write_latency=(
+                c.batch_latency.snapshot() if storer is None else storer.batch_latency
+            ),
+            accept_to_stored_latency=(
+                c.store_latency.snapshot() if storer is None else storer.store_latency
+            ),
             throughput_per_s=overall,
             recent_throughput_per_s=recent,
             uptime_s=self._clock() - c.started,
@@ -842,7 +957,9 @@ class MemoryCollector:
             moved_to_primary=c.moved_to_primary,
             deleted=c.deleted,
             pending_embeddings=self._pending_embeddings(),
-            **self._spool_stats(),
+            storer_pid=storer.pid() if storer is not None else None,
+            storer_restarts=storer.restarts if storer is not None else 0,
+            **spool_stats,
         )
 
     def _pending_embeddings(self) -> int:
@@ -887,7 +1004,11 @@ class MemoryCollector:
         elif self.breaker.failures:
             status = "degraded"
             reasons.append(f"backend write failing, retrying: {self.breaker.last_error}")
-        if not self._closed and not self._worker.alive():
+        if self._storer is not None:
+            if not self._closed and not self._storer.alive():
+                status = "failing"
+                reasons.append("the storing process is not running")
+        elif not self._closed and not self._worker.alive():
             status = "failing"
             reasons.append("the worker thread is not running")
         depth = self._inbox.size
@@ -932,6 +1053,10 @@ class MemoryCollector:
             stacklevel=2,
         )
         atexit.unregister(self._atexit)
+        if self._storer is not None:
+            # The storing process answers what it was sent and exits; the rest waits on disk.
+            self._storer.release()
+            return
         # Let the worker store what is queued and exit on its own; never block in __del__.
         self._worker.stop(self._clock() + self.config.exit_timeout)
 

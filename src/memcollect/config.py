@@ -16,6 +16,12 @@ __all__ = ["FRAMEWORK_LINGER_CAP", "PROFILES", "Config", "from_framework_config"
 
 Durability = Literal["memory", "spool", "fsync"]
 OnFull = Literal["drop_lowest", "block", "raise"]
+Storer = Literal["thread", "process"]
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "durability": ("memory", "spool", "fsync"),
+    "on_full": ("drop_lowest", "block", "raise"),
+    "storer": ("thread", "process"),
+}
 
 
 class Config(msgspec.Struct, kw_only=True):
@@ -41,6 +47,9 @@ class Config(msgspec.Struct, kw_only=True):
     cache_bytes: int = 32 << 20
     max_content_bytes: int = 64 * 1024
     exit_timeout: float = 5.0
+    # Where memories are stored from: a thread of this process, or a process of their own
+    # that reads them from the spool (collecting and storing then use a core each).
+    storer: Storer = "thread"
 
     def __post_init__(self) -> None:
         for name, (kind, low) in _LIMITS.items():
@@ -55,9 +64,14 @@ class Config(msgspec.Struct, kw_only=True):
                 setattr(self, name, float(value))
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be at least {low}, not {value!r}")
-        _check_choice("durability", self.durability, ("memory", "spool", "fsync"))
-        _check_choice("on_full", self.on_full, ("drop_lowest", "block", "raise"))
+        for name, choices in _CHOICES.items():
+            _check_choice(name, getattr(self, name), choices)
         _check_choice("profile", self.profile, tuple(PROFILES))
+        if self.storer == "process" and self.durability == "memory":
+            raise ConfigError(
+                "storer='process' needs durability='spool' or 'fsync': the spool is how "
+                "memories reach the storing process"
+            )
         for name in ("backend", "data_dir"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name} must be a str, not {getattr(self, name)!r}")
@@ -313,6 +327,8 @@ def _build(values: dict[str, Any], source: str, origin: Mapping[str, str] | None
             if what.startswith("Expected `"):
                 expected = what.split("`")[1]
                 what = f"must be {_EXPECTED.get(expected, expected)}"
+            elif what.startswith("Invalid enum value") and field in _CHOICES:
+                what = f"must be one of {', '.join(_CHOICES[field])}"
             where = (origin or {}).get(field)
             if where:
                 # Name where the bad value came from: that is what the user must fix.

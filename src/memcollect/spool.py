@@ -26,7 +26,7 @@ import msgspec
 
 from .model import Memory
 
-__all__ = ["Segment", "Spool", "encode_frame", "encode_record", "read_frames"]
+__all__ = ["Segment", "Spool", "encode_frame", "encode_record", "read_frames", "read_memories"]
 
 log = logging.getLogger("memcollect")
 
@@ -84,6 +84,26 @@ def read_frames(data: bytes, *, final: bool = True) -> tuple[list[tuple[int, Mem
     if pos < n and final and not bad and not _zeros_from(data, pos):
         corrupt += 1  # a tail too short to hold a header: a write cut short
     return out, corrupt, (n if final else pos)
+
+
+def read_memories(data: bytes) -> list[Memory]:
+    """The memories of `data`, which should be whole, valid frames and nothing else (what a
+    live process appended); anything else is read as read_frames reads it."""
+    out: list[Memory] = []
+    append, decode, unpack, crc32 = out.append, _decode, HEADER.unpack_from, zlib.crc32
+    view = memoryview(data)
+    pos, end, size = 0, len(data), HEADER.size
+    try:
+        while pos < end:
+            magic, length, crc = unpack(data, pos)
+            start, pos = pos + size, pos + size + length
+            payload = view[start:pos]
+            if magic != MAGIC or pos > end or crc32(payload) != crc:
+                raise ValueError("not a whole, valid frame")
+            append(decode(payload))
+    except (ValueError, struct.error, msgspec.DecodeError):
+        return [memory for _, memory in read_frames(data)[0]]
+    return out
 
 
 def _zeros_from(data: bytes, pos: int) -> bool:
@@ -408,11 +428,15 @@ class Spool:
                 segment.read_offset = start + stop
         return out
 
-    def find(self, memory_id: str) -> Memory | None:
-        """A record still waiting on disk only, by id (a scan: for get(), not a hot path)."""
+    def find(self, memory_id: str, *, everything: bool = False) -> Memory | None:
+        """A record still waiting on disk only, by id (a scan: for get(), not a hot path);
+        everything=True looks at every segment not yet deleted, read back or not."""
         needle = memory_id.encode()
         with self.lock:
-            spans = [(s.path, s.read_offset or 0, s.size) for s in self.backlog]
+            if everything:
+                spans = [(s.path, 0, s.size) for s in self.segments.values()]
+            else:
+                spans = [(s.path, s.read_offset or 0, s.size) for s in self.backlog]
         for path, start, end in spans:
             try:
                 data = _read(path, start, end - start)

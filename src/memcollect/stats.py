@@ -64,6 +64,9 @@ class Stats(msgspec.Struct, frozen=True):
     deleted: int = 0
     #: Memories stored but not yet embedded for semantic recall (the worker embeds them).
     pending_embeddings: int = 0
+    #: With storer="process": the storing process, and how often it was started again.
+    storer_pid: int | None = None
+    storer_restarts: int = 0
 
     def to_dict(self) -> dict[str, object]:
         """The snapshot as plain builtins (JSON-ready)."""

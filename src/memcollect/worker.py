@@ -147,9 +147,9 @@ class Worker:
                     return
                 if self.fallback_pending and self.breaker.state != "open" and not self.stopping:
                     with self.moving:
-                        self._move_from_fallback()
+                        self.move_from_fallback()
                 if self.idle_due and self._quiet():
-                    self.idle_due = self._idle_step()
+                    self.idle_due = self.idle_step()
         except Exception:  # pragma: no cover - a bug; never take the host process down
             log.exception("memcollect worker crashed; memories queued from now on are not stored")
         finally:
@@ -168,7 +168,8 @@ class Worker:
             and self.inbox.size < self.batch_size
         )
 
-    def _idle_step(self) -> bool:
+    def idle_step(self) -> bool:
+        """Run the backend's put-off work once; whether more is waiting."""
         try:
             return self.backend.idle_work()
         except Exception:  # a backend's own bug must not stop storing
@@ -224,15 +225,17 @@ class Worker:
     def process(self, batch: list[Memory]) -> None:
         """Store one batch (retrying, bisecting and dead-lettering as needed), then release it."""
         try:
-            for memory in batch:
-                if not memory.content_hash:
-                    # content_hash() inlined: a call a memory is GIL time collect() waits for.
-                    memory.content_hash = blake2b(
-                        memory.content.encode(), digest_size=16
-                    ).hexdigest()
-            self._write(batch)
+            self.store(batch)
         finally:
             self.inbox.finish()
+
+    def store(self, batch: list[Memory]) -> None:
+        """Store one batch in this thread, retrying, bisecting and dead-lettering as needed."""
+        for memory in batch:
+            if not memory.content_hash:
+                # content_hash() inlined: a call a memory is GIL time collect() waits for.
+                memory.content_hash = blake2b(memory.content.encode(), digest_size=16).hexdigest()
+        self._write(batch)
 
     def _write(self, batch: list[Memory]) -> None:
         attempt = 0
@@ -290,7 +293,7 @@ class Worker:
         notify_stored(self.on_stored, batch)
         return True
 
-    def _move_from_fallback(self) -> None:
+    def move_from_fallback(self) -> None:
         """Move one batch of what the fallback holds to the primary, then delete it there."""
         assert self.fallback is not None
         try:

@@ -1,0 +1,241 @@
+"""storer="process": a storing process reads the spool; real processes and real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import memcollect as mc
+from memcollect.backends import open_backend
+from memcollect.spool import iter_spool_records
+
+from .conftest import ROOT
+
+Make = Callable[..., mc.MemoryCollector]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+
+
+def process_collector(make: Make, tmp_path: Path, **fields: object) -> mc.MemoryCollector:
+    fields.setdefault("durability", "spool")
+    return make(f"sqlite:///{tmp_path}/m.db", storer="process", **fields)
+
+
+def stored_ids(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM memories")]
+
+
+def segments(data_dir: Path) -> list[Path]:
+    return list((data_dir / "spool").rglob("seg-*.log"))
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
+    """Poll `condition` until it holds or `seconds` pass (a bound, not a measurement)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def gone(pid: int) -> bool:
+    """Whether a process has exited (a zombie nobody reaped counts as exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+@contextmanager
+def write_lock_held(path: Path) -> Iterator[None]:
+    """Another connection holds the file's write lock: every write meanwhile is busy."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def test_everything_collected_is_stored_once_and_the_spool_is_emptied(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    c = process_collector(make_collector, tmp_path)
+    ids = [c.collect("bug", f"login fails {i}", {"i": i}, tags=["auth"]) for i in range(3000)]
+    ids += c.collect_batch([{"category": "note", "content": f"batch {i}"} for i in range(500)])
+    ids.append(asyncio.run(c.collect_async("decision", "ship it")))
+    # Read-your-writes: found while on its way (spool) or once stored, never missing.
+    for memory_id in (ids[0], ids[2999], ids[-1]):
+        found = c.get(memory_id)
+        assert found is not None and found.id == memory_id
+    assert c.flush(timeout=60)
+    assert sorted(stored_ids(tmp_path / "m.db")) == sorted(ids)
+    assert c.search("login fails", tags=["auth"], limit=5)
+    s = c.stats()
+    assert s.accepted == s.stored == len(ids)
+    assert s.queue_depth == 0 and s.spool_pending == 0
+    assert s.batches >= 1 and s.batch_write_latency.samples >= 1
+    assert s.storer_pid is not None and s.storer_pid != os.getpid()
+    assert c.health().status == "ok"
+    pid = s.storer_pid
+    c.close()
+    assert wait_until(lambda: gone(pid))
+    assert segments(tmp_path / "data") == []
+
+
+def test_what_process_storing_cannot_do_is_refused_up_front(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    with pytest.raises(mc.ConfigError, match="storer='process' needs durability"):
+        make_collector(f"sqlite:///{tmp_path}/m.db", storer="process", durability="memory")
+    with pytest.raises(mc.ConfigError, match=r"storer .*must be one of thread, process"):
+        make_collector(storer="fork")
+    with pytest.raises(mc.ValidationError, match="memory://"):
+        make_collector("memory://", storer="process", durability="spool")
+    with pytest.raises(mc.ValidationError, match="URL"):
+        make_collector(open_backend("memory://"), storer="process", durability="spool")
+    with pytest.raises(mc.ValidationError, match="callbacks"):
+        process_collector(make_collector, tmp_path, on_stored=lambda batch: None)
+    c = process_collector(make_collector, tmp_path)
+    with pytest.raises(mc.ValidationError, match="callbacks"):
+        c.on_failure(lambda memories, exc: None)
+
+
+def test_kill_9_of_the_storing_process_loses_nothing(make_collector: Make, tmp_path: Path) -> None:
+    c = process_collector(make_collector, tmp_path, batch_size=64)
+    ids = [c.collect("note", f"before {i}") for i in range(20_000)]
+    first = c.stats().storer_pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)  # most likely with ranges sent and not answered
+    ids += [c.collect("note", f"after {i}") for i in range(2000)]
+    assert c.flush(timeout=60)
+    stored = stored_ids(tmp_path / "m.db")
+    assert len(stored) == len(set(stored))  # exactly once
+    assert set(stored) == set(ids)
+    s = c.stats()
+    assert s.storer_restarts >= 1 and s.storer_pid not in (None, first)
+    assert s.stored >= len(ids)  # what the dead process stored unanswered is stored again
+
+
+PRODUCER = """
+import sys, memcollect as mc
+c = mc.MemoryCollector(sys.argv[1], data_dir=sys.argv[2], durability="spool", storer="process")
+print(c.stats().storer_pid, flush=True)
+for i in range(1_000_000):
+    print(c.collect("error", f"item {i}", {"i": i}), flush=True)
+"""
+
+
+def test_kill_9_of_the_collecting_process_loses_nothing(tmp_path: Path) -> None:
+    url, data = f"sqlite:///{tmp_path}/m.db", tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(PRODUCER), url, str(data)],
+        stdout=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    storer_pid = int(proc.stdout.readline())
+    printed = []
+    for line in proc.stdout:
+        printed.append(line.strip())
+        if len(printed) >= 3000:
+            proc.send_signal(signal.SIGKILL)
+            break
+    rest, _ = proc.communicate(timeout=30)
+    printed += [x for x in rest.split("\n") if len(x) == 26]
+    assert proc.returncode == -signal.SIGKILL
+    # The orphaned storing process sees its input end, answers what it has, and exits.
+    assert wait_until(lambda: gone(storer_pid))
+    with mc.MemoryCollector(url, data_dir=str(data), durability="spool") as recovered:
+        assert recovered.flush(timeout=60)
+    stored = stored_ids(tmp_path / "m.db")
+    assert len(stored) == len(set(stored))
+    assert set(printed) <= set(stored)
+    assert segments(data) == []
+
+
+def test_an_outage_is_retried_in_the_storing_process_and_shows_here(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    db = tmp_path / "m.db"
+    c = make_collector(
+        f"sqlite:///{db}?busy_timeout=0.02",
+        storer="process",
+        durability="spool",
+        max_retries=2,
+        retry_max=0.05,
+    )
+    c.collect("note", "create the file")
+    assert c.flush(timeout=60)
+    with write_lock_held(db):
+        ids = [c.collect("note", f"during {i}") for i in range(100)]
+        assert wait_until(lambda: c.stats().retried > 0)
+        assert wait_until(lambda: c.health().status != "ok")
+        assert any("lock" in reason for reason in c.health().reasons)
+        assert not c.flush(timeout=0.2)
+    assert c.flush(timeout=60)
+    assert set(ids) <= set(stored_ids(db))
+    assert wait_until(lambda: c.health().status == "ok")
+    assert c.stats().failed > 0
+
+
+def test_close_at_the_deadline_keeps_the_rest_for_the_next_start(tmp_path: Path) -> None:
+    db, data = tmp_path / "m.db", tmp_path / "data"
+    url = f"sqlite:///{db}?busy_timeout=0.02"
+    c = mc.MemoryCollector(url, data_dir=str(data), durability="spool", storer="process")
+    c.collect("note", "create the file")
+    assert c.flush(timeout=60)
+    with write_lock_held(db):
+        ids = [c.collect("note", f"late {i}") for i in range(100)]
+        c.close(timeout=0.3)
+        assert {m.id for m in iter_spool_records(data / "spool")} >= set(ids)
+    with mc.MemoryCollector(url, data_dir=str(data), durability="spool") as next_start:
+        assert next_start.flush(timeout=60)
+    assert set(ids) <= set(stored_ids(db))
+
+
+FORKER = """
+import os, sys, memcollect as mc
+c = mc.MemoryCollector(sys.argv[1], data_dir=sys.argv[2], durability="spool", storer="process")
+c.collect("note", "parent before fork")
+parent_storer = c.stats().storer_pid
+pid = os.fork()
+if pid == 0:
+    c.collect("note", "child")
+    assert c.flush(timeout=60), "child flush"
+    assert c.stats().storer_pid not in (None, parent_storer), "the parent's storing process"
+    c.close()
+    os._exit(0)
+c.collect("note", "parent after fork")
+_, status = os.waitpid(pid, 0)
+assert status == 0, status
+assert c.flush(timeout=60), "parent flush"
+c.close()
+print("ok")
+"""
+
+
+def test_after_fork_the_child_stores_through_a_storing_process_of_its_own(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FORKER), f"sqlite:///{db}", str(tmp_path / "d")],
+        capture_output=True, text=True, env=ENV, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+    with sqlite3.connect(db) as conn:
+        contents = sorted(row[0] for row in conn.execute("SELECT content FROM memories"))
+    assert contents == ["child", "parent after fork", "parent before fork"]
