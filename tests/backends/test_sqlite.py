@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -217,6 +219,37 @@ def test_bad_url_options_are_named(tmp_path: Path) -> None:
         SQLiteBackend(f"sqlite:///{tmp_path}/x.db?ftz=0")
     with pytest.raises(mc.ValidationError, match="busy_timeout"):
         SQLiteBackend(f"sqlite:///{tmp_path}/x.db?busy_timeout=soon")
+
+
+def test_background_checkpoints_copy_the_log_into_the_file_from_their_own_thread(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(mc.ValidationError, match=r"checkpoint .* must be inline or background"):
+        SQLiteBackend(f"sqlite:///{tmp_path}/x.db?checkpoint=later")
+    path = tmp_path / "x.db"
+    store = SQLiteBackend(f"sqlite:///{path}?checkpoint=background")
+    store.open()
+    assert store._writer is not None
+    # The writer's commits never checkpoint: only the thread copies the log into the file.
+    assert store._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    empty = path.stat().st_size
+    for n in range(20):
+        store.write_batch([mem(f"batch {n} row {i} " * 8) for i in range(200)])
+    assert wait_for(lambda: path.stat().st_size > empty + 400_000)
+    assert store.count() == 4000
+    store.close()
+    names = [t.name for t in threading.enumerate()]
+    assert "memcollect-checkpoint" not in names
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
+    """Poll until `condition` holds or `seconds` pass (a bound, not a measurement)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 @pytest.mark.parametrize("size", [1, 255, 256, 257, 1000])

@@ -169,7 +169,9 @@ class SQLiteBackend(Backend):
     with static token vectors distilled from the model (a hundred times faster, less exact),
     `model=DIR` names another sentence-transformers model, and
     `rank_window=N` (default 1000) is how many of the newest memories holding every word of a
-    query are ranked when more hold them (0 ranks them all).
+    query are ranked when more hold them (0 ranks them all), and `checkpoint=background`
+    copies the write-ahead log into the file from a thread of its own instead of in the
+    writer's commits (the storing process of storer="process" uses it).
     """
 
     name = "sqlite"
@@ -177,13 +179,18 @@ class SQLiteBackend(Backend):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.path, options = parse_sqlite_url(url)
-        known = {"fts", "busy_timeout", "synchronous", "semantic", "model", "rank_window"}
+        known = {
+            "fts", "busy_timeout", "synchronous", "semantic", "model", "rank_window", "checkpoint"
+        }  # fmt: skip
         unknown = set(options) - known
         if unknown:
             raise ValidationError(
                 f"unknown sqlite option {sorted(unknown)[0]!r} in {url!r}: "
-                "use fts, busy_timeout, synchronous, semantic, model or rank_window"
+                "use fts, busy_timeout, synchronous, semantic, model, rank_window or checkpoint"
             )
+        checkpoint = options.get("checkpoint", "inline")
+        if checkpoint not in ("inline", "background"):
+            raise ValidationError(f"checkpoint in {url!r} must be inline or background")
         semantic = options.get("semantic", "0").lower()
         if semantic not in ("0", "false", "off", "no", "1", "true", "on", "yes", "static"):
             raise ValidationError(
@@ -226,6 +233,8 @@ class SQLiteBackend(Backend):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._memory_db = self.path == ":memory:"
+        self.background_checkpoints = checkpoint == "background" and not self._memory_db
+        self._checkpointer: _Checkpointer | None = None
         self._opened = False
 
     # --- connections ---------------------------------------------------------------------
@@ -269,6 +278,9 @@ class SQLiteBackend(Backend):
                 self._migrate(conn)
                 if self.supports_semantic:
                     self._check_embedder(conn)
+            if self.background_checkpoints:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+                self._checkpointer = _Checkpointer(self.path, self.busy_timeout)
             self._opened = True
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -371,6 +383,11 @@ class SQLiteBackend(Backend):
             finally:
                 if erase:
                     conn.execute("PRAGMA secure_delete=OFF")
+            checkpointer = self._checkpointer
+            if checkpointer is not None and not checkpointer.nudge():
+                # Its thread failed: the writer checkpoints in its commits again.
+                conn.execute("PRAGMA wal_autocheckpoint=1000")
+                self._checkpointer = None
             if erase and not self._memory_db:
                 # Best effort: a reader in a long transaction (another process) holds the old
                 # pages; wait for it briefly, not for the whole busy timeout.
@@ -823,6 +840,7 @@ class SQLiteBackend(Backend):
         """Forget the parent's connections; SQLite must not use them across fork."""
         _ABANDONED.extend([c for c in (self._writer, *self._readers) if c is not None])
         self._writer = None
+        self._checkpointer = None  # its thread is the parent's
         self._readers = []
         self._local = threading.local()
         self._write_lock = threading.Lock()
@@ -838,10 +856,61 @@ class SQLiteBackend(Backend):
         for conn in readers:
             conn.close()
         with self._write_lock:
+            if self._checkpointer is not None:
+                self._checkpointer.stop()
+                self._checkpointer = None
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
             self._opened = False
+
+
+# How long the checkpoint thread waits after a checkpoint: commits meanwhile share the next.
+_CHECKPOINT_PAUSE_S = 0.05
+
+
+class _Checkpointer:
+    """Copies the write-ahead log into the database file from a thread of its own: the
+    writer's commits then never wait for the copy and its fsyncs (PASSIVE never blocks it)."""
+
+    def __init__(self, path: str, busy_timeout: float) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._due = threading.Event()
+        self._stopping = False
+        self._failed = False
+        self._thread = threading.Thread(target=self._run, name="memcollect-checkpoint", daemon=True)
+        self._thread.start()
+
+    def nudge(self) -> bool:
+        """A commit happened; False once the thread has failed."""
+        self._due.set()
+        return not self._failed
+
+    def stop(self) -> None:
+        """End the thread (SQLite checkpoints the rest when the last connection closes)."""
+        self._stopping = True
+        self._due.set()
+        self._thread.join(self.busy_timeout + 5)
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            try:
+                while True:
+                    self._due.wait()
+                    if self._stopping:
+                        return
+                    self._due.clear()
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    time.sleep(_CHECKPOINT_PAUSE_S)
+            finally:
+                conn.close()
+        except Exception as exc:  # noqa: BLE001 - the writer takes the checkpoints back
+            self._failed = True
+            log.warning(
+                "%s: background checkpoints failed (%s); the writer does them", self.path, exc
+            )
 
 
 # The newest seq and the floor new seqs must stay above (set when rows were deleted).
