@@ -239,3 +239,22 @@ def test_after_fork_the_child_stores_through_a_storing_process_of_its_own(tmp_pa
     with sqlite3.connect(db) as conn:
         contents = sorted(row[0] for row in conn.execute("SELECT content FROM memories"))
     assert contents == ["child", "parent after fork", "parent before fork"]
+
+
+FORGETFUL = """
+import sys, memcollect as mc
+c = mc.MemoryCollector(sys.argv[1], data_dir=sys.argv[2], durability="spool", storer="process")
+for i in range(5000):
+    c.collect("note", f"left to the exit {i}")
+"""
+
+
+def test_a_script_that_never_closes_still_stores_everything_at_exit(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FORGETFUL), f"sqlite:///{db}", str(tmp_path / "d")],
+        capture_output=True, text=True, env=ENV, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(set(stored_ids(db))) == 5000
+    assert segments(tmp_path / "d") == []
