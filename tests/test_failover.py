@@ -14,18 +14,10 @@ from memcollect.backends.postgres import SCHEMA_VERSION, PostgresBackend
 from memcollect.backends.sqlite import SQLiteBackend
 from memcollect.testing import FaultyBackend
 
+from .conftest import wait_for
 from .services import TcpProxy, drop_schema, require_postgres
 
 Make = Callable[..., mc.MemoryCollector]
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def with_fallback(

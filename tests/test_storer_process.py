@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +19,7 @@ import memcollect as mc
 from memcollect.backends import open_backend
 from memcollect.spool import iter_spool_records
 
-from .conftest import ROOT
+from .conftest import ROOT, wait_for
 
 Make = Callable[..., mc.MemoryCollector]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
@@ -36,18 +35,18 @@ def stored_ids(path: Path) -> list[str]:
         return [row[0] for row in conn.execute("SELECT id FROM memories")]
 
 
+def run_script(script: str, *args: str) -> str:
+    """Run a Python script in a process of its own; its output, once it exited cleanly."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        capture_output=True, text=True, env=ENV, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def segments(data_dir: Path) -> list[Path]:
     return list((data_dir / "spool").rglob("seg-*.log"))
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
-    """Poll `condition` until it holds or `seconds` pass (a bound, not a measurement)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def gone(pid: int) -> bool:
@@ -93,7 +92,7 @@ def test_everything_collected_is_stored_once_and_the_spool_is_emptied(
     assert c.health().status == "ok"
     pid = s.storer_pid
     c.close()
-    assert wait_until(lambda: gone(pid))
+    assert wait_for(lambda: gone(pid))
     assert segments(tmp_path / "data") == []
 
 
@@ -158,7 +157,7 @@ def test_kill_9_of_the_collecting_process_loses_nothing(tmp_path: Path) -> None:
     printed += [x for x in rest.split("\n") if len(x) == 26]
     assert proc.returncode == -signal.SIGKILL
     # The orphaned storing process sees its input end, answers what it has, and exits.
-    assert wait_until(lambda: gone(storer_pid))
+    assert wait_for(lambda: gone(storer_pid))
     with mc.MemoryCollector(url, data_dir=str(data), durability="spool") as recovered:
         assert recovered.flush(timeout=60)
     stored = stored_ids(tmp_path / "m.db")
@@ -182,13 +181,13 @@ def test_an_outage_is_retried_in_the_storing_process_and_shows_here(
     assert c.flush(timeout=60)
     with write_lock_held(db):
         ids = [c.collect("note", f"during {i}") for i in range(100)]
-        assert wait_until(lambda: c.stats().retried > 0)
-        assert wait_until(lambda: c.health().status != "ok")
+        assert wait_for(lambda: c.stats().retried > 0)
+        assert wait_for(lambda: c.health().status != "ok")
         assert any("lock" in reason for reason in c.health().reasons)
         assert not c.flush(timeout=0.2)
     assert c.flush(timeout=60)
     assert set(ids) <= set(stored_ids(db))
-    assert wait_until(lambda: c.health().status == "ok")
+    assert wait_for(lambda: c.health().status == "ok")
     assert c.stats().failed > 0
 
 
@@ -230,12 +229,7 @@ print("ok")
 
 def test_after_fork_the_child_stores_through_a_storing_process_of_its_own(tmp_path: Path) -> None:
     db = tmp_path / "m.db"
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FORKER), f"sqlite:///{db}", str(tmp_path / "d")],
-        capture_output=True, text=True, env=ENV, timeout=120, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    assert run_script(FORKER, f"sqlite:///{db}", str(tmp_path / "d")).strip() == "ok"
     with sqlite3.connect(db) as conn:
         contents = sorted(row[0] for row in conn.execute("SELECT content FROM memories"))
     assert contents == ["child", "parent after fork", "parent before fork"]
@@ -251,10 +245,6 @@ for i in range(5000):
 
 def test_a_script_that_never_closes_still_stores_everything_at_exit(tmp_path: Path) -> None:
     db = tmp_path / "m.db"
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FORGETFUL), f"sqlite:///{db}", str(tmp_path / "d")],
-        capture_output=True, text=True, env=ENV, timeout=120, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    run_script(FORGETFUL, f"sqlite:///{db}", str(tmp_path / "d"))
     assert len(set(stored_ids(db))) == 5000
     assert segments(tmp_path / "d") == []

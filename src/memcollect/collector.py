@@ -32,7 +32,7 @@ from .model import (
     memory_from_dict,
     memory_from_record,
 )
-from .retry import CircuitBreaker, RetryPolicy
+from .retry import CircuitBreaker
 from .spool import Segment, Spool, encode_frame, encode_record
 from .stats import Counters, Health, Stats
 from .worker import (
@@ -162,14 +162,12 @@ class MemoryCollector:
                     f"cannot use {root} for the spool ({exc.strerror or exc}): choose a "
                     "writable data_dir, or durability='memory' to keep memories in RAM only"
                 ) from None
-        self._worker = Worker(
+        self._worker = Worker.configured(
+            config,
             self._inbox,
             self._backend,
             self.counters,
-            batch_size=config.batch_size,
-            batch_timeout=config.batch_timeout,
-            policy=RetryPolicy(config.retry_base, config.retry_max, config.max_retries),
-            breaker=self.breaker,
+            self.breaker,
             on_stored=self._on_stored,
             on_failure=self._on_failure,
             on_done=self._done,

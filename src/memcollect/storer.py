@@ -32,7 +32,7 @@ import msgspec
 from .backends import open_backend
 from .config import Config
 from .inbox import Inbox
-from .retry import CircuitBreaker, RetryPolicy
+from .retry import CircuitBreaker
 from .spool import Segment, Spool, read_memories
 from .stats import Counters, Latency
 from .worker import Worker
@@ -413,14 +413,12 @@ class _Child:
             self.fallback.open()
         self.counters = Counters()
         self.breaker = CircuitBreaker(config.max_retries, config.retry_max)
-        self.worker = Worker(
+        self.worker = Worker.configured(
+            config,
             Inbox(1, config.batch_size, lambda memory: None),
             self.backend,
             self.counters,
-            batch_size=config.batch_size,
-            batch_timeout=config.batch_timeout,
-            policy=RetryPolicy(config.retry_base, config.retry_max, config.max_retries),
-            breaker=self.breaker,
+            self.breaker,
             on_stored=[],
             on_failure=[],
             durable=True,

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 try:  # hashlib would also load OpenSSL: ~5 ms of `import memcollect` for one function
     from _blake2 import blake2b
@@ -13,6 +14,7 @@ except ImportError:  # pragma: no cover - an interpreter built without it
     from hashlib import blake2b
 
 from .backends.base import Backend, DeadLetter
+from .config import Config
 from .inbox import Inbox
 from .model import Memory
 from .retry import CircuitBreaker, RetryPolicy, retry_after
@@ -117,6 +119,28 @@ class Worker:
         self.after_exit: Callable[[], None] | None = None
         self._exit_lock = threading.Lock()
         self._exited = False
+
+    @classmethod
+    def configured(
+        cls,
+        config: Config,
+        inbox: Inbox,
+        backend: Backend,
+        counters: Counters,
+        breaker: CircuitBreaker,
+        **options: Any,
+    ) -> Worker:
+        """A worker batching and retrying as `config` says; `options` as for Worker()."""
+        return cls(
+            inbox,
+            backend,
+            counters,
+            batch_size=config.batch_size,
+            batch_timeout=config.batch_timeout,
+            policy=RetryPolicy(config.retry_base, config.retry_max, config.max_retries),
+            breaker=breaker,
+            **options,
+        )
 
     # --- thread --------------------------------------------------------------------------
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import memcollect as mc
 from memcollect.backends.base import SearchQuery
 from memcollect.backends.sqlite import SCHEMA_VERSION, SQLiteBackend, fts_query
 
+from ..conftest import wait_for
 from .test_conformance import mem
 
 
@@ -240,16 +239,6 @@ def test_background_checkpoints_copy_the_log_into_the_file_from_their_own_thread
     store.close()
     names = [t.name for t in threading.enumerate()]
     assert "memcollect-checkpoint" not in names
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
-    """Poll until `condition` holds or `seconds` pass (a bound, not a measurement)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @pytest.mark.parametrize("size", [1, 255, 256, 257, 1000])
