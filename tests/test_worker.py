@@ -151,12 +151,15 @@ def test_content_hash_is_blake2b_and_import_leaves_hashlib_out() -> None:
     text = "Login fails on Safari 17 — ошибка 😀"
     expected = hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
     assert content_hash(text) == expected
-    # The worker's own (inlined) hashing makes the same digest.
+    # The worker's own (inlined) hashing makes the same digests, each of its memory alone.
+    texts = [text, "another", text + "!"]
     with mc.MemoryCollector("memory://", durability="memory") as c:
-        stored_id = c.collect("bug", text)
+        ids = [c.collect("bug", t) for t in texts]
         assert c.flush()
-        stored = c.get(stored_id)
-    assert stored is not None and stored.content_hash == expected
+        stored = [c.get(i) for i in ids]
+    assert [m.content_hash if m else None for m in stored] == [
+        hashlib.blake2b(t.encode("utf-8"), digest_size=16).hexdigest() for t in texts
+    ]
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys, memcollect; print('_hashlib' in sys.modules)"],
         capture_output=True,

@@ -29,9 +29,16 @@ StoredCallback = Callable[[Sequence[Memory]], None]
 FailureCallback = Callable[[Sequence[Memory], BaseException], None]
 
 
+# Every digest starts as a copy of this one: copying costs a third less than building one,
+# which parses its digest_size keyword each time.
+_BLANK_DIGEST = blake2b(digest_size=16)
+
+
 def content_hash(content: str) -> str:
     """A short stable digest of the content, for spotting repeats."""
-    return blake2b(content.encode("utf-8"), digest_size=16).hexdigest()
+    digest = _BLANK_DIGEST.copy()
+    digest.update(content.encode("utf-8"))
+    return digest.hexdigest()
 
 
 # Accept-to-stored latency is sampled: at most this many memories of a batch, evenly spaced
@@ -255,10 +262,13 @@ class Worker:
 
     def store(self, batch: list[Memory]) -> None:
         """Store one batch in this thread, retrying, bisecting and dead-lettering as needed."""
+        blank = _BLANK_DIGEST.copy
         for memory in batch:
             if not memory.content_hash:
                 # content_hash() inlined: a call a memory is GIL time collect() waits for.
-                memory.content_hash = blake2b(memory.content.encode(), digest_size=16).hexdigest()
+                digest = blank()
+                digest.update(memory.content.encode())
+                memory.content_hash = digest.hexdigest()
         self._write(batch)
 
     def _write(self, batch: list[Memory]) -> None:
