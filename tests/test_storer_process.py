@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import memcollect as mc
+from memcollect import storer
 from memcollect.backends import open_backend
 from memcollect.spool import iter_spool_records
 
@@ -248,3 +249,23 @@ def test_a_script_that_never_closes_still_stores_everything_at_exit(tmp_path: Pa
     run_script(FORGETFUL, f"sqlite:///{db}", str(tmp_path / "d"))
     assert len(set(stored_ids(db))) == 5000
     assert segments(tmp_path / "d") == []
+
+
+def test_a_storing_process_that_cannot_start_is_reported_and_loses_nothing(
+    make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As after an upgrade on disk under a running application: the storing process speaks
+    # another protocol, refuses, and exits, however often it is started again.
+    monkeypatch.setattr(storer, "PROTOCOL", 999)
+    c = process_collector(make_collector, tmp_path)
+    ids = [c.collect("note", f"kept {i}") for i in range(100)]
+    assert wait_for(lambda: any("not running (last exit code 3" in r for r in c.health().reasons))
+    assert c.health().status == "failing"
+    assert not c.flush(timeout=0.3)
+    assert c.stats().spool_pending == 100
+    c.close(timeout=1)
+    with mc.MemoryCollector(
+        f"sqlite:///{tmp_path}/m.db", data_dir=str(tmp_path / "data"), durability="spool"
+    ) as next_start:
+        assert next_start.flush(timeout=60)
+    assert set(stored_ids(tmp_path / "m.db")) == set(ids)

@@ -1005,7 +1005,11 @@ class MemoryCollector:
         if self._storer is not None:
             if not self._closed and not self._storer.alive():
                 status = "failing"
-                reasons.append("the storing process is not running")
+                reasons.append(
+                    f"the storing process is not running (last exit code "
+                    f"{self._storer.last_exit}, {self._storer.restarts} restarts): the spool "
+                    "keeps what is collected"
+                )
         elif not self._closed and not self._worker.alive():
             status = "failing"
             reasons.append("the worker thread is not running")

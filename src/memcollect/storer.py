@@ -182,8 +182,14 @@ class StoringProcess:
             self._send(child, item)
 
     def alive(self) -> bool:
-        """Whether the storing process runs (or is being restarted)."""
-        return not self._stopping and self._dispatcher.is_alive()
+        """Whether the storing process runs now (not exited, not between restarts)."""
+        child = self._child
+        return (
+            not self._stopping
+            and self._dispatcher.is_alive()
+            and child is not None
+            and child.poll() is None
+        )
 
     def pid(self) -> int | None:
         """The storing process's PID."""
