@@ -222,6 +222,13 @@ if pid == 0:
 c.collect("note", "parent after fork")
 _, status = os.waitpid(pid, 0)
 assert status == 0, status
+idle = os.fork()
+if idle == 0:
+    # A child that never collects starts no storing process just to close.
+    c.close()
+    os._exit(0 if c._storer is not None and c._storer.pid() == parent_storer else 1)
+_, status = os.waitpid(idle, 0)
+assert status == 0, "the idle child started a storing process"
 assert c.flush(timeout=60), "parent flush"
 c.close()
 print("ok")

@@ -216,6 +216,11 @@ class MemoryCollector:
         # The parent's worker thread does not exist here and its locks may be held forever;
         # what it had queued is the parent's to store. Start afresh with its own worker,
         # connections and spool.
+        self._let_go_after_fork()
+        self._start()
+
+    def _let_go_after_fork(self) -> None:
+        """In a forked child: drop the parent's spool, storing process and connections."""
         if self._storer is not None:
             self._storer.abandon_after_fork()
         if self._spool is not None:
@@ -223,7 +228,6 @@ class MemoryCollector:
         self._backend.after_fork()
         if self._fallback is not None:
             self._fallback.after_fork()
-        self._start()
 
     # --- collect -------------------------------------------------------------------------
 
@@ -622,7 +626,10 @@ class MemoryCollector:
             self._closed = True
         atexit.unregister(self._atexit)
         if self._pid != _Process.pid:
-            self._after_fork()
+            # Forked, and nothing collected here since (that would have started afresh):
+            # there is nothing to store, so start nothing just to stop it.
+            self._let_go_after_fork()
+            return
         if self._storer is not None:
             assert self._spool is not None
             self._storer.stop(time.monotonic() + (timeout if timeout is not None else 1e9))

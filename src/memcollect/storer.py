@@ -273,10 +273,15 @@ class StoringProcess:
         self._stopping = True
         child = self._child
         if child is not None:
+            # Point the pipe descriptors at /dev/null: that lets go of the pipes, and the file
+            # objects around them may still flush or close later without touching a
+            # descriptor number the process has since reused.
+            null = os.open(os.devnull, os.O_RDWR)
             for pipe in (child.stdin, child.stdout):
                 if pipe is not None:
-                    with contextlib.suppress(OSError):
-                        os.close(pipe.fileno())
+                    with contextlib.suppress(OSError, ValueError):
+                        os.dup2(null, pipe.fileno())
+            os.close(null)
             # The Popen object belongs to the parent: never wait on or kill it from here.
             child.returncode = 0
         _live.discard(self)
