@@ -276,3 +276,31 @@ def test_a_storing_process_that_cannot_start_is_reported_and_loses_nothing(
     ) as next_start:
         assert next_start.flush(timeout=60)
     assert set(stored_ids(tmp_path / "m.db")) == set(ids)
+
+
+def test_a_poison_record_is_dead_lettered_by_the_storing_process_and_retried(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    db = tmp_path / "m.db"
+    c = process_collector(make_collector, tmp_path)
+    with sqlite3.connect(db) as conn:
+        # A record the store refuses for good (a constraint error), and only that one.
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON memories WHEN NEW.content = 'poison' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+    ids = [c.collect("note", f"good {i}") for i in range(50)]
+    poison = c.collect("note", "poison")
+    ids += [c.collect("note", f"good {i}") for i in range(50, 100)]
+    assert c.flush(timeout=60)
+    assert set(stored_ids(db)) == set(ids)
+    letters = c.dead_letters()
+    assert [d.memory.id for d in letters] == [poison]
+    assert "refused by the test" in letters[0].error
+    assert c.stats().dead_lettered == 1
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TRIGGER refuse")
+    assert c.retry_dead_letters() == 1
+    assert c.flush(timeout=60)
+    assert set(stored_ids(db)) == {*ids, poison}
+    assert c.dead_letters() == []
