@@ -272,6 +272,7 @@ def test_metrics_expose_the_collector(api: Api, collector: mc.MemoryCollector) -
     assert "memcollect_stored_total 3.0" in lines
     assert "memcollect_health 0.0" in lines
     assert "memcollect_pending_embeddings 0.0" in lines
+    assert "memcollect_storer_restarts_total 0.0" in lines
     assert any(line.startswith('memcollect_batch_write_seconds{quantile="0.5"}') for line in lines)
 
 

@@ -35,6 +35,10 @@ class _CollectorMetrics(Collector):
             "stored_in_fallback": ("Memories stored in the fallback", stats.stored_in_fallback),
             "moved_to_primary": ("Memories moved from fallback", stats.moved_to_primary),
             "deleted": ("Memories deleted by delete()", stats.deleted),
+            "storer_restarts": (
+                "Times the storing process was started again (storer='process')",
+                stats.storer_restarts,
+            ),
             "cache_hits": ("Read cache hits", stats.cache_hits),
             "cache_misses": ("Read cache misses", stats.cache_misses),
         }
