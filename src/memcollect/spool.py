@@ -464,6 +464,17 @@ class Spool:
                     self._delete(segment)
             self.drained.notify_all()
 
+    def ack_locked(self, segment: Segment, count: int) -> None:
+        """`count` records of `segment` were stored or dead-lettered (caller holds `lock`)."""
+        segment.outstanding -= count
+        self.delete_if_done_locked(segment)
+        self.drained.notify_all()
+
+    def delete_if_done_locked(self, segment: Segment) -> None:
+        """Delete the segment if nothing in it is owed any more (caller holds `lock`)."""
+        if segment.deletable() and segment.path in self.segments:
+            self._delete(segment)
+
     def _delete(self, segment: Segment) -> None:
         segment.path.unlink(missing_ok=True)
         if self.segments.pop(segment.path, None) is not None:

@@ -149,6 +149,15 @@ class Counters:
         self.batch_latency.add(write_seconds)
         self.store_latency.extend(now_wall - t for t in created)
 
+    def absorb(self, deltas: dict[str, int]) -> None:
+        """Add counts made elsewhere (the storing process), by counter name."""
+        with self._lock:
+            stored = deltas.get("stored", 0)
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+            if stored:
+                self._window.append((self.clock(), self.stored))
+
     def drop(self, reason: str, count: int = 1) -> None:
         """Account for memories that were discarded, with why."""
         with self._lock:

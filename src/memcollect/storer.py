@@ -346,8 +346,7 @@ class StoringProcess:
                 # Sealed and all sent: it leaves the backlog, and goes once answered.
                 spool.backlog.popleft()
                 segment.read_offset = None
-                if segment.deletable():
-                    spool._delete(segment)
+                spool.delete_if_done_locked(segment)
             return None
 
     def _send(self, child: subprocess.Popen[bytes], item: _Range) -> None:
@@ -377,17 +376,7 @@ class StoringProcess:
     def _apply(self, done: _Done) -> None:
         self.on_circuit(done.circuit_failures, done.circuit_open_for, done.circuit_error)
         self.batch_latency, self.store_latency = done.batch_latency, done.store_latency
-        c = self.counters
-        deltas = dict(zip(_COUNTED, done.deltas, strict=True))
-        with c._lock:
-            # stored and batches move together: the throughput window reads them as a pair.
-            stored = deltas.pop("stored")
-            c.stored += stored
-            c.batches += deltas.pop("batches")
-            if stored:
-                c._window.append((c.clock(), c.stored))
-        for name, delta in deltas.items():
-            setattr(c, name, getattr(c, name) + delta)
+        self.counters.absorb(dict(zip(_COUNTED, done.deltas, strict=True)))
         if done.number < 0:
             return
         if not self._in_flight or self._in_flight[0][0].number != done.number:
@@ -396,11 +385,8 @@ class StoringProcess:
         _, segment = self._in_flight.popleft()
         spool = self.spool
         with spool.lock:
-            segment.outstanding -= done.records
+            spool.ack_locked(segment, done.records)
             self.acked += done.records
-            if segment.deletable() and segment.path in spool.segments:
-                spool._delete(segment)
-            spool.drained.notify_all()
         with self._changed:
             self._changed.notify_all()
         self._restart_pause = _RESTART_PAUSE_S
