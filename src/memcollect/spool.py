@@ -353,8 +353,7 @@ class Spool:
         old = self.current
         self._close_current_locked()
         self.current = self._open_segment(old.number + 1, needed)
-        if old.deletable():
-            self._delete(old)
+        self.delete_if_done_locked(old)
         return self.current
 
     def seal(self) -> int:
@@ -420,8 +419,7 @@ class Spool:
             if whole:
                 segment.read_offset = None
                 self.backlog.popleft()
-                if segment.deletable():
-                    self._delete(segment)
+                self.delete_if_done_locked(segment)
             elif stop == 0:
                 chunk *= 2  # one frame larger than a chunk: read more of it at once
             else:
@@ -454,18 +452,13 @@ class Spool:
     def ack(self, segments: Iterable[Segment]) -> None:
         """Records of these segments were stored, dead-lettered or dropped."""
         with self.lock:
-            if self._closed:
-                return  # released to the next owner: its files are not ours to delete
-            touched = Counter(segments)
-            for segment, done in touched.items():
-                segment.outstanding -= done
-            for segment in touched:
-                if segment.deletable() and segment.path in self.segments:
-                    self._delete(segment)
-            self.drained.notify_all()
+            for segment, done in Counter(segments).items():
+                self.ack_locked(segment, done)
 
     def ack_locked(self, segment: Segment, count: int) -> None:
         """`count` records of `segment` were stored or dead-lettered (caller holds `lock`)."""
+        if self._closed:
+            return  # released to the next owner: its files are not ours to delete
         segment.outstanding -= count
         self.delete_if_done_locked(segment)
         self.drained.notify_all()
@@ -516,8 +509,7 @@ class Spool:
                 self._fsync_stop.set()
             self._close_current_locked()
             for segment in list(self.segments.values()):
-                if segment.deletable():
-                    self._delete(segment)
+                self.delete_if_done_locked(segment)
             left = bool(self.segments)
             for fd in self._adopted_dirs.values():
                 os.close(fd)
