@@ -536,6 +536,14 @@ class TextHashEmbedder:
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
+def use_text_hash_embedder(monkeypatch: pytest.MonkeyPatch) -> TextHashEmbedder:
+    """Every store of the test embeds with a TextHashEmbedder (skipped without the extra)."""
+    require_semantic()
+    embedder = TextHashEmbedder()
+    monkeypatch.setattr(semantic, "get_embedder", lambda *args, **kwargs: embedder)
+    return embedder
+
+
 def test_vectors_always_belong_to_their_memory(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -544,9 +552,7 @@ def test_vectors_always_belong_to_their_memory(
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    require_semantic()
-    embedder = TextHashEmbedder()
-    monkeypatch.setattr(semantic, "get_embedder", lambda *args, **kwargs: embedder)
+    embedder = use_text_hash_embedder(monkeypatch)
     monkeypatch.setitem(sqlite_backend._EMBED_CHUNK, "model", 3)
     ops = st.lists(
         st.one_of(
@@ -649,9 +655,7 @@ def assert_ram_holds_the_stored_vectors(store: SQLiteBackend, embedder: TextHash
 def test_deleted_vectors_leave_ram_once_a_quarter_is_deleted(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    require_semantic()
-    embedder = TextHashEmbedder()
-    monkeypatch.setattr(semantic, "get_embedder", lambda *args, **kwargs: embedder)
+    embedder = use_text_hash_embedder(monkeypatch)
     store = SQLiteBackend(f"sqlite:///{tmp_path}/forget.db?semantic=1")
     store.open()
     memories = four_thousand_in_ram(store)
@@ -669,9 +673,7 @@ def test_deleted_vectors_leave_ram_once_a_quarter_is_deleted(
 def test_vectors_deleted_by_another_process_leave_ram_too(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    require_semantic()
-    embedder = TextHashEmbedder()
-    monkeypatch.setattr(semantic, "get_embedder", lambda *args, **kwargs: embedder)
+    embedder = use_text_hash_embedder(monkeypatch)
     url = f"sqlite:///{tmp_path}/shared.db?semantic=1"
     searcher, deleter = SQLiteBackend(url), SQLiteBackend(url)  # each as its own process would
     searcher.open()
