@@ -580,7 +580,7 @@ class MemoryCollector:
             if self._spool.fsync:
                 self._spool.sync()  # accepted means on disk now, even if storing times out
             limit = time.monotonic() + (timeout if timeout is not None else 1e9)
-            return self._storer.wait_acked(self._storer.target(), limit)
+            return self._storer.flush(limit)
         if self._worker.thread is threading.current_thread():
             raise MemcollectError(
                 "flush() was called from an on_stored or on_failure callback, which runs on "

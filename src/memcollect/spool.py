@@ -492,7 +492,11 @@ class Spool:
     def pending(self) -> int:
         """Records on disk not yet stored or dead-lettered."""
         with self.lock:
-            return sum(max(0, s.outstanding) for s in self.segments.values())
+            return self.pending_locked()
+
+    def pending_locked(self) -> int:
+        """pending(), for a caller that holds `lock`."""
+        return sum(max(0, s.outstanding) for s in self.segments.values())
 
     def segment_count(self) -> int:
         """Files in the spool now."""

@@ -195,34 +195,24 @@ class StoringProcess:
         """The storing process's PID."""
         return self._child.pid if self._child is not None else None
 
-    def wake(self) -> None:
-        """Send what is appended now, without lingering."""
-        self._wake.set()
-
-    def target(self) -> int:
-        """What `acked` must reach for everything appended so far to be done."""
-        # Under the spool's lock, where an answer moves its records from pending to acked
-        # in one step: read apart, a range answered in between would be counted twice.
+    def flush(self, deadline: float) -> bool:
+        """Wait until everything appended so far is answered, or the monotonic deadline."""
+        # Read under the spool's lock, where an answer moves its records from pending to
+        # acked in one step: read apart, a range answered in between would count twice.
         with self.spool.lock:
-            pending = sum(max(0, s.outstanding) for s in self.spool.segments.values())
-            return self.acked + pending
-
-    def wait_acked(self, target: int, deadline: float) -> bool:
-        """Wait until `acked` reaches `target`, or the monotonic deadline; whether it did."""
-        self.wake()
+            target = self.acked + self.spool.pending_locked()
         with self._changed:
             while self.acked < target:
+                self._wake.set()  # send what is appended now, without lingering
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._changed.wait(min(remaining, 0.05))
-                self.wake()
             return True
 
     def stop(self, deadline: float) -> None:
         """Let the child answer what it was sent (until the monotonic deadline), then end it."""
-        target = self.target()
-        self.wait_acked(target, deadline)
+        self.flush(deadline)
         self._stopping = True
         self._wake.set()
         if self._dispatcher.is_alive():
