@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -11,11 +17,14 @@ from pathlib import Path
 import pytest
 
 import memcollect as mc
+from memcollect.backends import open_backend
 from memcollect.backends.base import DeadLetter
 from memcollect.backends.memory import MemoryBackend
 from memcollect.backends.sqlite import SQLiteBackend
+from memcollect.locks import shared_lock
 from memcollect.testing import FaultyBackend
 
+from .conftest import ROOT
 from .test_failover import wait_for, with_fallback
 
 Make = Callable[..., mc.MemoryCollector]
@@ -127,6 +136,90 @@ def test_delete_reaches_the_fallback_and_what_moves_back_stays_deleted(
     assert sorted(m.id for m in primary.inner.recent(1000)) == sorted(kept)
     assert not set(doomed) & set(primary.written)
     fallback.close()
+
+
+def note(content: str, session: str) -> mc.Memory:
+    return mc.Memory(mc.new_id(), "note", content, {}, "medium", (), None, None, session, 1.7e9)
+
+
+HOLD_THE_MOVE_LOCK = """
+import sys
+from memcollect.backends.sqlite import SQLiteBackend
+from memcollect.locks import shared_lock
+
+with shared_lock(SQLiteBackend(sys.argv[1]).move_lock_path()):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_moves_and_deletes_take_turns_with_another_process_on_the_same_fallback(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    # Another process moving from the same fallback file (another application's collector,
+    # or a storing process) holds the lock: this one neither moves nor deletes meanwhile.
+    fallback_url = f"sqlite:///{tmp_path}/fallback.db"
+    left = SQLiteBackend(fallback_url)
+    left.open()
+    doomed = [note(f"private {i}", "s-42") for i in range(30)]
+    kept = [note(f"public {i}", "s-7") for i in range(30)]
+    left.write_batch(doomed + kept)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_MOVE_LOCK, fallback_url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        primary = FaultyBackend()
+        c = make_collector(primary, fallback=fallback_url, batch_size=10)
+        deleted: list[int] = []
+        deleting = threading.Thread(target=lambda: deleted.append(c.delete(session="s-42")))
+        deleting.start()
+        deleting.join(0.5)
+        assert deleting.is_alive() and primary.written == []
+    finally:
+        holder.communicate("release\n", timeout=30)
+    deleting.join(30)
+    assert deleted == [30]
+    assert wait_for(lambda: left.count() == 0)
+    assert sorted(m.id for m in primary.inner.recent(100)) == sorted(m.id for m in kept)
+    left.close()
+
+
+def test_where_the_lock_between_moves_and_deletes_lives() -> None:
+    # Beside a SQLite file; for a server, one file per URL that names no password; none for
+    # a store no other process reaches.
+    assert SQLiteBackend("sqlite:///data/fb.db").move_lock_path() == "data/fb.db-moving.lock"
+    assert SQLiteBackend("sqlite://:memory:").move_lock_path() is None
+    assert MemoryBackend().move_lock_path() is None
+    server = open_backend("postgresql://alice:s3cret@db.internal/memories")
+    path = server.move_lock_path()
+    assert path is not None and "s3cret" not in path and "alice" not in path
+    assert path == open_backend(server.url).move_lock_path()
+    assert path != open_backend("postgresql://alice:s3cret@db.internal/other").move_lock_path()
+    assert shared_lock(path) is shared_lock(path)  # two collectors here take turns too
+
+
+def test_a_forked_child_waits_for_the_lock_its_parent_holds_then_takes_it(
+    tmp_path: Path,
+) -> None:
+    lock = shared_lock(str(tmp_path / "fb.db-moving.lock"))
+    readable, writable = os.pipe()
+    with lock:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            signal.alarm(60)  # a child stuck on a lock copied from its parent dies, in the end
+            # The parent's hold on the in-process lock was copied here; it must not count.
+            with shared_lock(lock.path):
+                os.write(writable, b"taken")
+            os._exit(0)
+        os.close(writable)
+        assert not select.select([readable], [], [], 0.3)[0]  # the parent still holds it
+    assert select.select([readable], [], [], 30)[0]
+    assert os.read(readable, 5) == b"taken"
+    assert os.waitpid(pid, 0)[1] == 0
+    os.close(readable)
 
 
 def test_a_store_failing_part_way_is_one_clear_error_and_a_retry_finishes(

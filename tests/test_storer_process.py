@@ -9,8 +9,9 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 import memcollect as mc
 from memcollect import storer
 from memcollect.backends import open_backend
+from memcollect.locks import shared_lock
 from memcollect.spool import iter_spool_records
 
 from .conftest import ROOT, wait_for
@@ -304,3 +306,37 @@ def test_a_poison_record_is_dead_lettered_by_the_storing_process_and_retried(
     assert c.flush(timeout=60)
     assert set(stored_ids(db)) == {*ids, poison}
     assert c.dead_letters() == []
+
+
+def test_a_delete_here_and_a_move_back_in_the_storing_process_take_turns(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    db = tmp_path / "m.db"
+    fallback = open_backend(f"sqlite:///{tmp_path}/fallback.db")
+    fallback.open()
+    c = make_collector(
+        f"sqlite:///{db}?busy_timeout=0.02", storer="process", durability="spool",
+        fallback=fallback.url, max_retries=1, retry_max=0.05, batch_size=10,
+    )  # fmt: skip
+    first = c.collect("note", "create the file")
+    assert c.flush(timeout=60)
+    move_lock = shared_lock(fallback.move_lock_path())
+    with ExitStack() as outage:
+        outage.enter_context(write_lock_held(db))
+        doomed = [c.collect("note", f"private {i}", session="s-42") for i in range(30)]
+        kept = [c.collect("note", f"public {i}", session="s-7") for i in range(30)]
+        assert wait_for(lambda: fallback.count() == 60)
+        move_lock.__enter__()  # as a delete() would, before the store comes back
+    try:
+        assert not wait_for(lambda: len(stored_ids(db)) > 1, seconds=0.5)  # no move meanwhile
+        deleted: list[int] = []
+        deleting = threading.Thread(target=lambda: deleted.append(c.delete(session="s-42")))
+        deleting.start()
+    finally:
+        move_lock.__exit__(None, None, None)
+    deleting.join(60)
+    assert deleted == [30]
+    assert wait_for(lambda: fallback.count() == 0)
+    assert sorted(stored_ids(db)) == sorted([first, *kept])
+    assert not set(doomed) & set(stored_ids(db))
+    assert wait_for(lambda: c.stats().moved_to_primary >= 30)  # reported by a heartbeat

@@ -130,6 +130,10 @@ class FaultyBackend(Backend):
         """Write through."""
         self.inner.remove_dead_letters(ids)
 
+    def move_lock_path(self) -> str | None:
+        """As the wrapped backend."""
+        return self.inner.move_lock_path()
+
     def after_fork(self) -> None:
         """As the wrapped backend."""
         self.inner.after_fork()

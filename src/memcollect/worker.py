@@ -16,6 +16,7 @@ except ImportError:  # pragma: no cover - an interpreter built without it
 from .backends.base import Backend, DeadLetter
 from .config import Config
 from .inbox import Inbox
+from .locks import shared_lock
 from .model import Memory
 from .retry import CircuitBreaker, RetryPolicy, retry_after
 from .stats import Counters
@@ -112,7 +113,8 @@ class Worker:
         self.fallback_pending = False
         # Held while a batch moves from the fallback to the primary: a delete() holds it too,
         # so that a memory read from the fallback is not written back after it was deleted.
-        self.moving = threading.Lock()
+        # Shared with other processes using the same fallback (a storing process, say).
+        self.moving = shared_lock(fallback.move_lock_path() if fallback is not None else None)
         # Whether the backend may have work put off for a quiet moment (Backend.idle_work):
         # at start (what an earlier process left) and after every batch stored.
         self.idle_due = True

@@ -230,6 +230,18 @@ class Backend(ABC):
             return "permanent"
         return None
 
+    def move_lock_path(self) -> str | None:
+        """The file whose lock the processes moving memories out of this store, as a
+        fallback, and deleting from it take turns on; None when no other process reaches it."""
+        if not self.persistent:
+            return None
+        import hashlib  # here: only a collector with a fallback needs them
+        import tempfile
+
+        # Named after a digest of the URL, so no password in it shows in the file's name.
+        digest = hashlib.blake2b(self.url.encode(), digest_size=12).hexdigest()
+        return f"{tempfile.gettempdir()}/memcollect-moving-{digest}.lock"
+
     def after_fork(self) -> None:  # noqa: B027 - only backends holding connections need it
         """Drop what the parent process owns (connections) without closing it."""
 

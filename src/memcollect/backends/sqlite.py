@@ -836,6 +836,10 @@ class SQLiteBackend(Backend):
             return "permanent"
         return super().classify(exc)
 
+    def move_lock_path(self) -> str | None:
+        """A file beside the database: every process that opens the same file finds it."""
+        return None if self._memory_db else f"{self.path}-moving.lock"
+
     def after_fork(self) -> None:
         """Forget the parent's connections; SQLite must not use them across fork."""
         _ABANDONED.extend([c for c in (self._writer, *self._readers) if c is not None])
