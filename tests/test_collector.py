@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from memcollect.model import make_memory
 from memcollect.stats import Counters
 from memcollect.testing import FaultyBackend
 from memcollect.worker import LATENCY_SAMPLES_PER_BATCH, latency_sample
+
+from .test_failover import with_fallback
 
 Make = Callable[..., mc.MemoryCollector]
 
@@ -61,6 +64,61 @@ def test_get_sees_memories_still_queued(make_collector: Make) -> None:
     backend.come_back()
     assert c.flush()
     assert backend.inner.get(mid) is not None
+
+
+class CountingReads(FaultyBackend):
+    """Counts the store's reads by id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[str, int]] = []
+
+    def get(self, memory_id: str) -> mc.Memory | None:
+        self.reads.append(("get", 1))
+        return super().get(memory_id)
+
+    def get_many(self, ids: Sequence[str]) -> list[mc.Memory]:
+        self.reads.append(("get_many", len(ids)))
+        return self.inner.get_many(ids)
+
+
+def test_get_many_sees_queued_and_stored_in_the_order_asked_with_one_read_of_the_store(
+    make_collector: Make,
+) -> None:
+    backend = CountingReads()
+    c = make_collector(backend)
+    stored = [c.collect("note", f"stored {i}") for i in range(5)]
+    assert c.flush()
+    backend.go_down()
+    queued = c.collect("note", "still queued")
+    asked = [stored[3], "01unknown0000000000000000", queued, stored[0], stored[3], stored[1]]
+    found = c.get_many(asked)
+    assert [m.id for m in found] == [stored[3], queued, stored[0], stored[1]]
+    assert found[1].content == "still queued"
+    assert backend.reads == [("get_many", 4)]  # stored[3], unknown, [0], [1]; not one by one
+    backend.reads.clear()
+    assert [m.id for m in c.get_many(stored[:2])] == stored[:2]
+    assert backend.reads == []  # read once, then cached
+    assert c.get_many([]) == []
+    with pytest.raises(mc.ValidationError, match=r"ids\[1\] must be a str"):
+        c.get_many(["a", 2])  # type: ignore[list-item]
+    backend.come_back()
+    assert c.flush()
+
+
+def test_get_many_reads_the_fallback_for_what_the_primary_missed(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    c, primary, _ = with_fallback(make_collector, tmp_path)
+    before = c.collect("note", "stored in the primary")
+    assert c.flush()
+    primary.go_down()
+    during = c.collect("note", "stored in the fallback")
+    assert c.flush(timeout=30)
+    assert [m.content for m in c.get_many([during, before])] == [
+        "stored in the fallback",
+        "stored in the primary",
+    ]
 
 
 def test_invalid_input_raises_before_anything_is_queued(make_collector: Make) -> None:

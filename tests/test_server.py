@@ -388,3 +388,15 @@ def test_an_app_that_builds_its_collector_flushes_it_at_shutdown(tmp_path: Path)
     # No batch had closed (size and timeout far away): shutdown stored them.
     with mc.MemoryCollector(f"sqlite:///{tmp_path}/owned.db", data_dir=str(tmp_path / "e")) as c:
         assert c.count() == 20
+
+
+def test_lookup_reads_many_ids_in_the_order_asked_and_bounds_how_many(
+    api: Api, collector: mc.MemoryCollector
+) -> None:
+    ids = collector.collect_batch([{"category": "note", "content": f"n {i}"} for i in range(5)])
+    assert collector.flush()
+    response = api.post("/v1/lookup", json={"ids": [ids[4], "01unknown", ids[0], ids[4]]})
+    assert response.status_code == 200
+    assert [m["id"] for m in response.json()] == [ids[4], ids[0]]
+    too_many = api.post("/v1/lookup", json={"ids": ["x"] * 1001})
+    assert too_many.status_code == 422 and "1000" in too_many.text

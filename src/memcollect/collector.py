@@ -720,6 +720,38 @@ class MemoryCollector:
         if not isinstance(memory_id, str):
             raise ValidationError(f"id must be a str, not {type(memory_id).__name__}")
         self._check_fork()
+        near = self._get_unstored(memory_id)
+        if near is not Cache.MISSING:
+            return near
+        stored = self._get_stored(memory_id)
+        if stored is not None:
+            self._cache.put(memory_id, stored, _footprint(stored))
+        return stored
+
+    def get_many(self, ids: Iterable[str]) -> list[Memory]:
+        """Memories by id, including ones still queued, in the order asked; unknown ids are
+        left out."""
+        asked = _check_ids(ids)
+        if asked is None:
+            raise ValidationError("ids must be a list of ids, not None")
+        self._check_fork()
+        found: dict[str, Memory] = {}
+        elsewhere: list[str] = []
+        for memory_id in dict.fromkeys(asked):
+            near = self._get_unstored(memory_id)
+            if near is Cache.MISSING:
+                elsewhere.append(memory_id)
+            else:
+                found[memory_id] = near
+        # One query for all the rest, after every look in RAM: a memory stored meanwhile is
+        # found in the store.
+        for stored in self._get_many_stored(elsewhere):
+            found[stored.id] = stored
+            self._cache.put(stored.id, stored, _footprint(stored))
+        return [found[memory_id] for memory_id in dict.fromkeys(asked) if memory_id in found]
+
+    def _get_unstored(self, memory_id: str) -> Memory | Any:
+        """A memory on its way (spool, queue) or cached; Cache.MISSING to ask the store."""
         # Look where a memory goes next only after where it is now: disk, RAM (queued or in
         # flight), then the store. A memory moving on while we look is found further along.
         if self._spool is not None and (self._spool.spilling or self._storer is not None):
@@ -730,25 +762,29 @@ class MemoryCollector:
         if queued is not None:
             return queued
         # A stored memory never changes: a cached one is good until it expires.
-        cached = self._cache.get(memory_id)
-        if cached is not Cache.MISSING:
-            return cached  # type: ignore[no-any-return]
-        stored = self._get_stored(memory_id)
-        if stored is not None:
-            self._cache.put(memory_id, stored, _footprint(stored))
-        return stored
+        return self._cache.get(memory_id)
 
     def _get_stored(self, memory_id: str) -> Memory | None:
+        if self._fallback is None:
+            return self._backend.get(memory_id)
+        found = self._get_many_stored([memory_id])
+        return found[0] if found else None
+
+    def _get_many_stored(self, ids: list[str]) -> list[Memory]:
+        if not ids:
+            return []
         fallback = self._fallback
         if fallback is None:
-            return self._backend.get(memory_id)
+            return self._backend.get_many(ids)
         # During an outage the primary cannot answer, and what it missed is in the fallback.
         try:
-            found = self._backend.get(memory_id)
+            found = self._backend.get_many(ids)
         except Exception as exc:  # noqa: BLE001 - the fallback answers instead
             log.debug("primary read failed (%s): reading the fallback", exc)
-            found = None
-        return found if found is not None else fallback.get(memory_id)
+            found = []
+        held = {m.id for m in found}
+        missed = [memory_id for memory_id in ids if memory_id not in held]
+        return found + fallback.get_many(missed) if missed else found
 
     def search(
         self,

@@ -391,7 +391,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's collec
     async def lookup(request: Request) -> Response:
         asked = _lookup_decoder.decode(await _read_body(request, max_body_bytes))
         collector = current()
-        found = await run_in_threadpool(lambda: [m for m in map(collector.get, asked.ids) if m])
+        found = await run_in_threadpool(collector.get_many, asked.ids)
         return _json(found)
 
     @app.get(
