@@ -32,8 +32,9 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
+# Two worker processes: 112 s one by one, 77 s with two, on the 2-core machine (same hour).
 test: lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/collect.py
