@@ -735,9 +735,10 @@ class MemoryCollector:
         if asked is None:
             raise ValidationError("ids must be a list of ids, not None")
         self._check_fork()
+        unique = list(dict.fromkeys(asked))
         found: dict[str, Memory] = {}
         elsewhere: list[str] = []
-        for memory_id in dict.fromkeys(asked):
+        for memory_id in unique:
             near = self._get_unstored(memory_id)
             if near is Cache.MISSING:
                 elsewhere.append(memory_id)
@@ -748,7 +749,7 @@ class MemoryCollector:
         for stored in self._get_many_stored(elsewhere):
             found[stored.id] = stored
             self._cache.put(stored.id, stored, _footprint(stored))
-        return [found[memory_id] for memory_id in dict.fromkeys(asked) if memory_id in found]
+        return [found[memory_id] for memory_id in unique if memory_id in found]
 
     def _get_unstored(self, memory_id: str) -> Memory | Any:
         """A memory on its way (spool, queue) or cached; Cache.MISSING to ask the store."""
