@@ -1199,7 +1199,7 @@ def _delete_from(store: Backend, ids: list[str] | None, query: SearchQuery | Non
     else:
         assert query is not None
         while True:
-            page = [m.id for m in store.search(query)]
+            page = store.filtered_ids(query)
             if not page:
                 break
             if found.issuperset(page):

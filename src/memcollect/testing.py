@@ -110,6 +110,10 @@ class FaultyBackend(Backend):
         """Read through."""
         return self.inner.search(query)
 
+    def filtered_ids(self, query: SearchQuery) -> list[str]:
+        """Read through."""
+        return self.inner.filtered_ids(query)
+
     def take_oldest(self, limit: int) -> list[Memory]:
         """Read through."""
         return self.inner.take_oldest(limit)

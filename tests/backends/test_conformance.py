@@ -95,6 +95,27 @@ def test_deleted_memories_are_gone_from_reads_counts_and_search(backend: Backend
     assert {m.id for m in listed} == {kept.id, other.id}
 
 
+def test_filtered_ids_give_a_delete_its_pages(backend: Backend) -> None:
+    old = [mem(f"old {i}", "bug", tags=["t"], session="s") for i in range(7)]
+    new = [mem(f"new {i}", "bug", tags=["t"]) for i in range(3)] + [mem("new note", session="s")]
+    start = time.time() - 10_000
+    for at, memory in enumerate(old + new):
+        memory.created_at = start + at * 100
+    backend.write_batch(old + new)
+    # Whatever the text says: a delete's pages go by the filters alone.
+    everything = SearchQuery(text="no memory holds these words", session="s", limit=100)
+    assert sorted(backend.filtered_ids(everything)) == sorted(m.id for m in [*old, new[-1]])
+    recent_bugs = SearchQuery(category="bug", tags=("t",), since=start + 650, limit=100)
+    assert sorted(backend.filtered_ids(recent_bugs)) == sorted(m.id for m in new[:3])
+    page_by_page: list[str] = []
+    while page := backend.filtered_ids(SearchQuery(until=start + 650, limit=3)):
+        assert len(page) <= 3 and not set(page) & set(page_by_page)
+        page_by_page += page
+        backend.delete(page)
+    assert sorted(page_by_page) == sorted(m.id for m in old)
+    assert backend.count() == len(new)
+
+
 def test_search_ranks_the_best_match_first(backend: Backend) -> None:
     backend.write_batch(
         [

@@ -296,3 +296,21 @@ def test_a_delete_beside_a_reader_holding_old_pages_completes_and_keeps_settings
     # The log truncation waits briefly for such a reader; the store's own timeout is back.
     assert store._writer.execute("PRAGMA busy_timeout").fetchone() == (7000,)  # type: ignore[union-attr]
     store.close()
+
+
+def test_a_delete_page_starts_at_the_end_its_rows_are(tmp_path: Path) -> None:
+    # A cut-off deletes the oldest: its page starts there, not after every newer row kept.
+    store = SQLiteBackend(f"sqlite:///{tmp_path}/m.db")
+    store.open()
+    batch = [mem(f"m {i}") for i in range(10)]
+    for at, memory in enumerate(batch):
+        memory.created_at = 1.7e9 + at
+    store.write_batch(batch)
+    oldest = store.filtered_ids(SearchQuery(until=1.7e9 + 5, limit=2))
+    assert oldest == [batch[0].id, batch[1].id]
+    newest = store.filtered_ids(SearchQuery(since=1.7e9 + 5, limit=2))
+    assert newest == [batch[9].id, batch[8].id]
+    # With a category, in the order of its index: the same, oldest first.
+    by_category = store.filtered_ids(SearchQuery(category="note", until=1.7e9 + 5, limit=2))
+    assert by_category == oldest
+    store.close()

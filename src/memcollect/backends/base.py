@@ -196,6 +196,11 @@ class Backend(ABC):
         """Stored memories in id (time) order, from just after the id `after` (for export)."""
         raise NotImplementedError(f"{type(self).__name__} cannot list every memory")
 
+    def filtered_ids(self, query: SearchQuery) -> list[str]:
+        """Ids of up to `query.limit` memories that pass the query's filters, in whatever
+        order the store finds them cheapest (a page of a delete; the text is not used)."""
+        return [m.id for m in self.search(msgspec.structs.replace(query, text=""))]
+
     def take_oldest(self, limit: int) -> list[Memory]:
         """The oldest stored memories, to move them to another store (a fallback's job)."""
         return self.scan(None, limit)

@@ -608,6 +608,19 @@ class SQLiteBackend(Backend):
             query.limit,
         )
 
+    def filtered_ids(self, query: SearchQuery) -> list[str]:
+        """Ids of memories that pass the filters: oldest first, newest first for `since`
+        alone, so that a delete's pages find their rows without reading past the others."""
+        if not self._opened:
+            self.open()
+        where, params = _filters(query)
+        order = "DESC" if query.since is not None and query.until is None else "ASC"
+        # By the (category, id) index when a category is named, else in the table's order:
+        # either way no page sorts every match again.
+        column = "m.id" if query.category is not None else "m.seq"
+        sql = f"SELECT m.id FROM memories m{where} ORDER BY {column} {order} LIMIT ?"
+        return [row[0] for row in self._read(sql, [*params, query.limit])]
+
     def _ranked(
         self, text: str, match: str, query: SearchQuery, limit: int, *, newest: bool
     ) -> list[Memory]:
