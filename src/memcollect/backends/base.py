@@ -19,6 +19,7 @@ __all__ = [
     "DeadLetter",
     "SearchQuery",
     "content_terms",
+    "delete_page_order",
     "every_word_first",
     "plain_terms",
 ]
@@ -61,6 +62,12 @@ class DeadLetter(msgspec.Struct, frozen=True):
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def delete_page_order(query: SearchQuery) -> str:
+    """SQL order of a delete's pages: oldest first, newest first for `since` alone. A delete
+    by time then finds its rows at the start of each page, not after every memory kept."""
+    return "DESC" if query.since is not None and query.until is None else "ASC"
 
 
 def plain_terms(text: str) -> list[str]:

@@ -16,7 +16,14 @@ import msgspec
 from ..errors import TransientBackendError, ValidationError
 from ..model import PRIORITIES, PRIORITY_RANK, Memory
 from ..retry import ErrorKind
-from .base import Backend, DeadLetter, SearchQuery, every_word_first, plain_terms
+from .base import (
+    Backend,
+    DeadLetter,
+    SearchQuery,
+    delete_page_order,
+    every_word_first,
+    plain_terms,
+)
 
 try:
     import psycopg
@@ -373,6 +380,15 @@ class PostgresBackend(Backend):
             (limit,),
         )
         return [DeadLetter(_memory_decode(r[0]), r[1], r[2]) for r in rows]
+
+    def filtered_ids(self, query: SearchQuery) -> list[str]:
+        """Ids of memories that pass the filters, in the order of delete_page_order (by the
+        primary key, or the (category, id) index)."""
+        clauses, params = _filters(query)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = delete_page_order(query)
+        sql = f"SELECT m.id FROM memories m{where} ORDER BY m.id {order} LIMIT %s"
+        return [row[0] for row in self._read(sql, [*params, query.limit])]
 
     def search(self, query: SearchQuery) -> list[Memory]:
         """Full-text search ranked by ts_rank_cd (memories holding every word first), with

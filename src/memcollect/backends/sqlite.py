@@ -20,7 +20,14 @@ import msgspec
 from ..errors import TransientBackendError, ValidationError
 from ..model import PRIORITIES, PRIORITY_RANK, Memory
 from ..retry import ErrorKind
-from .base import Backend, DeadLetter, SearchQuery, content_terms, every_word_first
+from .base import (
+    Backend,
+    DeadLetter,
+    SearchQuery,
+    content_terms,
+    delete_page_order,
+    every_word_first,
+)
 
 __all__ = ["SQLiteBackend", "parse_sqlite_url"]
 
@@ -609,15 +616,14 @@ class SQLiteBackend(Backend):
         )
 
     def filtered_ids(self, query: SearchQuery) -> list[str]:
-        """Ids of memories that pass the filters: oldest first, newest first for `since`
-        alone, so that a delete's pages find their rows without reading past the others."""
+        """Ids of memories that pass the filters, in the order of delete_page_order."""
         if not self._opened:
             self.open()
         where, params = _filters(query)
-        order = "DESC" if query.since is not None and query.until is None else "ASC"
         # By the (category, id) index when a category is named, else in the table's order:
         # either way no page sorts every match again.
         column = "m.id" if query.category is not None else "m.seq"
+        order = delete_page_order(query)
         sql = f"SELECT m.id FROM memories m{where} ORDER BY {column} {order} LIMIT ?"
         return [row[0] for row in self._read(sql, [*params, query.limit])]
 
