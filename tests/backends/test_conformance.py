@@ -29,6 +29,21 @@ def mem(content: str, category: str = "note", **kw: object) -> mc.Memory:
     return memory
 
 
+def check_delete_pages_start_where_their_rows_are(store: Backend) -> None:
+    """For a store that orders a delete's pages (SQLite, PostgreSQL): a cut-off deletes the
+    oldest, so its page starts there, not after every newer memory kept."""
+    batch = [mem(f"m {i}") for i in range(10)]
+    for at, memory in enumerate(batch):
+        memory.created_at = 1.7e9 + at
+    store.write_batch(batch)
+    oldest = store.filtered_ids(SearchQuery(until=1.7e9 + 5, limit=2))
+    assert oldest == [batch[0].id, batch[1].id]
+    # With a category, in the order of its index: the same, oldest first.
+    assert store.filtered_ids(SearchQuery(category="note", until=1.7e9 + 5, limit=2)) == oldest
+    newest = store.filtered_ids(SearchQuery(since=1.7e9 + 5, limit=2))
+    assert newest == [batch[9].id, batch[8].id]
+
+
 def test_writes_are_idempotent(backend: Backend) -> None:
     batch = [mem(f"m{i}") for i in range(10)]
     backend.write_batch(batch)

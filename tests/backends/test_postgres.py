@@ -11,11 +11,10 @@ import pytest
 from psycopg import errors as pg_errors
 
 import memcollect as mc
-from memcollect.backends.base import SearchQuery
 from memcollect.backends.postgres import PostgresBackend, websearch_all_words, websearch_text
 
 from ..services import POSTGRES_URL, drop_schema, require_postgres
-from .test_conformance import mem
+from .test_conformance import check_delete_pages_start_where_their_rows_are
 
 
 @pytest.fixture
@@ -249,13 +248,5 @@ def test_a_script_that_never_closes_stores_its_split_batches_at_exit(pg_url: str
 def test_a_delete_page_starts_at_the_end_its_rows_are(pg_url: str) -> None:
     store = PostgresBackend(pg_url)
     store.open()
-    batch = [mem(f"m {i}") for i in range(10)]
-    for at, memory in enumerate(batch):
-        memory.created_at = 1.7e9 + at
-    store.write_batch(batch)
-    oldest = store.filtered_ids(SearchQuery(until=1.7e9 + 5, limit=2))
-    assert oldest == [batch[0].id, batch[1].id]
-    assert store.filtered_ids(SearchQuery(category="note", until=1.7e9 + 5, limit=2)) == oldest
-    newest = store.filtered_ids(SearchQuery(since=1.7e9 + 5, limit=2))
-    assert newest == [batch[9].id, batch[8].id]
+    check_delete_pages_start_where_their_rows_are(store)
     store.close()

@@ -13,7 +13,7 @@ from memcollect.backends.base import SearchQuery
 from memcollect.backends.sqlite import SCHEMA_VERSION, SQLiteBackend, fts_query
 
 from ..conftest import wait_for
-from .test_conformance import mem
+from .test_conformance import check_delete_pages_start_where_their_rows_are, mem
 
 
 @pytest.fixture
@@ -299,18 +299,7 @@ def test_a_delete_beside_a_reader_holding_old_pages_completes_and_keeps_settings
 
 
 def test_a_delete_page_starts_at_the_end_its_rows_are(tmp_path: Path) -> None:
-    # A cut-off deletes the oldest: its page starts there, not after every newer row kept.
     store = SQLiteBackend(f"sqlite:///{tmp_path}/m.db")
     store.open()
-    batch = [mem(f"m {i}") for i in range(10)]
-    for at, memory in enumerate(batch):
-        memory.created_at = 1.7e9 + at
-    store.write_batch(batch)
-    oldest = store.filtered_ids(SearchQuery(until=1.7e9 + 5, limit=2))
-    assert oldest == [batch[0].id, batch[1].id]
-    newest = store.filtered_ids(SearchQuery(since=1.7e9 + 5, limit=2))
-    assert newest == [batch[9].id, batch[8].id]
-    # With a category, in the order of its index: the same, oldest first.
-    by_category = store.filtered_ids(SearchQuery(category="note", until=1.7e9 + 5, limit=2))
-    assert by_category == oldest
+    check_delete_pages_start_where_their_rows_are(store)
     store.close()
