@@ -106,6 +106,28 @@ def test_segments_rotate_and_are_deleted_once_acknowledged(tmp_path: Path) -> No
     assert list(spool.dir.glob("seg-*.log")) == []
 
 
+def test_find_many_reads_each_segment_once_for_any_number_of_ids(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, fsync=False, fsync_interval=0.02, max_bytes=1 << 30,
+                  segment_bytes=600)  # fmt: skip
+    memories = [mem(f"m{i}") for i in range(30)]
+    for memory in memories:
+        with spool.lock:
+            assert spool.append_locked(encode_frame(memory), 1) is not None
+    assert len(spool.segments) > 3
+    unknown = "01nosuchid0000000000000000"
+    # Few ids (looked for in the bytes) and many (each span decoded): the same answers.
+    for asked in (memories[:2] + memories[-1:], memories[::2]):
+        found = spool.find_many([m.id for m in asked] + [unknown], everything=True)
+        assert found == {m.id: m for m in asked}
+    assert spool.find(memories[17].id, everything=True) == memories[17]
+    assert spool.find(unknown, everything=True) is None
+    assert spool.find_many([], everything=True) == {}
+    # Without everything=True, only what was not yet read back into RAM (none here).
+    assert spool.find_many([m.id for m in memories]) == {}
+    spool.ack([seg for seg in spool.segments.values() for _ in range(seg.outstanding)])
+    spool.close()
+
+
 def test_spool_mode_stores_everything_and_cleans_up(make_collector: Make, tmp_path: Path) -> None:
     c = make_collector(durability="spool")
     ids = [c.collect("note", f"n{i}") for i in range(300)]
@@ -128,6 +150,9 @@ def test_an_outage_costs_disk_not_ram(make_collector: Make, tmp_path: Path) -> N
     assert s.dropped == 0 and s.accepted == 2000
     disk_only = c.get(ids[-1])  # read-your-writes reaches the disk backlog
     assert disk_only is not None and disk_only.content == "n1999"
+    # And for many ids at once: those on disk, in RAM, and one unknown, in the order asked.
+    asked = [ids[-1], ids[0], "01nosuchid0000000000000000", *ids[1000:1990:90]]
+    assert [m.id for m in c.get_many(asked)] == [ids[-1], ids[0], *ids[1000:1990:90]]
     backend.come_back()
     assert c.flush(timeout=60)
     assert backend.inner.count() == 2000

@@ -84,8 +84,13 @@ def test_everything_collected_is_stored_once_and_the_spool_is_emptied(
     for memory_id in (ids[0], ids[2999], ids[-1]):
         found = c.get(memory_id)
         assert found is not None and found.id == memory_id
+    assert [m.id for m in c.get_many(ids[::100])] == ids[::100]
     assert c.flush(timeout=60)
     assert sorted(stored_ids(tmp_path / "m.db")) == sorted(ids)
+    # Stored, so get() reads the store, not the spool segment that still holds its bytes.
+    assert c._spool is not None
+    assert any(ids[-1].encode() in path.read_bytes() for path in segments(tmp_path / "data"))
+    assert c._spool.find(ids[-1], everything=True) is None
     assert c.search("login fails", tags=["auth"], limit=5)
     s = c.stats()
     assert s.accepted == s.stored == len(ids)

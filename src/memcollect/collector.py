@@ -720,7 +720,10 @@ class MemoryCollector:
         if not isinstance(memory_id, str):
             raise ValidationError(f"id must be a str, not {type(memory_id).__name__}")
         self._check_fork()
-        near = self._get_unstored(memory_id)
+        on_disk = self._on_disk([memory_id])
+        if on_disk:
+            return on_disk[memory_id]
+        near = self._queued_or_cached(memory_id)
         if near is not Cache.MISSING:
             return near
         stored = self._get_stored(memory_id)
@@ -736,29 +739,33 @@ class MemoryCollector:
             raise ValidationError("ids must be a list of ids, not None")
         self._check_fork()
         unique = list(dict.fromkeys(asked))
-        found: dict[str, Memory] = {}
+        # Where get() looks, in the same order, each place once for every id.
+        found = self._on_disk(unique)
         elsewhere: list[str] = []
         for memory_id in unique:
-            near = self._get_unstored(memory_id)
+            if memory_id in found:
+                continue
+            near = self._queued_or_cached(memory_id)
             if near is Cache.MISSING:
                 elsewhere.append(memory_id)
             else:
                 found[memory_id] = near
-        # One query for all the rest, after every look in RAM: a memory stored meanwhile is
-        # found in the store.
         for stored in self._get_many_stored(elsewhere):
             found[stored.id] = stored
             self._cache.put(stored.id, stored, _footprint(stored))
         return [found[memory_id] for memory_id in unique if memory_id in found]
 
-    def _get_unstored(self, memory_id: str) -> Memory | Any:
-        """A memory on its way (spool, queue) or cached; Cache.MISSING to ask the store."""
-        # Look where a memory goes next only after where it is now: disk, RAM (queued or in
-        # flight), then the store. A memory moving on while we look is found further along.
-        if self._spool is not None and (self._spool.spilling or self._storer is not None):
-            on_disk = self._spool.find(memory_id, everything=self._storer is not None)
-            if on_disk is not None:
-                return on_disk
+    # Look where a memory goes next only after where it is now: disk, RAM (queued or in
+    # flight), then the store. A memory moving on while we look is found further along.
+
+    def _on_disk(self, ids: list[str]) -> dict[str, Memory]:
+        """Memories waiting in the spool and nowhere else yet, by id."""
+        if self._spool is None or not (self._spool.spilling or self._storer is not None):
+            return {}
+        return self._spool.find_many(ids, everything=self._storer is not None)
+
+    def _queued_or_cached(self, memory_id: str) -> Memory | Any:
+        """A memory queued or in flight, or cached; Cache.MISSING to ask the store."""
         queued = self._inbox.find(memory_id)
         if queued is not None:
             return queued

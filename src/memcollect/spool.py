@@ -34,6 +34,8 @@ MAGIC = b"MC"
 HEADER = struct.Struct("<2sII")
 MAX_PAYLOAD = 64 << 20
 SEGMENT_BYTES = 8 << 20
+# Up to this many ids, find_many() looks for them in a span's bytes before decoding it.
+_IDS_SOUGHT_IN_BYTES = 8
 # How much of a segment one read-back takes at most (then the next refill goes on from there).
 READ_CHUNK_BYTES = 4 << 20
 
@@ -113,7 +115,16 @@ def _zeros_from(data: bytes, pos: int) -> bool:
 class Segment:
     """One file of the spool, and how much of it is still owed to the store."""
 
-    __slots__ = ("adopted", "number", "outstanding", "path", "read_offset", "sealed", "size")
+    __slots__ = (
+        "adopted",
+        "done_offset",
+        "number",
+        "outstanding",
+        "path",
+        "read_offset",
+        "sealed",
+        "size",
+    )
 
     def __init__(self, path: Path, number: int, *, adopted: bool = False) -> None:
         self.path = path
@@ -125,6 +136,9 @@ class Segment:
         self.adopted = adopted
         # Where reading back resumes; None when nothing in it is waiting on disk only.
         self.read_offset: int | None = None
+        # Every record before it is stored or dead-lettered (kept by the storing process's
+        # answers, which come in order): find() need not read them.
+        self.done_offset = 0
 
     def deletable(self) -> bool:
         """Sealed, read back, and every record in it stored or dead-lettered."""
@@ -428,24 +442,37 @@ class Spool:
 
     def find(self, memory_id: str, *, everything: bool = False) -> Memory | None:
         """A record still waiting on disk only, by id (a scan: for get(), not a hot path);
-        everything=True looks at every segment not yet deleted, read back or not."""
-        needle = memory_id.encode()
+        everything=True looks at every record of the segments not yet stored, read back or
+        not."""
+        return self.find_many([memory_id], everything=everything).get(memory_id)
+
+    def find_many(self, ids: Iterable[str], *, everything: bool = False) -> dict[str, Memory]:
+        """find() for many ids, reading each segment once; those found, by id."""
+        wanted = set(ids)
+        found: dict[str, Memory] = {}
         with self.lock:
             if everything:
-                spans = [(s.path, 0, s.size) for s in self.segments.values()]
+                spans = [(s.path, s.done_offset, s.size) for s in self.segments.values()]
             else:
                 spans = [(s.path, s.read_offset or 0, s.size) for s in self.backlog]
         for path, start, end in spans:
+            missing = wanted.difference(found)
+            if not missing:
+                break
             try:
                 data = _read(path, start, end - start)
             except FileNotFoundError:
                 continue
-            if needle not in data:
+            # A few ids are looked for in the bytes first: most spans hold none of them, and
+            # that costs less than decoding every record.
+            if len(missing) <= _IDS_SOUGHT_IN_BYTES and not any(
+                memory_id.encode() in data for memory_id in missing
+            ):
                 continue
             for _, memory in read_frames(data, final=False)[0]:
-                if memory.id == memory_id:
-                    return memory
-        return None
+                if memory.id in missing and memory.id not in found:
+                    found[memory.id] = memory
+        return found
 
     # --- acknowledging -------------------------------------------------------------------
 

@@ -372,9 +372,10 @@ class StoringProcess:
         if not self._in_flight or self._in_flight[0][0].number != done.number:
             log.warning("storing process answered range %d out of order", done.number)
             return
-        _, segment = self._in_flight.popleft()
+        answered, segment = self._in_flight.popleft()
         spool = self.spool
         with spool.lock:
+            segment.done_offset = answered.end
             spool.ack_locked(segment, done.records)
             self.acked += done.records
         with self._changed:
