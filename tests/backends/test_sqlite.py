@@ -303,3 +303,34 @@ def test_a_delete_page_starts_at_the_end_its_rows_are(tmp_path: Path) -> None:
     store.open()
     check_delete_pages_start_where_their_rows_are(store)
     store.close()
+
+
+def test_filter_only_search_is_newest_first_by_id_for_rare_and_common_values(
+    tmp_path: Path,
+) -> None:
+    # A rare value (an old session) is read through its facet tokens, a common one by a scan
+    # from the newest row: the same answers either way, newest first by id.
+    store = SQLiteBackend(f"sqlite:///{tmp_path}/m.db")
+    store.open()
+    old_session = [mem(f"old {i}", session="s-old", tags=["x"]) for i in range(30)]
+    common = [mem(f"common {i}", agent="busy") for i in range(2100)]
+    store.write_batch(old_session + common)
+    # Stored last but made first (an import): its id, not its row, says where it goes.
+    imported = mem("imported", session="s-old", agent="busy")
+    imported.id = "00" + imported.id[2:]
+    store.write_batch([imported])
+    newest_first = sorted([*old_session, imported], key=lambda m: m.id, reverse=True)
+    assert store.search(SearchQuery(session="s-old", limit=10)) == newest_first[:10]
+    assert store.search(SearchQuery(session="s-old", limit=100))[-1] == imported
+    busy = sorted([*common, imported], key=lambda m: m.id, reverse=True)
+    assert store.search(SearchQuery(agent="busy", limit=5)) == busy[:5]
+    # The exact filters still apply on the facet path: time, and every tag.
+    cut = old_session[10].created_at
+    since_cut = [m for m in newest_first if m.created_at >= cut]
+    assert store.search(SearchQuery(session="s-old", since=cut, limit=100)) == since_cut
+    assert store.search(SearchQuery(session="s-old", tags=("x",), limit=100)) == [
+        m for m in newest_first if m is not imported
+    ]
+    assert store.search(SearchQuery(session="s-old", agent="busy", limit=100)) == [imported]
+    assert store.search(SearchQuery(session="s-none", limit=100)) == []
+    store.close()

@@ -598,6 +598,10 @@ class SQLiteBackend(Backend):
         where, params = _filters(query)
         text = query.text.strip()
         if not text:
+            if self.has_fts and (query.project or query.agent or query.session or query.tags):
+                few = self._newest_of_few(query, where, params)
+                if few is not None:
+                    return few
             sql = f"SELECT {_COLUMNS} FROM memories m{where} ORDER BY m.id DESC LIMIT ?"
             return [_from_row(r) for r in self._read(sql, [*params, query.limit])]
         if not self.has_fts:
@@ -626,6 +630,31 @@ class SQLiteBackend(Backend):
         order = delete_page_order(query)
         sql = f"SELECT m.id FROM memories m{where} ORDER BY {column} {order} LIMIT ?"
         return [row[0] for row in self._read(sql, [*params, query.limit])]
+
+    def _newest_of_few(
+        self, query: SearchQuery, where: str, params: list[Any]
+    ) -> list[Memory] | None:
+        """The newest memories passing filters that no index covers (project, agent, session,
+        tags), found by their facet tokens; None when many memories hold those tokens."""
+        # Reading from the newest row, a scan passes every newer memory before an old
+        # session's; the index lists a rare value's few rows at once. For a common value the
+        # scan finds the newest sooner: a cheap count, capped, chooses.
+        facets = " AND ".join(f'"{t}"' for t in _facet_tokens(query))
+        match = f"facets : ({facets})"
+        many = self._read(
+            "SELECT count(*) FROM (SELECT rowid FROM memories_fts WHERE memories_fts MATCH ? "
+            "LIMIT ?)",
+            [match, _FEW_FACET_MATCHES + 1],
+        )[0][0]
+        if many > _FEW_FACET_MATCHES:
+            return None
+        sql = (
+            f"SELECT {_COLUMNS} FROM memories m{where}"
+            f"{' AND' if where else ' WHERE'} m.seq IN "
+            "(SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?) "
+            "ORDER BY m.id DESC LIMIT ?"
+        )
+        return [_from_row(r) for r in self._read(sql, [*params, match, query.limit])]
 
     def _ranked(
         self, text: str, match: str, query: SearchQuery, limit: int, *, newest: bool
@@ -1099,6 +1128,9 @@ _COUNT_DELETION = (
 # interval); one statement of many rows releases it once, and SQLite stores those rows on
 # the other core while collect() goes on.
 ROWS_PER_INSERT = 256
+# Up to this many memories holding a filter's facet tokens, a filter-only search reads them
+# through the full-text index instead of scanning from the newest row (see _newest_of_few).
+_FEW_FACET_MATCHES = 2000
 _ROW_PARAMS = len(_COLUMNS.split(", "))
 _ROW_MARKS = "(" + ",".join("?" * _ROW_PARAMS) + ")"
 
