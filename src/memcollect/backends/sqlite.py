@@ -598,10 +598,9 @@ class SQLiteBackend(Backend):
         where, params = _filters(query)
         text = query.text.strip()
         if not text:
-            if self.has_fts and (query.project or query.agent or query.session or query.tags):
-                few = self._newest_of_few(query, where, params)
-                if few is not None:
-                    return few
+            few = self._few_by_facets(query, where, params, _COLUMNS, "m.id DESC")
+            if few is not None:
+                return [_from_row(r) for r in few]
             sql = f"SELECT {_COLUMNS} FROM memories m{where} ORDER BY m.id DESC LIMIT ?"
             return [_from_row(r) for r in self._read(sql, [*params, query.limit])]
         if not self.has_fts:
@@ -624,21 +623,27 @@ class SQLiteBackend(Backend):
         if not self._opened:
             self.open()
         where, params = _filters(query)
+        order = delete_page_order(query)
+        few = self._few_by_facets(query, where, params, "m.id", f"m.seq {order}")
+        if few is not None:
+            return [row[0] for row in few]
         # By the (category, id) index when a category is named, else in the table's order:
         # either way no page sorts every match again.
         column = "m.id" if query.category is not None else "m.seq"
-        order = delete_page_order(query)
         sql = f"SELECT m.id FROM memories m{where} ORDER BY {column} {order} LIMIT ?"
         return [row[0] for row in self._read(sql, [*params, query.limit])]
 
-    def _newest_of_few(
-        self, query: SearchQuery, where: str, params: list[Any]
-    ) -> list[Memory] | None:
-        """The newest memories passing filters that no index covers (project, agent, session,
-        tags), found by their facet tokens; None when many memories hold those tokens."""
-        # Reading from the newest row, a scan passes every newer memory before an old
-        # session's; the index lists a rare value's few rows at once. For a common value the
-        # scan finds the newest sooner: a cheap count, capped, chooses.
+    def _few_by_facets(
+        self, query: SearchQuery, where: str, params: list[Any], columns: str, order: str
+    ) -> list[Any] | None:
+        """Rows passing filters that no index covers (project, agent, session, tags), found
+        by their facet tokens; None when there are none of those filters or many memories
+        hold their tokens."""
+        if not (self.has_fts and (query.project or query.agent or query.session or query.tags)):
+            return None
+        # Reading in id or row order, a scan passes every memory before an old session's
+        # (or a new one's); the index lists a rare value's few rows at once. For a common
+        # value the scan finds its first rows sooner: a cheap count, capped, chooses.
         facets = " AND ".join(f'"{t}"' for t in _facet_tokens(query))
         match = f"facets : ({facets})"
         many = self._read(
@@ -649,12 +654,11 @@ class SQLiteBackend(Backend):
         if many > _FEW_FACET_MATCHES:
             return None
         sql = (
-            f"SELECT {_COLUMNS} FROM memories m{where}"
+            f"SELECT {columns} FROM memories m{where}"
             f"{' AND' if where else ' WHERE'} m.seq IN "
-            "(SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?) "
-            "ORDER BY m.id DESC LIMIT ?"
+            f"(SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?) ORDER BY {order} LIMIT ?"
         )
-        return [_from_row(r) for r in self._read(sql, [*params, match, query.limit])]
+        return self._read(sql, [*params, match, query.limit])
 
     def _ranked(
         self, text: str, match: str, query: SearchQuery, limit: int, *, newest: bool
@@ -1129,7 +1133,7 @@ _COUNT_DELETION = (
 # the other core while collect() goes on.
 ROWS_PER_INSERT = 256
 # Up to this many memories holding a filter's facet tokens, a filter-only search reads them
-# through the full-text index instead of scanning from the newest row (see _newest_of_few).
+# through the full-text index instead of scanning past every other row (see _few_by_facets).
 _FEW_FACET_MATCHES = 2000
 _ROW_PARAMS = len(_COLUMNS.split(", "))
 _ROW_MARKS = "(" + ",".join("?" * _ROW_PARAMS) + ")"
