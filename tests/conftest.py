@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import memcollect as mc
+from memcollect.testing import FaultyBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,6 +24,22 @@ def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
             return True
         time.sleep(0.02)
     return condition()
+
+
+class CountingReads(FaultyBackend):
+    """Counts the store's reads by id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[str, int]] = []
+
+    def get(self, memory_id: str) -> mc.Memory | None:
+        self.reads.append(("get", 1))
+        return super().get(memory_id)
+
+    def get_many(self, ids: Sequence[str]) -> list[mc.Memory]:
+        self.reads.append(("get_many", len(ids)))
+        return self.inner.get_many(ids)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from memcollect.stats import Counters
 from memcollect.testing import FaultyBackend
 from memcollect.worker import LATENCY_SAMPLES_PER_BATCH, latency_sample
 
+from .conftest import CountingReads
 from .test_failover import with_fallback
 
 Make = Callable[..., mc.MemoryCollector]
@@ -64,22 +65,6 @@ def test_get_sees_memories_still_queued(make_collector: Make) -> None:
     backend.come_back()
     assert c.flush()
     assert backend.inner.get(mid) is not None
-
-
-class CountingReads(FaultyBackend):
-    """Counts the store's reads by id."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads: list[tuple[str, int]] = []
-
-    def get(self, memory_id: str) -> mc.Memory | None:
-        self.reads.append(("get", 1))
-        return super().get(memory_id)
-
-    def get_many(self, ids: Sequence[str]) -> list[mc.Memory]:
-        self.reads.append(("get_many", len(ids)))
-        return self.inner.get_many(ids)
 
 
 def test_get_many_sees_queued_and_stored_in_the_order_asked_with_one_read_of_the_store(

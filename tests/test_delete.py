@@ -24,7 +24,8 @@ from memcollect.backends.sqlite import SQLiteBackend
 from memcollect.locks import shared_lock
 from memcollect.testing import FaultyBackend
 
-from .conftest import ROOT
+from .backends.test_conformance import mem
+from .conftest import ROOT, CountingReads
 from .test_failover import wait_for, with_fallback
 
 Make = Callable[..., mc.MemoryCollector]
@@ -138,10 +139,6 @@ def test_delete_reaches_the_fallback_and_what_moves_back_stays_deleted(
     fallback.close()
 
 
-def note(content: str, session: str) -> mc.Memory:
-    return mc.Memory(mc.new_id(), "note", content, {}, "medium", (), None, None, session, 1.7e9)
-
-
 HOLD_THE_MOVE_LOCK = """
 import sys
 from memcollect.backends.sqlite import SQLiteBackend
@@ -161,8 +158,8 @@ def test_moves_and_deletes_take_turns_with_another_process_on_the_same_fallback(
     fallback_url = f"sqlite:///{tmp_path}/fallback.db"
     left = SQLiteBackend(fallback_url)
     left.open()
-    doomed = [note(f"private {i}", "s-42") for i in range(30)]
-    kept = [note(f"public {i}", "s-7") for i in range(30)]
+    doomed = [mem(f"private {i}", session="s-42") for i in range(30)]
+    kept = [mem(f"public {i}", session="s-7") for i in range(30)]
     left.write_batch(doomed + kept)
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_THE_MOVE_LOCK, fallback_url],
@@ -251,24 +248,11 @@ def test_a_store_failing_part_way_is_one_clear_error_and_a_retry_finishes(
 def test_delete_by_ids_reads_a_page_at_a_time_not_a_memory_at_a_time(
     make_collector: Make,
 ) -> None:
-    class Counting(MemoryBackend):
-        """Counts reads: over HTTP each is a round trip."""
-
-        reads = 0
-
-        def get(self, memory_id: str) -> mc.Memory | None:
-            self.reads += 1
-            return super().get(memory_id)
-
-        def get_many(self, ids: Sequence[str]) -> list[mc.Memory]:
-            self.reads += 1
-            return super().get_many(ids)
-
-    store = Counting()
+    store = CountingReads()
     c = make_collector(store)
     ids = [c.collect("note", f"private {i}") for i in range(1500)]
     assert c.flush()
-    store.reads = 0
+    store.reads.clear()
     assert c.delete([*ids[:1200], "01nosuchid0000000000000000"]) == 1200
-    assert store.reads == 2  # two pages of ids
+    assert store.reads == [("get_many", 1000), ("get_many", 201)]  # two pages of ids
     assert c.count() == 300
