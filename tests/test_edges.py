@@ -1,0 +1,148 @@
+"""The edges a user meets first: a default install, odd files, and the environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import memcollect as mc
+
+from .conftest import ROOT
+
+
+def run_python(code: str, tmp_path: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a script in a fresh interpreter using this checkout's memcollect."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_delete_works_without_numpy(tmp_path: Path) -> None:
+    """The default install has no numpy: a delete on SQLite must not need it."""
+    result = run_python(
+        """
+        import sys
+        sys.modules["numpy"] = None  # as if numpy were not installed: `import numpy` fails
+        import memcollect as mc
+        with mc.MemoryCollector("sqlite:///m.db", durability="memory") as c:
+            ids = [c.collect("bug", f"bug {i}") for i in range(3)]
+            assert c.flush()
+            print(c.delete(ids[:2]), c.count())
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "1"]
+
+
+def test_numpy_is_imported_by_one_thread_at_a_time(tmp_path: Path) -> None:
+    """A search and the worker importing numpy at once saw it half initialized: every
+    import of numpy memcollect makes goes through one lock."""
+    result = run_python(
+        """
+        import builtins, sys, threading
+        from memcollect import semantic
+
+        real_import = builtins.__import__
+        inside, most, entered = {}, [0], [0]
+        everyone_waits = threading.Event()
+        guard = threading.Lock()
+
+        def counting_import(name, *args, **kwargs):
+            if name != "numpy" or "numpy" in sys.modules and semantic._numpy is not None:
+                return real_import(name, *args, **kwargs)
+            me = threading.get_ident()
+            with guard:  # threads inside an import of numpy (numpy imports itself too)
+                inside[me] = inside.get(me, 0) + 1
+                most[0] = max(most[0], len(inside))
+            # Hold the first import until every thread has asked for numpy.
+            everyone_waits.wait(30)
+            try:
+                return real_import(name, *args, **kwargs)
+            finally:
+                with guard:
+                    inside[me] -= 1
+                    if not inside[me]:
+                        del inside[me]
+
+        builtins.__import__ = counting_import
+
+        def ask():
+            with guard:
+                entered[0] += 1
+                if entered[0] == 8:
+                    everyone_waits.set()
+            semantic.numpy()
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        print(most[0], semantic.numpy().__name__)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "numpy"]
+
+
+def test_a_half_initialized_import_is_not_called_a_missing_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only a module that is not installed means the extra is missing."""
+    import builtins
+
+    from memcollect import semantic
+
+    real_import = builtins.__import__
+
+    def broken(name: str, *args: object, **kwargs: object) -> object:
+        if name == "sentence_transformers":
+            raise ImportError("cannot import name 'x' from partially initialized module")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(ImportError, match="partially initialized"):
+        semantic._sentence_transformer("/nowhere")
+
+
+@pytest.mark.slow
+def test_semantic_and_mem0_stores_leave_the_environment_alone(tmp_path: Path) -> None:
+    """OPENAI_API_KEY, HF_HUB_OFFLINE and the like belong to the host's own code."""
+    result = run_python(
+        f"""
+        import os
+        before = dict(os.environ)
+        import memcollect as mc
+        for url in ("sqlite:///s.db?semantic=1", "mem0:///{tmp_path}/mem0"):
+            with mc.MemoryCollector(url, durability="memory") as c:
+                c.collect("bug", "Login fails on Safari 17")
+                assert c.flush(60)
+                assert c.search("browser sign-in", mode="semantic")
+        ours = ("OPENAI", "HF_", "TRANSFORMERS", "MEM0", "TOKENIZERS")
+        print(sorted(k for k in set(os.environ) ^ set(before) if k.startswith(ours)))
+        """,
+        tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
+    assert "Loading weights" not in result.stderr
+
+
+def test_the_package_ships_py_typed() -> None:
+    """Users' type checkers see memcollect's types."""
+    assert (Path(mc.__file__).parent / "py.typed").is_file()
