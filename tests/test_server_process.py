@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -234,3 +235,24 @@ def test_a_url_that_is_not_a_memcollect_server_keeps_the_memories(tmp_path: Path
     finally:
         other.shutdown()
         other.server_close()
+
+
+def test_a_client_that_leaves_mid_body_costs_no_traceback(
+    serve: Callable[..., ServerProcess],
+) -> None:
+    import socket
+
+    server = serve(MEMCOLLECT_TOKEN="")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/memories HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n" + b'[{"category": "note", "content": "'
+        )
+        # The server has started reading the body when it answers nothing yet; then leave.
+        sock.settimeout(0.5)
+        with contextlib.suppress(TimeoutError):
+            sock.recv(1)
+    assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+    code, out = server.stop()
+    assert code == 0
+    assert "Traceback" not in out and "ClientDisconnect" not in out, out

@@ -27,10 +27,10 @@ from .model import (
     Memory,
     check_category,
     check_labels,
+    check_memory,
     check_tags,
     make_memory,
     memory_from_dict,
-    memory_from_record,
 )
 from .retry import CircuitBreaker
 from .spool import Segment, Spool, encode_frame, encode_record
@@ -370,14 +370,8 @@ class MemoryCollector:
         and times; each is checked as collect() checks its arguments: all valid or none."""
         checked = []
         for index, memory in enumerate(memories):
-            if not isinstance(memory, Memory):
-                raise ValidationError(
-                    f"memory {index} is a {type(memory).__name__}, not a memcollect Memory: "
-                    "use collect_batch() for dicts"
-                )
-            record = {field: getattr(memory, field) for field in Memory.__struct_fields__}
             try:
-                checked.append(memory_from_record(record, self._max_bytes))
+                checked.append(check_memory(memory, self._max_bytes))
             except ValidationError as exc:
                 raise ValidationError(f"memory {index}: {exc}") from None
         return self._queue_checked(checked)
@@ -927,11 +921,25 @@ class MemoryCollector:
         if self._closed:
             raise ValidationError("this collector is closed: retry dead letters before close()")
         total = 0
+        invalid: set[str] = set()
         while True:
-            letters = self._backend.dead_letters(1000)
+            letters = [
+                d for d in self._backend.dead_letters(1000 + len(invalid))
+                if d.memory.id not in invalid
+            ]  # fmt: skip
             if not letters:
+                if invalid:
+                    log.warning("%d dead letters are not valid memories: left as they are",
+                                len(invalid))  # fmt: skip
                 return total
-            memories = [letter.memory for letter in letters]
+            memories = []
+            for letter in letters:
+                try:
+                    memories.append(check_memory(letter.memory, self._max_bytes))
+                except ValidationError:
+                    invalid.add(letter.memory.id)  # kept by an older version: never stored
+            if not memories:
+                continue
             if self._spool is not None:
                 self._put_spooled(memories, force=True)
             else:

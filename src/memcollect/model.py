@@ -317,7 +317,8 @@ def check_metadata(metadata: object) -> dict[str, Any]:
 
 
 def _copy_mapping(value: Mapping[Any, Any], path: str, depth: int) -> dict[str, Any]:
-    if depth > _MAX_DEPTH:
+    # depth counts the containers around this one: metadata itself is level 1 of 32.
+    if depth >= _MAX_DEPTH:
         raise ValidationError(f"{path} is nested deeper than {_MAX_DEPTH} levels (or is cyclic)")
     out: dict[str, Any] = {}
     for raw_key, item in value.items():
@@ -370,7 +371,7 @@ def _copy_value(value: Any, path: str, depth: int) -> Any:
     if isinstance(value, Mapping):
         return _copy_mapping(value, path, depth)
     if isinstance(value, (list, tuple)):
-        if depth > _MAX_DEPTH:
+        if depth >= _MAX_DEPTH:
             raise ValidationError(
                 f"{path} is nested deeper than {_MAX_DEPTH} levels (or is cyclic)"
             )
@@ -547,3 +548,14 @@ def memory_from_record(item: Mapping[str, Any], max_content_bytes: int) -> Memor
             raise ValidationError(f"content_hash must be a str of at most {_MAX_TAG} characters")
         memory.content_hash = digest  # the sender's worker computed it; "" is filled in here
     return memory
+
+
+def check_memory(memory: object, max_content_bytes: int) -> Memory:
+    """A Memory built elsewhere (a replay, a dead letter), checked as collect() checks its
+    arguments, keeping its id and time; raises ValidationError."""
+    if not isinstance(memory, Memory):
+        raise ValidationError(
+            f"a {type(memory).__name__} is not a memcollect Memory: use collect_batch() for dicts"
+        )
+    record = {field: getattr(memory, field) for field in Memory.__struct_fields__}
+    return memory_from_record(record, max_content_bytes)

@@ -20,13 +20,14 @@ from fastapi.responses import Response
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..backends.base import DeadLetter
 from ..collector import MemoryCollector
 from ..errors import BackendError, MemcollectError, QueueFullError, ValidationError
-from ..model import Memory, memory_from_record
+from ..model import Memory, check_memory, memory_from_record
 from .metrics import metrics_registry, metrics_text
 from .wire import (
     CATEGORY_PATTERN,
@@ -90,6 +91,10 @@ Until = Annotated[float | None, Query(description="Created before (epoch seconds
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its whole body arrived."""
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -170,26 +175,44 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise _BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLarge
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise _ClientGone from None
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding in ("identity", ""):
         return body
     if encoding != "gzip":
         raise ValidationError(f"Content-Encoding {encoding!r} is not supported: use gzip or none")
-    inflater = zlib.decompressobj(wbits=31)
-    try:
-        # max_length bounds what a small compressed body may inflate to.
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ValidationError(f"the gzip body is corrupt ({exc}): send valid gzip") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise _BodyTooLarge
-    return data
+    return _gunzip(body, limit)
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """Every member of a gzip body (a body may hold several, one after another), refusing
+    more than `limit` bytes inflated."""
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while rest:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            # max_length bounds what a small compressed body may inflate to.
+            data = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            raise ValidationError(f"the gzip body is corrupt ({exc}): send valid gzip") from None
+        size += len(data)
+        if size > limit or inflater.unconsumed_tail:
+            raise _BodyTooLarge
+        if not inflater.eof:
+            raise ValidationError("the gzip body is cut short: send the whole of it")
+        parts.append(data)
+        rest = inflater.unused_data
+    return b"".join(parts)
 
 
 def create_app(  # noqa: PLR0915 - the routes are closures over the app's collector
@@ -485,8 +508,16 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's collec
         openapi_extra={"requestBody": _body("DeadLetter", "Dead letters.", array=True)},
     )
     async def add_dead_letters(request: Request) -> Response:
+        collector = current()
         letters = _dead_letters_decoder.decode(await _read_body(request, max_body_bytes))
-        await run_in_threadpool(current().backend.add_dead_letters, letters)
+        max_bytes = collector.config.max_content_bytes
+        for index, letter in enumerate(letters):
+            try:
+                # A dead letter may be queued again as a memory: it must be a valid one.
+                check_memory(letter.memory, max_bytes)
+            except ValidationError as exc:
+                raise ValidationError(f"dead letter {index}: {exc}") from None
+        await run_in_threadpool(collector.backend.add_dead_letters, letters)
         return Response(status_code=204)
 
     @app.post(
@@ -627,6 +658,17 @@ def _install_error_handlers(app: FastAPI) -> None:
             503, f"the store is unavailable ({exc}): try again later", {"Retry-After": "1"}
         )
 
+    async def too_deep(_: Request, exc: Exception) -> Response:
+        return _error(
+            422, "the body is nested too deeply: metadata holds at most 32 levels of JSON"
+        )
+
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        # Nobody is left to read an answer: a line at debug level, never a traceback.
+        log.debug("%s %s: the client left before sending its whole body",
+                  request.method, request.url.path)  # fmt: skip
+        return Response(status_code=400)
+
     async def internal(_: Request, exc: Exception) -> Response:
         # The trace goes to the log, never to the client.
         log.error("request failed", exc_info=exc)
@@ -639,6 +681,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         msgspec.ValidationError: invalid,
         msgspec.DecodeError: invalid,
         _BodyTooLarge: too_large,
+        _ClientGone: client_gone,
+        RecursionError: too_deep,
         BackendError: backend_down,
         MemcollectError: invalid,
         Exception: internal,
