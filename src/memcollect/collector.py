@@ -370,6 +370,11 @@ class MemoryCollector:
         and times; each is checked as collect() checks its arguments: all valid or none."""
         checked = []
         for index, memory in enumerate(memories):
+            if not isinstance(memory, Memory):
+                raise ValidationError(
+                    f"memory {index} is a {type(memory).__name__}, not a memcollect Memory: "
+                    "use collect_batch() for dicts"
+                )
             try:
                 checked.append(check_memory(memory, self._max_bytes))
             except ValidationError as exc:
