@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -146,3 +149,54 @@ def test_semantic_and_mem0_stores_leave_the_environment_alone(tmp_path: Path) ->
 def test_the_package_ships_py_typed() -> None:
     """Users' type checkers see memcollect's types."""
     assert (Path(mc.__file__).parent / "py.typed").is_file()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs of its own (the machine's root can mount one), unmounted after."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        message = f"cannot mount a tmpfs to fill ({done.stderr.strip()}): run as root"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip("!!! SKIPPED, NOT TESTED: " + message)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> None:
+    """Take every free byte of the disk."""
+    with open(disk / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+
+
+@pytest.mark.parametrize("storer", ["thread", "process"])
+def test_a_full_disk_is_logged_once_not_once_a_memory(
+    small_disk: Path, tmp_path: Path, storer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="memcollect")
+    backend = "memory://" if storer == "thread" else f"sqlite:///{tmp_path}/m.db"
+    with mc.MemoryCollector(backend, data_dir=str(small_disk), storer=storer) as c:
+        fill(small_disk)
+        for i in range(2000):
+            c.collect("note", f"memory {i}")
+        assert c.flush(30)
+        failed = [r.getMessage() for r in caplog.records if "spool write failed" in r.getMessage()]
+        assert len(failed) == 1, failed
+        if storer == "thread":
+            assert "kept in RAM" in failed[0]
+            assert c.count() == 2000  # the RAM queue kept them
+        else:
+            assert "on_full='drop_lowest'" in failed[0] and "RAM" not in failed[0]
+            assert c.stats().dropped_by_reason.get("queue_full", 0) > 0
+        assert c.health().status != "ok"

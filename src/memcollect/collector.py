@@ -55,6 +55,8 @@ Clock = Callable[[], float]
 
 # A drop degrades health for this long: an alert, not a scar.
 RECENT_DROP_S = 300.0
+# Spool write failures of one kind are logged once, then counted in a line this often.
+SPOOL_LOG_INTERVAL_S = 60.0
 
 
 _CALLBACKS_NEED_THREAD = (
@@ -147,6 +149,8 @@ class MemoryCollector:
         # The spool segment of each memory in RAM that is also on disk, to acknowledge it.
         self._segment_of: dict[str, Segment] = {}
         self._logged_write_errors = 0
+        self._logged_error = ""
+        self._next_spool_log = 0.0
         if config.durability != "memory":
             root = Path(config.data_dir) / "spool"
             try:
@@ -283,10 +287,28 @@ class MemoryCollector:
     def _log_spool_trouble(self) -> None:
         spool = self._spool
         assert spool is not None
-        # Once per new write error, not once per memory: a full disk must not flood the log.
-        if spool.write_errors != self._logged_write_errors:
-            self._logged_write_errors = spool.write_errors
-            log.error("spool write failed (%s): memories stay in RAM only", spool.last_error)
+        # Once per kind of write error, then a count at most once a minute: a full disk
+        # fails every collect(), and must not write a log line for each.
+        failed = spool.write_errors - self._logged_write_errors
+        if not failed:
+            return
+        now = self._clock()
+        if spool.last_error == self._logged_error and now < self._next_spool_log:
+            return
+        self._logged_write_errors = spool.write_errors
+        self._next_spool_log = now + SPOOL_LOG_INTERVAL_S
+        if spool.last_error == self._logged_error:
+            log.error("%d more spool writes failed (%s)", failed, spool.last_error)
+            return
+        self._logged_error = spool.last_error
+        if self._storer is None:
+            fate = "memories are kept in RAM only until the disk takes them again"
+        else:
+            fate = (
+                f"with storer='process' the spool is the only queue, so memories are handled "
+                f"as on_full={self.config.on_full!r} says (drop_lowest drops them)"
+            )
+        log.error("spool write failed (%s): %s", spool.last_error, fate)
 
     def _put_spooled(self, memories: list[Memory], force: bool = False) -> None:
         """Append to the spool, then queue in RAM while there is room and no backlog on disk."""
