@@ -10,7 +10,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,6 +55,8 @@ Clock = Callable[[], float]
 
 # A drop degrades health for this long: an alert, not a scar.
 RECENT_DROP_S = 300.0
+# A write that has not answered for this long makes health degraded while it waits.
+SLOW_WRITE_S = 1.0
 # Spool write failures of one kind are logged once, then counted in a line this often.
 SPOOL_LOG_INTERVAL_S = 60.0
 
@@ -142,7 +144,9 @@ class MemoryCollector:
         self._pid = _Process.pid
         self._close_lock = threading.Lock()
         self.counters = Counters(self._clock)
-        self.breaker = CircuitBreaker(config.max_retries, config.retry_max, self._clock)
+        self.breaker = CircuitBreaker(
+            config.max_retries, config.retry_max, self._clock, config.circuit_open_after
+        )
         self._inbox = Inbox(config.max_queue_size, config.batch_size, self._evicted, self._clock)
         self._cache = Cache(config.cache_size, config.cache_bytes, config.cache_ttl, self._clock)
         self._spool: Spool | None = None
@@ -1069,68 +1073,86 @@ class MemoryCollector:
     def health(self) -> Health:
         """ok, degraded or failing, with the reasons."""
         self._check_fork()
-        reasons: list[str] = []
+        findings = list(self._health_findings())
         status = "ok"
-        state = self.breaker.state
+        if findings:
+            status = "failing" if any(level == "failing" for level, _ in findings) else "degraded"
         live = self._backend.url
+        if self.breaker.state != "closed" and self._fallback is not None:
+            live = self._fallback.url
+        reasons = [reason for _, reason in findings]
+        return Health(status=status, reasons=reasons, backend=live)  # type: ignore[arg-type]
+
+    def _health_findings(self) -> Iterator[tuple[str, str]]:
+        """What is wrong, each as ("degraded" | "failing", the reason)."""
+        breaker, state = self.breaker, self.breaker.state
         if state != "closed" and self._fallback is not None:
-            status, live = "degraded", self._fallback.url
-            reasons.append(
-                f"primary {self._backend.url} is down ({self.breaker.last_error}): "
-                f"storing in the fallback {self._fallback.url}"
+            yield (
+                "degraded",
+                (
+                    f"primary {self._backend.url} is down ({breaker.last_error}): "
+                    f"storing in the fallback {self._fallback.url}"
+                ),
             )
         elif state != "closed":
-            status = "failing"
-            reasons.append(
-                f"backend circuit {state} after {self.breaker.failures} failed writes: "
-                f"{self.breaker.last_error}"
+            yield (
+                "failing",
+                (
+                    f"backend circuit {state} after {breaker.failures} failed writes: "
+                    f"{breaker.last_error}"
+                ),
             )
-        elif self.breaker.failures:
-            status = "degraded"
-            reasons.append(f"backend write failing, retrying: {self.breaker.last_error}")
+        elif breaker.failures:
+            yield "degraded", f"backend write failing, retrying: {breaker.last_error}"
         if self._storer is not None:
             if not self._closed and not self._storer.alive():
-                status = "failing"
-                reasons.append(
-                    f"the storing process is not running (last exit code "
-                    f"{self._storer.last_exit}, {self._storer.restarts} restarts): the spool "
-                    "keeps what is collected"
+                yield (
+                    "failing",
+                    (
+                        f"the storing process is not running (last exit code "
+                        f"{self._storer.last_exit}, {self._storer.restarts} restarts): the spool "
+                        "keeps what is collected"
+                    ),
                 )
         elif not self._closed and not self._worker.alive():
-            status = "failing"
-            reasons.append("the worker thread is not running")
+            yield "failing", "the worker thread is not running"
+        writing_since = self._worker.writing_since
+        if writing_since is not None and self._storer is None:
+            waited = self._clock() - writing_since
+            if waited >= SLOW_WRITE_S:
+                yield (
+                    "degraded",
+                    (f"a write to {self._backend.url} has waited {waited:.0f} s for an answer"),
+                )
         depth = self._inbox.size
         if depth >= 0.8 * self.config.max_queue_size:
-            status = "failing" if status == "failing" else "degraded"
-            reasons.append(f"queue {depth}/{self.config.max_queue_size} is over 80% full")
+            yield "degraded", f"queue {depth}/{self.config.max_queue_size} is over 80% full"
         last_drop = self.counters.last_drop
         if last_drop is not None and self._clock() - last_drop < RECENT_DROP_S:
-            if status == "ok":
-                status = "degraded"
-            reasons.append(
-                f"memories dropped in the last {RECENT_DROP_S:.0f} s "
-                f"({sum(self.counters.dropped.values())} in all)"
+            yield (
+                "degraded",
+                (
+                    f"memories dropped in the last {RECENT_DROP_S:.0f} s "
+                    f"({sum(self.counters.dropped.values())} in all)"
+                ),
             )
         spool = self._spool
         if spool is not None and spool.bytes >= 0.8 * spool.max_bytes:
-            status = "failing" if status == "failing" else "degraded"
-            reasons.append(
-                f"spool {spool.bytes / 2**20:.0f} MiB is over 80% of max_spool_bytes "
-                f"({spool.max_bytes / 2**20:.0f} MiB)"
+            yield (
+                "degraded",
+                (
+                    f"spool {spool.bytes / 2**20:.0f} MiB is over 80% of max_spool_bytes "
+                    f"({spool.max_bytes / 2**20:.0f} MiB)"
+                ),
             )
         if spool is not None and spool.write_errors:
-            status = "failing" if status == "failing" else "degraded"
-            reasons.append(f"{spool.write_errors} spool writes failed: check the disk")
+            yield "degraded", f"{spool.write_errors} spool writes failed: check the disk"
         if self._worker.fallback_pending and state == "closed":
-            status = "failing" if status == "failing" else "degraded"
-            reasons.append("moving what the fallback holds back to the primary")
+            yield "degraded", "moving what the fallback holds back to the primary"
         for reason in self._backend.health_reasons():
-            status = "failing" if status == "failing" else "degraded"
-            reasons.append(reason)
+            yield "degraded", reason
         if self._closed:
-            status = "failing"
-            reasons.append("the collector is closed")
-        return Health(status=status, reasons=reasons, backend=live)  # type: ignore[arg-type]
+            yield "failing", "the collector is closed"
 
     def __del__(self) -> None:
         if getattr(self, "_closed", True) or self._pid != _Process.pid:

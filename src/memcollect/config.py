@@ -47,6 +47,9 @@ class Config(msgspec.Struct, kw_only=True):
     cache_bytes: int = 32 << 20
     max_content_bytes: int = 64 * 1024
     exit_timeout: float = 5.0
+    # Writes failing for this long open the circuit, as max_retries failures in a row do:
+    # health then says failing, and a fallback takes the writes.
+    circuit_open_after: float = 5.0
     # Where memories are stored from: a thread of this process, or a process of their own
     # that reads them from the spool (collecting and storing then use a core each).
     storer: Storer = "thread"
@@ -111,6 +114,7 @@ _LIMITS: dict[str, tuple[type, float]] = {
     "cache_bytes": (int, 0),
     "max_content_bytes": (int, 1),
     "exit_timeout": (float, 0.0),
+    "circuit_open_after": (float, 0.0),
 }
 
 FIELDS: tuple[str, ...] = Config.__struct_fields__

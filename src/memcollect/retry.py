@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -46,15 +47,26 @@ def retry_after(exc: BaseException) -> float | None:
 
 
 class CircuitBreaker:
-    """Opens after `threshold` failures in a row; half-opens once `cooldown` has passed."""
+    """Opens after `threshold` failures in a row, or once writes have failed for `open_after`
+    seconds (a store that makes each write wait long before failing it is down as surely as
+    one that fails fast); half-opens once `cooldown` has passed."""
 
-    def __init__(self, threshold: int, cooldown: float, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        threshold: int,
+        cooldown: float,
+        clock: Clock = time.monotonic,
+        open_after: float = math.inf,
+    ) -> None:
         self.threshold = max(1, threshold)
         self.cooldown = cooldown
+        self.open_after = open_after
         self._clock = clock
         self.failures = 0
         self.opened_at: float | None = None
         self.last_error: str = ""
+        # When the first failed write of the current run of failures began.
+        self.failing_since: float | None = None
 
     @property
     def state(self) -> Literal["closed", "open", "half_open"]:
@@ -76,10 +88,15 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at = None
         self.last_error = ""
+        self.failing_since = None
 
-    def record_failure(self, error: BaseException) -> None:
-        """A write failed: count it, and open (or re-open) the circuit past the threshold."""
+    def record_failure(self, error: BaseException, started: float | None = None) -> None:
+        """A write (begun at `started`) failed: count it, and open (or re-open) the circuit
+        past the threshold of failures or of time."""
+        now = self._clock()
         self.failures += 1
         self.last_error = f"{type(error).__name__}: {error}"
-        if self.failures >= self.threshold:
-            self.opened_at = self._clock()
+        if self.failing_since is None:
+            self.failing_since = now if started is None else started
+        if self.failures >= self.threshold or now - self.failing_since >= self.open_after:
+            self.opened_at = now

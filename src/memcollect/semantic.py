@@ -293,7 +293,7 @@ def quiet_model_loading() -> Iterator[None]:
     except ModuleNotFoundError:
         yield
         return
-    was_on = transformers_logging.is_progress_bar_enabled()  # type: ignore[no-untyped-call]
+    was_on = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         yield

@@ -154,9 +154,19 @@ class Counters:
         with self._lock:
             stored = deltas.get("stored", 0)
             for name, delta in deltas.items():
+                if name == "unstorable":
+                    if delta:
+                        self.dropped["unstorable"] += delta
+                        self.last_drop = self.clock()
+                    continue
                 setattr(self, name, getattr(self, name) + delta)
             if stored:
                 self._window.append((self.clock(), self.stored))
+
+    @property
+    def unstorable(self) -> int:
+        """Memories dropped because the store refused them and their dead letters."""
+        return self.dropped.get("unstorable", 0)
 
     def drop(self, reason: str, count: int = 1) -> None:
         """Account for memories that were discarded, with why."""

@@ -43,7 +43,7 @@ log = logging.getLogger("memcollect")
 
 # The version of what the two sides say to each other: a storing process started after an
 # upgrade on disk must not misread an older collecting process.
-PROTOCOL = 1
+PROTOCOL = 2
 # How long the collecting side lets appended records gather before sending a range, unless a
 # flush asks for them at once: bigger ranges cost fewer messages, and the child's batches
 # are cut from them anyway.
@@ -75,6 +75,7 @@ _COUNTED = (
     "batches",
     "stored_in_fallback",
     "moved_to_primary",
+    "unstorable",
 )
 
 
@@ -400,7 +401,9 @@ class _Child:
         if self.fallback is not None:
             self.fallback.open()
         self.counters = Counters()
-        self.breaker = CircuitBreaker(config.max_retries, config.retry_max)
+        self.breaker = CircuitBreaker(
+            config.max_retries, config.retry_max, open_after=config.circuit_open_after
+        )
         self.worker = Worker.configured(
             config,
             Inbox(1, config.batch_size, lambda memory: None),

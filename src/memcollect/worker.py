@@ -119,6 +119,8 @@ class Worker:
         # at start (what an earlier process left) and after every batch stored.
         self.idle_due = True
         self.clock = clock
+        # When the write under way began (None between writes): a write that hangs shows.
+        self.writing_since: float | None = None
         self.thread: threading.Thread | None = None
         # Set by close(): drain everything, then stop. `deadline` bounds the drain.
         self.stopping = False
@@ -273,7 +275,10 @@ class Worker:
                 memory.content_hash = digest.hexdigest()
         self._write(batch)
 
-    def _write(self, batch: list[Memory]) -> None:
+    def _write(self, batch: list[Memory], patience: int | None = None) -> None:
+        """Store a batch, retrying what may pass; an error that cannot be told is retried
+        `patience` times (max_retries by default) before the batch is split."""
+        patience = self.policy.max_retries if patience is None else patience
         attempt = 0
         fallback_failed = False
         while True:
@@ -281,16 +286,17 @@ class Worker:
                 if self._store_in_fallback(batch):
                     return
                 fallback_failed = True
-            started = self.clock()
+            started = self.writing_since = self.clock()
             try:
                 self.backend.write_batch(batch)
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
+                self.writing_since = None
                 self.counters.failed += 1
                 kind = self.backend.classify(exc)
-                if kind == "permanent" or (kind is None and attempt >= self.policy.max_retries):
-                    self._split(batch, exc)
+                if kind == "permanent" or (kind is None and attempt >= patience):
+                    self._split(batch, exc, kind)
                     return
-                self.breaker.record_failure(exc)
+                self.breaker.record_failure(exc, started)
                 if (
                     self.fallback is not None
                     and self.breaker.state == "open"
@@ -306,6 +312,7 @@ class Worker:
                 self.counters.retried_memories += len(batch)
                 attempt += 1
                 continue
+            self.writing_since = None
             self.breaker.record_success()
             self.idle_due = True
             self.counters.record_stored(len(batch), self.clock() - started, latency_sample(batch))
@@ -373,14 +380,20 @@ class Worker:
                 self.counters.dead_lettered += 1
         return True
 
-    def _split(self, batch: list[Memory], exc: BaseException) -> None:
-        """A permanent error: store the good half, narrow down the poison record."""
+    def _split(self, batch: list[Memory], exc: BaseException, kind: str | None) -> None:
+        """A record is refused: store the good half, narrow down the poison record.
+
+        After an error that cannot be told, retried max_retries times, the halves are tried
+        once each: the retries already showed the error is no passing one, and retrying at
+        every level of the bisection made ten poison records of 20,000 take minutes.
+        """
         if len(batch) == 1:
             self._dead_letter(batch[0], exc)
             return
         middle = len(batch) // 2
-        self._write(batch[:middle])
-        self._write(batch[middle:])
+        patience = 0 if kind is None else None
+        self._write(batch[:middle], patience)
+        self._write(batch[middle:], patience)
 
     def _dead_letter(self, memory: Memory, exc: BaseException) -> None:
         letter = DeadLetter(memory, f"{type(exc).__name__}: {exc}", time.time())
@@ -390,15 +403,27 @@ class Worker:
                 self.backend.add_dead_letters([letter])
                 break
             except Exception as dl_exc:  # noqa: BLE001
-                if self.backend.classify(dl_exc) == "permanent" or not self._sleep(
-                    self.policy.delay(attempt, retry_after(dl_exc))
-                ):
+                if self.backend.classify(dl_exc) == "permanent":
+                    self._unkeepable(memory, exc, dl_exc)
+                    return
+                if not self._sleep(self.policy.delay(attempt, retry_after(dl_exc))):
                     log.error("memory %s could not be dead-lettered: %s", memory.id, dl_exc)
                     self._abandon([memory], dl_exc)
                     return
                 attempt += 1
         self.counters.dead_lettered += 1
         log.warning("memory %s dead-lettered: %s", memory.id, letter.error)
+        self.on_done([memory])
+        notify_failure(self.on_failure, [memory], exc)
+
+    def _unkeepable(self, memory: Memory, exc: BaseException, dl_exc: BaseException) -> None:
+        """The store refuses a memory and its dead letter too: counted as dropped, told to
+        on_failure, and released (kept, it would be refused again at every start)."""
+        self.counters.drop("unstorable")
+        log.error(
+            "memory %s was dropped: the store refused it (%s: %s) and its dead letter too "
+            "(%s: %s)", memory.id, type(exc).__name__, exc, type(dl_exc).__name__, dl_exc,
+        )  # fmt: skip
         self.on_done([memory])
         notify_failure(self.on_failure, [memory], exc)
 

@@ -149,6 +149,12 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
     return path or ":memory:", options
 
 
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite said another connection holds the lock (BUSY or LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in (5, 6) or "locked" in str(exc)
+
+
 def numpy() -> Any:
     """numpy, imported as semantic recall imports it (one thread at a time)."""
     from ..semantic import numpy as load  # here: stores without vectors never need it
@@ -176,7 +182,7 @@ class SQLiteBackend(Backend):
     """Memories in one SQLite file; safe for several threads and processes at once.
 
     URL options: `fts=0` turns the full-text index off (search falls back to a scan),
-    `busy_timeout=SECONDS` (default 10) bounds each wait for another writer's lock,
+    `busy_timeout=SECONDS` (default 5) bounds each wait for another writer's lock,
     `synchronous=NORMAL|FULL|OFF` (default NORMAL, which WAL keeps consistent on a crash),
     `semantic=1` embeds each memory once it is stored (in the worker's quiet moments), for
     search(mode="semantic" | "hybrid") (needs the semantic extra), `semantic=static` does so
@@ -228,7 +234,9 @@ class SQLiteBackend(Backend):
         self._embed_error: str | None = None
         self.want_fts = options.get("fts", "1") not in ("0", "false", "off", "no")
         try:
-            self.busy_timeout = float(options.get("busy_timeout", "10"))
+            # A write lock held for seconds is an outage: the circuit opens after
+            # circuit_open_after (5 s) of failed writes, so a longer wait only hides it.
+            self.busy_timeout = float(options.get("busy_timeout", "5"))
         except ValueError:
             raise ValidationError(f"busy_timeout in {url!r} must be a number of seconds") from None
         window = options.get("rank_window", str(RANK_WINDOW))
@@ -283,19 +291,55 @@ class SQLiteBackend(Backend):
             pause = min(pause * 2, 0.1)
 
     def open(self) -> None:
-        """Create or migrate the schema (safe when several processes start at once)."""
+        """Create or migrate the schema (safe when several processes start at once). A file
+        another process holds locked does not hold this up: it is opened on first use."""
+        try:
+            self._open()
+        except TransientBackendError as exc:
+            log.warning("%s; it is opened when first used", exc)
+
+    def _open(self) -> None:
         with self._write_lock:
             if self._opened:
                 return
-            conn = self._writer = self._connect()
-            with self._transaction(conn):
-                self._migrate(conn)
-                if self.supports_semantic:
-                    self._check_embedder(conn)
+            try:
+                conn = self._writer = self._writer or self._connect()
+                # A file with the current schema needs no write (nor its lock) to open.
+                if self._schema_changes(conn):
+                    with self._transaction(conn):
+                        self._migrate(conn)
+                        if self.supports_semantic:
+                            self._check_embedder(conn)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                raise TransientBackendError(
+                    f"{self.path} is locked by another writer ({exc}), so its schema could "
+                    "not be checked"
+                ) from None
             if self.background_checkpoints:
                 conn.execute("PRAGMA wal_autocheckpoint=0")
                 self._checkpointer = _Checkpointer(self.path, self.busy_timeout)
             self._opened = True
+
+    def _schema_changes(self, conn: sqlite3.Connection) -> bool:
+        """Whether opening must write: a migration, the full-text index, a new embedder.
+        Reads only (WAL readers never wait for a writer); sets has_fts when nothing is due."""
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if "memcollect_meta" not in tables:
+            return True
+        meta = dict(conn.execute("SELECT key, value FROM memcollect_meta").fetchall())
+        if int(meta.get("schema_version", 0)) != SCHEMA_VERSION:
+            return True
+        if self.want_fts and "memories_fts" not in tables:
+            return True
+        if self.supports_semantic:
+            from ..semantic import embedder_id
+
+            if meta.get("embedder") != embedder_id(self.embedder_kind, self.model_dir):
+                return True
+        self.has_fts = "memories_fts" in tables
+        return False
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -360,7 +404,7 @@ class SQLiteBackend(Backend):
 
     def _reader(self) -> sqlite3.Connection:
         if not self._opened:
-            self.open()
+            self._open()
         if self._memory_db:
             assert self._writer is not None
             return self._writer
@@ -385,7 +429,7 @@ class SQLiteBackend(Backend):
         from the file too, where SQLite overwrites what it frees, and from the write-ahead
         log, which holds the old pages until it is emptied (when no reader needs it)."""
         if not self._opened:
-            self.open()
+            self._open()
         with self._write_lock:
             conn = self._writer
             assert conn is not None
@@ -601,7 +645,7 @@ class SQLiteBackend(Backend):
 
     def _text(self, query: SearchQuery) -> list[Memory]:
         if not self._opened:
-            self.open()  # before has_fts is read: opening is what finds the index
+            self._open()  # before has_fts is read: opening is what finds the index
         where, params = _filters(query)
         text = query.text.strip()
         if not text:
@@ -628,7 +672,7 @@ class SQLiteBackend(Backend):
     def filtered_ids(self, query: SearchQuery) -> list[str]:
         """Ids of memories that pass the filters, in the order of delete_page_order."""
         if not self._opened:
-            self.open()
+            self._open()
         where, params = _filters(query)
         order = delete_page_order(query)
         few = self._few_by_facets(query, where, params, "m.id", f"m.seq {order}")

@@ -24,15 +24,15 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..backends.base import DeadLetter
 from ..collector import MemoryCollector
 from ..errors import BackendError, MemcollectError, QueueFullError, ValidationError
-from ..model import Memory, check_memory, memory_from_record
+from ..model import Memory, memory_from_record
 from .metrics import metrics_registry, metrics_text
 from .wire import (
     CATEGORY_PATTERN,
     NO_NUL,
     Counts,
+    DeadLetterIn,
     DeleteRequest,
     DeleteResult,
     ErrorBody,
@@ -44,6 +44,7 @@ from .wire import (
     RetryResult,
     StatsBody,
     component_schemas,
+    dead_letter_from_in,
     memory_from_in,
 )
 
@@ -57,7 +58,7 @@ DEFAULT_MAX_BATCH = 5_000
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 _records_decoder = msgspec.json.Decoder(list[MemoryIn] | MemoryIn)
-_dead_letters_decoder = msgspec.json.Decoder(list[DeadLetter])
+_dead_letters_decoder = msgspec.json.Decoder(list[DeadLetterIn])
 _remove_decoder = msgspec.json.Decoder(RemoveIds)
 _delete_decoder = msgspec.json.Decoder(DeleteRequest)
 _lookup_decoder = msgspec.json.Decoder(LookupRequest)
@@ -505,16 +506,17 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's collec
         status_code=204,
         response_model=None,
         responses=_responses(_204={"description": "Kept."}),
-        openapi_extra={"requestBody": _body("DeadLetter", "Dead letters.", array=True)},
+        openapi_extra={"requestBody": _body("DeadLetterIn", "Dead letters.", array=True)},
     )
     async def add_dead_letters(request: Request) -> Response:
         collector = current()
-        letters = _dead_letters_decoder.decode(await _read_body(request, max_body_bytes))
+        received = _dead_letters_decoder.decode(await _read_body(request, max_body_bytes))
         max_bytes = collector.config.max_content_bytes
-        for index, letter in enumerate(letters):
+        letters = []
+        for index, letter in enumerate(received):
             try:
                 # A dead letter may be queued again as a memory: it must be a valid one.
-                check_memory(letter.memory, max_bytes)
+                letters.append(dead_letter_from_in(letter, max_bytes))
             except ValidationError as exc:
                 raise ValidationError(f"dead letter {index}: {exc}") from None
         await run_in_threadpool(collector.backend.add_dead_letters, letters)

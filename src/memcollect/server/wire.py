@@ -76,6 +76,22 @@ class MemoryIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     content_hash: Annotated[str, msgspec.Meta(max_length=128)] | None = None
 
 
+class DeadLetterIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A memory a collector's store refused for good, with why; it may be queued again, so
+    it must be a valid memory."""
+
+    memory: MemoryIn
+    error: str
+    failed_at: float
+
+
+def dead_letter_from_in(letter: DeadLetterIn, max_content_bytes: int) -> DeadLetter:
+    """A DeadLetter from a decoded body, its memory checked as a collected one is."""
+    return DeadLetter(
+        memory_from_in(letter.memory, max_content_bytes), letter.error, letter.failed_at
+    )
+
+
 def memory_from_in(record: MemoryIn, max_content_bytes: int) -> Memory:
     """A Memory from a decoded record, with the checks its schema cannot state (UTF-8 size,
     metadata); the same rules as memory_from_record, for records msgspec already typed."""
@@ -202,6 +218,7 @@ _TYPES: tuple[Any, ...] = (
     DeleteRequest,
     DeleteResult,
     DeadLetter,
+    DeadLetterIn,
 )
 
 
