@@ -345,3 +345,25 @@ def test_a_delete_here_and_a_move_back_in_the_storing_process_take_turns(
     assert sorted(stored_ids(db)) == sorted([first, *kept])
     assert not set(doomed) & set(stored_ids(db))
     assert wait_for(lambda: c.stats().moved_to_primary >= 30)  # reported by a heartbeat
+
+
+def test_the_storing_process_is_started_again_however_often_it_fails_to_start(
+    make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No process at all (Popen fails), then two that die before answering: the dispatcher
+    keeps trying, with backoff, and everything is stored once one starts."""
+    real = storer.child_command()
+    attempts = iter(
+        [
+            [str(tmp_path / "no-such-python")],
+            [sys.executable, "-c", "import sys; sys.exit(7)"],
+            [sys.executable, "-c", "import sys; sys.exit(7)"],
+        ]
+    )
+    monkeypatch.setattr(storer, "child_command", lambda: next(attempts, real))
+    c = process_collector(make_collector, tmp_path)  # the first start fails: no raise here
+    ids = [c.collect("note", f"kept {i}") for i in range(100)]
+    assert c.flush(timeout=60)
+    assert set(stored_ids(tmp_path / "m.db")) == set(ids)
+    assert c.stats().storer_restarts >= 3
+    assert c.health().status == "ok"

@@ -1110,8 +1110,9 @@ class MemoryCollector:
                     "failing",
                     (
                         f"the storing process is not running (last exit code "
-                        f"{self._storer.last_exit}, {self._storer.restarts} restarts): the spool "
-                        "keeps what is collected"
+                        f"{self._storer.last_exit}, {self._storer.restarts} restarts; "
+                        f"{self._storer.last_error or 'starting'}): the spool keeps what is "
+                        "collected, and it is started again"
                     ),
                 )
         elif not self._closed and not self._worker.alive():

@@ -136,6 +136,8 @@ class StoringProcess:
         self._changed = threading.Condition()
         self._wake = threading.Event()
         self._stopping = False
+        self._stopped = threading.Event()  # set with _stopping: cuts a restart's pause short
+        self.last_error = ""
         self._in_flight: deque[tuple[_Range, Segment]] = deque()
         self._next_number = 0
         self._child: subprocess.Popen[bytes] | None = None
@@ -150,7 +152,8 @@ class StoringProcess:
     # --- life ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the child process and the thread that feeds it."""
+        """Start the child process and the thread that feeds it; a child that cannot start
+        is tried again by that thread, with backoff, for as long as it takes."""
         self._spawn()
         self._dispatcher.start()
 
@@ -159,18 +162,29 @@ class StoringProcess:
         env = dict(os.environ)
         # The child imports this very memcollect, wherever the parent found it.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        child = subprocess.Popen(
-            [sys.executable, "-m", "memcollect.storer"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            close_fds=True,
-        )
+        try:
+            child = subprocess.Popen(
+                child_command(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                close_fds=True,
+            )
+        except OSError as exc:
+            # No process at all (out of memory or descriptors, a missing interpreter): the
+            # dispatcher tries again after a pause.
+            self.last_error = f"it could not be started ({type(exc).__name__}: {exc})"
+            log.error("the storing process %s: trying again", self.last_error)
+            self._child = None
+            return
         assert child.stdin is not None and child.stdout is not None
         settings = msgspec.structs.asdict(self.config)
         settings.update(durability="memory", storer="thread")
-        child.stdin.write(_encode({"protocol": PROTOCOL, "config": settings}) + b"\n")
-        child.stdin.flush()
+        with contextlib.suppress(OSError, ValueError):
+            # A child that died at once: its exit is seen by the dispatcher, which starts
+            # another.
+            child.stdin.write(_encode({"protocol": PROTOCOL, "config": settings}) + b"\n")
+            child.stdin.flush()
         self._child = child
         reader = threading.Thread(
             target=self._read_loop, args=(child, child.stdout), name="memcollect-answers",
@@ -215,6 +229,7 @@ class StoringProcess:
         """Let the child answer what it was sent (until the monotonic deadline), then end it."""
         self.flush(deadline)
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
         if self._dispatcher.is_alive():
             self._dispatcher.join(max(0.0, deadline - time.monotonic()) + 1.0)
@@ -249,6 +264,7 @@ class StoringProcess:
     def release(self) -> None:
         """Stop without waiting: the child answers what it was sent, then exits."""
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
         child = self._child
         if child is not None and child.stdin is not None:
@@ -262,6 +278,7 @@ class StoringProcess:
             return
         self._abandoned = True
         self._stopping = True
+        self._stopped.set()
         child = self._child
         if child is not None:
             # Point the pipe descriptors at /dev/null: that lets go of the pipes, and the file
@@ -280,44 +297,53 @@ class StoringProcess:
     # --- the collecting side's two threads ---------------------------------------------
 
     def _dispatch_loop(self) -> None:
-        try:
-            while not self._stopping:
-                self._wake.wait(_LINGER_S)
-                self._wake.clear()
-                child = self._child
-                if child is None or child.poll() is not None:
-                    self._restart()
-                    continue
-                while len(self._in_flight) < _MAX_IN_FLIGHT:
-                    taken = self._take_range()
-                    if taken is None:
-                        break
-                    self._in_flight.append(taken)
-                    self._send(child, taken[0])
-        except Exception:  # pragma: no cover - a bug; never take the host process down
-            log.exception("memcollect dispatcher crashed; the spool keeps what is collected")
+        while not self._stopping:
+            try:
+                self._dispatch_once()
+            except Exception:  # a bug: logged, and dispatching goes on after a pause
+                log.exception("memcollect dispatcher failed; the spool keeps what is collected")
+                self._pause_before_restart()
+
+    def _dispatch_once(self) -> None:
+        self._wake.wait(_LINGER_S)
+        self._wake.clear()
+        child = self._child
+        if child is None or child.poll() is not None:
+            self._restart()
+            return
+        while len(self._in_flight) < _MAX_IN_FLIGHT:
+            taken = self._take_range()
+            if taken is None:
+                break
+            self._in_flight.append(taken)
+            self._send(child, taken[0])
 
     def _restart(self) -> None:
         child = self._child
         if child is not None:
             self.last_exit = child.wait()
+            self.last_error = f"it exited with code {self.last_exit}"
             if self._reader is not None:
                 self._reader.join(1.0)
             for pipe in (child.stdin, child.stdout):
                 if pipe is not None:
                     with contextlib.suppress(OSError):
                         pipe.close()
+            self._child = None
             log.error(
                 "the storing process exited (code %s): starting another; %d ranges are sent "
                 "again", self.last_exit, len(self._in_flight),
             )  # fmt: skip
-            self.restarts += 1
-            # A child that cannot even start (a broken environment) must not spin: wait
-            # longer after each exit with nothing answered in between.
-            time.sleep(self._restart_pause)
-            self._restart_pause = min(_MAX_RESTART_PAUSE_S, self._restart_pause * 2)
+        self.restarts += 1
+        self._pause_before_restart()
         if not self._stopping:
             self._spawn()
+
+    def _pause_before_restart(self) -> None:
+        """A child that cannot start (a broken environment) must not spin: wait longer after
+        each failure with nothing answered in between, waking early for stop()."""
+        self._stopped.wait(self._restart_pause)
+        self._restart_pause = min(_MAX_RESTART_PAUSE_S, self._restart_pause * 2)
 
     def _take_range(self) -> tuple[_Range, Segment] | None:
         """The oldest appended stretch not yet sent, whole frames only."""
@@ -497,6 +523,11 @@ class _Child:
         self.backend.close()
         if self.fallback is not None:
             self.fallback.close()
+
+
+def child_command() -> list[str]:
+    """The command that starts a storing process."""
+    return [sys.executable, "-m", "memcollect.storer"]
 
 
 def _background_checkpoints(url: str) -> str:
