@@ -200,3 +200,56 @@ def test_a_full_disk_is_logged_once_not_once_a_memory(
             assert "on_full='drop_lowest'" in failed[0] and "RAM" not in failed[0]
             assert c.stats().dropped_by_reason.get("queue_full", 0) > 0
         assert c.health().status != "ok"
+
+
+def test_odd_entries_in_the_spool_are_skipped_and_the_collector_starts(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with mc.MemoryCollector("memory://", data_dir=str(data)) as c:
+        c.collect("note", "before")
+    main = data / "spool" / "main"
+    (main / "seg-00000001.log").mkdir()  # a directory named like a segment
+    (main / "seg-00000002.log").symlink_to(tmp_path / "nowhere")  # a dangling link
+    other = data / "spool" / "p1-dead"
+    (other / "lock").mkdir(parents=True)  # a lock that is a directory
+    taken = data / "spool" / "p2-dead"
+    taken.mkdir()
+    (taken / "lock").mkdir()
+    backend = f"sqlite:///{tmp_path}/m.db"
+    for attempt in range(2):
+        with mc.MemoryCollector(backend, data_dir=str(data)) as c:
+            c.collect("note", f"after {attempt}")
+            assert c.flush(10)
+            assert c.count() == attempt + 1
+    assert (main / "seg-00000001.log").is_dir()  # left as found: not ours to remove
+
+
+def test_starts_and_closes_racing_on_one_data_dir_never_raise(tmp_path: Path) -> None:
+    """Real processes starting and closing collectors on one data dir at once: spool
+    directories come and go under each other's feet, and nothing raises."""
+    script = f"""
+        import sys
+        import memcollect as mc
+        errors = 0
+        for i in range(15):
+            try:
+                c = mc.MemoryCollector("memory://", data_dir={str(tmp_path / "shared")!r})
+                c.collect("note", f"m {{i}}")
+                c.close()
+            except Exception as exc:
+                errors += 1
+                print(type(exc).__name__, exc, file=sys.stderr)
+        print(errors)
+    """
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(script)],
+            env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    assert [out.strip() for out, _ in results] == ["0"] * 8, results

@@ -146,9 +146,24 @@ class Segment:
 
 
 def _try_lock(directory: Path) -> int | None:
-    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """The locked descriptor of a spool directory's lock file; None when another process
+    holds it, or the directory cannot be used (gone, or its `lock` is not a file)."""
+    try:
+        fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        # Removed by its owner's close() meanwhile (a race with no loser), or a `lock` that
+        # is a directory: skipped, and every other spool is still used.
+        if not isinstance(exc, FileNotFoundError):
+            log.warning("spool %s cannot be used (%s: %s): skipped", directory,
+                        type(exc).__name__, exc)  # fmt: skip
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The lock is ours only if the file is still there: its owner may have removed the
+        # directory between our open and our lock, leaving us a lock on nothing.
+        held, there = os.fstat(fd), os.stat(directory / "lock")
+        if (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino):
+            raise FileNotFoundError(directory / "lock")
     except OSError:
         os.close(fd)
         return None
@@ -156,13 +171,39 @@ def _try_lock(directory: Path) -> int | None:
 
 
 def _segment_files(directory: Path) -> list[tuple[int, Path]]:
+    """The segment files of a directory, oldest first; anything else named like one (a
+    directory, a dangling link) is skipped and said once."""
     found = []
-    for path in directory.glob("seg-*.log"):
+    try:
+        paths = list(directory.glob("seg-*.log"))
+    except OSError:
+        return []
+    for path in paths:
         try:
-            found.append((int(path.stem[4:]), path))
+            number = int(path.stem[4:])
         except ValueError:
             continue
+        if not path.is_file():
+            log.warning("spool %s is not a file: skipped", path)
+            continue
+        found.append((number, path))
     return sorted(found)
+
+
+def _number_of(path: Path) -> int:
+    """The number in a segment's name (0 when there is none)."""
+    digits = path.stem[4:]
+    return int(digits) if digits.isdigit() else 0
+
+
+def _remove_quietly(directory: Path) -> None:
+    """Remove a spool directory and its files; another process removing them at the same
+    time, or something in it that is not ours to remove, leaves it as it is."""
+    with contextlib.suppress(OSError):
+        for leftover in directory.iterdir():
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        directory.rmdir()
 
 
 class Spool:
@@ -221,9 +262,15 @@ class Spool:
     # --- ownership -----------------------------------------------------------------------
 
     def _claim(self) -> tuple[Path, int]:
-        for name in ("main", f"p{os.getpid()}-{os.urandom(4).hex()}"):
+        # "main" first; a directory of this process's own otherwise (main is taken, or
+        # cannot be used). A few tries: a fresh name cannot be taken by anyone else, but
+        # the directory can be swept away by a start that finds it empty and unlocked.
+        for name in ("main", *(f"p{os.getpid()}-{os.urandom(4).hex()}" for _ in range(3))):
             directory = self.root / name
-            directory.mkdir(exist_ok=True)
+            try:
+                directory.mkdir(exist_ok=True)
+            except OSError:
+                continue  # a file named like the directory: try another name
             fd = _try_lock(directory)
             if fd is not None:
                 return directory, fd
@@ -231,11 +278,14 @@ class Spool:
 
     def _adopt_all(self) -> Segment:
         """Take over our own leftovers and every spool whose owner is gone; open a segment."""
-        last = 0
+        # Numbered past every name in use, files or not: an entry named like a segment that
+        # cannot be read must not be written over either.
+        last = max((_number_of(p) for p in self.dir.glob("seg-*.log")), default=0)
         for number, path in _segment_files(self.dir):
             self._adopt_segment(path, number)
-            last = max(last, number)
-        for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and p != self.dir):
+        for directory in sorted(
+            p for p in self.root.iterdir() if p.is_dir() and not p.is_symlink() and p != self.dir
+        ):
             fd = _try_lock(directory)
             if fd is None:
                 continue  # its owner is alive
@@ -246,7 +296,12 @@ class Spool:
         return self._open_segment(last + 1)
 
     def _adopt_segment(self, path: Path, number: int) -> None:
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            log.warning("spool %s cannot be read (%s: %s): skipped", path,
+                        type(exc).__name__, exc)  # fmt: skip
+            return
         records, corrupt, end = read_frames(data)
         self.corrupt += corrupt
         if corrupt:
@@ -269,9 +324,7 @@ class Spool:
         if any(s.path.parent == directory for s in self.segments.values()):
             return
         fd = self._adopted_dirs.pop(directory)
-        for leftover in directory.iterdir():
-            leftover.unlink(missing_ok=True)
-        directory.rmdir()
+        _remove_quietly(directory)
         os.close(fd)
 
     # --- writing -------------------------------------------------------------------------
@@ -545,11 +598,10 @@ class Spool:
             for fd in self._adopted_dirs.values():
                 os.close(fd)
             self._adopted_dirs.clear()
-            os.close(self._lock_fd)
             if not left and self.dir.name != "main":
-                for leftover in self.dir.iterdir():
-                    leftover.unlink(missing_ok=True)
-                self.dir.rmdir()
+                # Removed while still locked: nobody adopts it while its files go.
+                _remove_quietly(self.dir)
+            os.close(self._lock_fd)
         if left:
             log.warning("%d memories left in the spool at %s for the next start",
                         self.pending(), self.dir)  # fmt: skip
