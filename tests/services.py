@@ -55,6 +55,9 @@ class TcpProxy:
         self._lock = threading.Lock()
         # Bumped by stop(): a connection accepted by an earlier listener must not survive it.
         self._generation = 0
+        # Set by stall(): connections stay open, and nothing is forwarded either way (a
+        # network partition, or a middlebox that hangs).
+        self.stalled = threading.Event()
 
     def start(self) -> None:
         """Listen (on the same port as before, after a stop)."""
@@ -82,6 +85,14 @@ class TcpProxy:
                 conn.shutdown(self._socket_mod.SHUT_RDWR)
             conn.close()
 
+    def stall(self) -> None:
+        """Keep every connection open, and forward nothing: the server never answers."""
+        self.stalled.set()
+
+    def unstall(self) -> None:
+        """Forward again (what was sent meanwhile is lost, as in a partition)."""
+        self.stalled.clear()
+
     def _accept(self, listener: object, generation: int) -> None:
         socket = self._socket_mod
         while True:
@@ -104,11 +115,11 @@ class TcpProxy:
             for a, b in ((client, server), (server, client)):
                 self._threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: object, sink: object) -> None:
+    def _pump(self, source: object, sink: object) -> None:
         try:
             while data := source.recv(65536):  # type: ignore[attr-defined]
-                sink.sendall(data)  # type: ignore[attr-defined]
+                if not self.stalled.is_set():
+                    sink.sendall(data)  # type: ignore[attr-defined]
         except OSError:
             pass
         finally:

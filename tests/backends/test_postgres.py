@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -13,7 +15,8 @@ from psycopg import errors as pg_errors
 import memcollect as mc
 from memcollect.backends.postgres import PostgresBackend, websearch_all_words, websearch_text
 
-from ..services import POSTGRES_URL, drop_schema, require_postgres
+from ..conftest import wait_for
+from ..services import POSTGRES_URL, TcpProxy, drop_schema, free_port, require_postgres
 from .test_conformance import check_delete_pages_start_where_their_rows_are
 
 
@@ -250,3 +253,64 @@ def test_a_delete_page_starts_at_the_end_its_rows_are(pg_url: str) -> None:
     store.open()
     check_delete_pages_start_where_their_rows_are(store)
     store.close()
+
+
+def test_an_unreachable_server_is_one_clear_error_and_health_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing listens: the constructor does not wait out pool_timeout, a read is one
+    MemcollectError naming the server, health is not ok, and psycopg's line per attempt to
+    connect is replaced by one line of memcollect's."""
+    require_postgres()  # the machine's own server is not the one asked here
+    caplog.set_level(logging.INFO)
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/test?pool_timeout=600"
+    c = mc.MemoryCollector(url, data_dir=str(tmp_path))
+    try:
+        c.collect("bug", "kept in the spool meanwhile")
+        with pytest.raises(mc.MemcollectError, match=r"127\.0\.0\.1:\d+/test is unreachable"):
+            c.search("anything")
+        with pytest.raises(mc.MemcollectError, match="unreachable"):
+            c.count()
+        assert wait_for(lambda: c.health().status != "ok")
+        assert any("unreachable" in r for r in c.health().reasons)
+        store = c.backend
+        assert isinstance(store, PostgresBackend)
+        pool = store._pool
+        assert pool is not None
+        assert wait_for(lambda: pool.get_stats().get("connections_errors", 0) >= 2)
+    finally:
+        c.close(timeout=1)
+    from_pool = [r for r in caplog.records if r.name.startswith("psycopg")]
+    assert from_pool == [], [r.getMessage() for r in from_pool]
+    ours = [
+        r.getMessage() for r in caplog.records if "retrying in the background" in r.getMessage()
+    ]
+    assert len(ours) == 1, ours
+
+
+def test_a_server_that_never_answers_opens_the_circuit_and_nothing_hangs(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A partition: the connection stays open and nothing comes back. Writes are cut after
+    statement_timeout, the circuit opens, health says failing; all is stored once it heals."""
+    target = urlsplit(require_postgres())
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    proxy.start()
+    url = pg_url.replace(f"{target.hostname}:{target.port}", f"127.0.0.1:{proxy.port}")
+    url += "&statement_timeout=1&connect_timeout=1"
+    try:
+        with mc.MemoryCollector(
+            url, data_dir=str(tmp_path), circuit_open_after=1, retry_base=0.05, retry_max=1
+        ) as c:
+            ids = [c.collect("note", "before")]
+            assert c.flush(timeout=30)
+            proxy.stall()
+            ids += [c.collect("note", f"during {i}") for i in range(20)]
+            assert wait_for(lambda: c.health().status == "failing", 60), c.health()
+            assert "circuit open" in " ".join(c.health().reasons)
+            proxy.unstall()
+            assert c.flush(timeout=60)
+            assert len(c.get_many(ids)) == 21
+            assert wait_for(lambda: c.health().status == "ok", 30), c.health()
+    finally:
+        proxy.stop()

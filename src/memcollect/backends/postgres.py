@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from queue import SimpleQueue
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
@@ -24,6 +26,7 @@ from .base import (
     every_word_first,
     plain_terms,
 )
+from .pgwatch import PoolErrors, Watchdog
 
 try:
     import psycopg
@@ -101,6 +104,19 @@ WRITERS_SPLIT = 512
 # Rows ranked cheaply (ts_rank) before the top ones are ranked by cover density (ts_rank_cd).
 RANK_POOL = 1000
 
+# The longest a constructor waits for the server: a healthy one answers in milliseconds.
+OPEN_WAIT_S = 1.0
+# How often a wait for a connection looks whether the server was found down meanwhile.
+_WAIT_SLICE_S = 0.25
+# A call is cut this long after the server's statement_timeout should have ended it.
+_CUT_MARGIN_S = 2.0
+_KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+}
+
 _INCOMING = """
 CREATE TEMP TABLE IF NOT EXISTS memcollect_incoming (
     id text, category text, content text, metadata jsonb, priority smallint, tags text[],
@@ -111,6 +127,13 @@ _INSERT = (
     f"INSERT INTO memories ({_COLUMNS}) SELECT {_COLUMNS} FROM memcollect_incoming "
     "ON CONFLICT (id) DO NOTHING"
 )
+
+
+def _where(parts: SplitResult) -> str:
+    """host:port/database of a URL, without its user or password."""
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{host}{port}{parts.path or ''}"
 
 
 def _to_row(m: Memory) -> tuple[Any, ...]:
@@ -161,7 +184,10 @@ class PostgresBackend(Backend):
     their own (created if missing), `pool_size=N` (default 4), `pool_timeout=SECONDS` (how long
     a write waits for a connection, default 10), `writers=N` (default 2: a batch of at least
     WRITERS_SPLIT memories is split over N connections writing at once), `connect_timeout` as
-    libpq has it (default 5).
+    libpq has it (default 5), `statement_timeout=SECONDS` (default 30: the server cancels a
+    statement running longer, and a call whose server never answers, as behind a network
+    partition, is cut a little later). TCP keepalives are on, and libpq's other options
+    (keepalives_idle, tcp_user_timeout, ...) pass through.
     """
 
     name = "postgresql"
@@ -180,27 +206,50 @@ class PostgresBackend(Backend):
             self.pool_timeout = float(options.pop("pool_timeout", "10"))
             # Two by default: a busy collector's batches use two of the server's cores.
             self.writers = int(options.pop("writers", min(2, self.pool_size)))
+            self.statement_timeout = float(options.pop("statement_timeout", "30"))
+            self.connect_timeout = float(options.setdefault("connect_timeout", "5"))
         except ValueError:
             raise ValidationError(
-                "pool_size, pool_timeout and writers in the backend URL must be numbers"
+                "pool_size, pool_timeout, writers, statement_timeout and connect_timeout in "
+                "the backend URL must be numbers"
             ) from None
         if not 1 <= self.writers <= self.pool_size:
             raise ValidationError(
                 f"writers={self.writers} in the backend URL must be from 1 to pool_size "
                 f"({self.pool_size}): each writer takes a connection of the pool"
             )
-        options.setdefault("connect_timeout", "5")
+        # A dead peer is noticed within about half a minute, not the kernel's two hours.
+        for key, value in _KEEPALIVES.items():
+            options.setdefault(key, value)
+        if self.statement_timeout > 0:
+            options.setdefault("tcp_user_timeout", str(int(self.statement_timeout * 1000)))
+            server_side = f"-c statement_timeout={int(self.statement_timeout * 1000)}"
+            options["options"] = f"{options.get('options', '')} {server_side}".strip()
+        self.where = _where(parts)
         scheme = "postgresql" if parts.scheme in ("postgres", "postgresql") else parts.scheme
-        self.conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(options), ""))
+        query = urlencode(options, quote_via=quote)  # libpq reads "+" as itself, not a space
+        self.conninfo = urlunsplit((scheme, parts.netloc, parts.path, query, ""))
         self._pool: ConnectionPool[Any] | None = None
         self._lock = threading.Lock()
         self._migrated = False
         # Threads that write the other parts of a split batch (writers > 1), made on first use.
         self._helpers: _Helpers | None = None
+        self._watchdog = Watchdog()
+        # The pool's last failed connection attempt, None once one succeeds.
+        self.connect_error: str | None = None
+        self._pool_name = PoolErrors.register(self, self._connect_failed)
+        self._schema_lock = threading.Lock()
 
     # --- connections ---------------------------------------------------------------------
 
+    def _connect_failed(self, error: str) -> None:
+        if error != self.connect_error:
+            log.warning("PostgreSQL at %s is unreachable (%s): retrying in the background",
+                        self.where, error)  # fmt: skip
+        self.connect_error = error
+
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        self.connect_error = None
         conn.autocommit = True
         set_json_dumps(_json_encode, context=conn)
         if self.schema:
@@ -218,22 +267,69 @@ class PostgresBackend(Backend):
                     configure=self._configure,
                     open=True,
                     timeout=self.pool_timeout,
-                    name="memcollect",
+                    name=self._pool_name,
                 )
             return self._pool
 
     def open(self) -> None:
-        """Create or migrate the schema; when the server is down, try again on first use."""
+        """Connect, and create or migrate the schema, waiting at most OPEN_WAIT_S: a server
+        that is down or slow never holds up the constructor longer (the schema is then made
+        in the background, and reads and writes wait for it)."""
+        self._get_pool()
+        opening = threading.Thread(
+            target=self._schema_at_start, name="memcollect-pg-open", daemon=True
+        )
+        opening.start()
+        opening.join(OPEN_WAIT_S)
+
+    def _schema_at_start(self) -> None:
         try:
             self._ensure_schema()
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            log.warning("PostgreSQL unreachable at start (%s): the schema is checked on first use",
-                        exc)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - checked again on first use; health says why
+            log.debug("PostgreSQL schema not checked at start: %s", exc)
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of the pool, cut if a call on it outlasts statement_timeout."""
+        pool = self._get_pool()
+        deadline = time.monotonic() + self.pool_timeout
+        while True:
+            # In slices: once an attempt to connect has failed, the server is down, and
+            # waiting out the whole pool_timeout would only hold the caller up.
+            left = deadline - time.monotonic()
+            try:
+                conn = pool.getconn(max(0.001, min(left, _WAIT_SLICE_S)))
+                break
+            except PoolTimeout:
+                if self.connect_error is not None or left <= _WAIT_SLICE_S:
+                    raise TransientBackendError(self.unreachable()) from None
+        try:
+            with self._watchdog.guard(conn, self.statement_timeout + _CUT_MARGIN_S):
+                yield conn
+        finally:
+            pool.putconn(conn)
+
+    def unreachable(self) -> str:
+        """One sentence on why no connection could be had, and what to do."""
+        why = self.connect_error or f"no connection within {self.pool_timeout:g} s"
+        return (
+            f"PostgreSQL at {self.where} is unreachable ({why}): check that the server is "
+            "running and that the backend URL is right"
+        )
+
+    def health_reasons(self) -> list[str]:
+        """Whether the server could not be reached at the last try."""
+        return [self.unreachable()] if self.connect_error is not None else []
 
     def _ensure_schema(self) -> None:
         if self._migrated:
             return
-        with self._get_pool().connection() as conn, conn.transaction():
+        with self._schema_lock:
+            if not self._migrated:
+                self._migrate()
+
+    def _migrate(self) -> None:
+        with self._connection() as conn, conn.transaction():
             # Several collectors may start at once: one migrates, the others wait and see it.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY,))
             if self.schema:
@@ -261,14 +357,21 @@ class PostgresBackend(Backend):
         self._migrated = True
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        self._ensure_schema()
-        with self._get_pool().connection() as conn:
-            rows: list[Any] = conn.execute(sql, params).fetchall()
-            return rows
+        try:
+            self._ensure_schema()
+            with self._connection() as conn:
+                rows: list[Any] = conn.execute(sql, params).fetchall()
+                return rows
+        except psycopg.Error as exc:
+            # The driver's own words, in one sentence that says what to do.
+            raise TransientBackendError(
+                f"PostgreSQL at {self.where} could not answer a read "
+                f"({type(exc).__name__}: {str(exc).strip()}): try again once it is reachable"
+            ) from None
 
     def _write(self, sql: str, params_seq: Sequence[Sequence[Any]]) -> None:
         self._ensure_schema()
-        with self._get_pool().connection() as conn, conn.transaction(), conn.cursor() as cur:
+        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.executemany(sql, params_seq)
 
     # --- writes --------------------------------------------------------------------------
@@ -305,7 +408,7 @@ class PostgresBackend(Backend):
 
     def _store(self, rows: list[tuple[Any, ...]]) -> None:
         """COPY rows in one transaction, skipping ids stored before."""
-        with self._get_pool().connection() as conn:
+        with self._connection() as conn:
             try:
                 # The connection is in autocommit mode: COPY is a transaction of its own, with
                 # no BEGIN and COMMIT round trips (each one a wait for the GIL afterwards).
@@ -460,7 +563,9 @@ class PostgresBackend(Backend):
             _ABANDONED.append(self._pool)
         self._pool = None
         self._lock = threading.Lock()
+        self._schema_lock = threading.Lock()
         self._helpers = None  # the parent's threads do not exist here
+        self._watchdog = Watchdog()
 
     def close(self) -> None:
         """Close the pool."""
