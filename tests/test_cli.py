@@ -298,3 +298,60 @@ def test_search_takes_every_filter_of_the_api(tmp_path: Path) -> None:
     semantic = runner.invoke(cli, ["search", *args, "timeout", "--mode", "semantic"])
     assert semantic.exit_code != 0 and "semantic=1" in semantic.output
     assert "Traceback" not in bad.output + semantic.output
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`memcollect ...` as a real process, bounded so that a hang fails the test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMCOLLECT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "memcollect", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def unreachable_postgres() -> str:
+    from .services import free_port
+
+    return f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+
+
+@pytest.mark.parametrize("command", [["stats"], ["search", "login"], ["recent"], ["get", "x"]])
+def test_an_unreachable_store_is_one_line_and_a_non_zero_exit(
+    tmp_path: Path, command: list[str]
+) -> None:
+    result = run_cli(*command, "--backend", unreachable_postgres(), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "is unreachable" in lines[0] and "127.0.0.1" in lines[0]
+
+
+def test_a_failed_add_leaves_nothing_behind_for_the_next_command(tmp_path: Path) -> None:
+    failed = run_cli("add", "bug", "lost?", "--backend", unreachable_postgres(), cwd=tmp_path)
+    assert failed.returncode == 1 and "nothing was kept" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert not (tmp_path / ".memcollect").exists()
+    added = run_cli("add", "note", "only me", "--backend", "sqlite:///m.db", cwd=tmp_path)
+    assert added.returncode == 0, added.stderr
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "m.db") as conn:
+        assert conn.execute("SELECT content FROM memories").fetchall() == [("only me",)]
+
+
+def test_read_commands_create_no_store(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir" / "x.db"
+    for command in (["search", "x"], ["stats"], ["recent"], ["export"], ["dead-letters"]):
+        result = run_cli(*command, "--backend", f"sqlite:///{missing}", cwd=tmp_path)
+        assert result.returncode == 1, (command, result.stderr)
+        assert "there is no memcollect store at" in result.stderr
+    result = run_cli("stats", "--data-dir", str(tmp_path / "nonexistent"), cwd=tmp_path)
+    assert result.returncode == 1 and "there is no memcollect store" in result.stderr
+    assert not (tmp_path / "no").exists() and not (tmp_path / "nonexistent").exists()
+    assert not (tmp_path / ".memcollect").exists()

@@ -27,8 +27,9 @@ except ImportError:  # pragma: no cover - exercised by users without the extra
 import msgspec
 
 from .collector import MemoryCollector
+from .config import load_config
 from .errors import MemcollectError, ValidationError
-from .model import Memory
+from .model import Memory, make_memory
 
 _TIME_HELP = (
     "Only memories {} this time: an age (30m, 2h, 7d), an ISO date or time "
@@ -74,12 +75,52 @@ def main() -> None:
 if HAVE_CLI:
     console = Console()
 
-    def _collector(backend: str | None, data_dir: str | None, **fields: Any) -> MemoryCollector:
+    def _collector(
+        backend: str | None, data_dir: str | None, *, existing: bool = False, **fields: Any
+    ) -> MemoryCollector:
+        """A collector for one command. One-shot commands keep nothing on disk of their own
+        (durability="memory" unless told): a spool left in the current directory would be
+        stored by the next command run there, into whatever store that one names.
+        existing=True (reads, deletes): the store must exist already; none is created."""
         if backend:
             fields["backend"] = backend
         if data_dir:
             fields["data_dir"] = data_dir
-        return MemoryCollector(**fields)
+        fields.setdefault("durability", "memory")
+        config = load_config(**fields)
+        url = config.backend_url
+        if url.startswith(("postgresql:", "postgres:")):
+            # A command answers within seconds, even when the server cannot be reached.
+            url = _with_defaults(url, pool_timeout="3", connect_timeout="3")
+        if existing:
+            _check_exists(url)
+        return MemoryCollector(config.replace(backend=url))
+
+    def _with_defaults(url: str, **options: str) -> str:
+        """The URL with these query options added where it does not set them."""
+        missing = {k: v for k, v in options.items() if f"{k}=" not in url}
+        if not missing:
+            return url
+        extra = "&".join(f"{k}={v}" for k, v in missing.items())
+        return f"{url}{'&' if '?' in url else '?'}{extra}"
+
+    def _check_exists(url: str) -> None:
+        """A one-line error when a file store does not exist (reading must not create it)."""
+        from .backends.sqlite import parse_sqlite_url
+
+        if url.startswith("sqlite:"):
+            path, _ = parse_sqlite_url(url)
+            if path != ":memory:" and not os.path.isfile(path):
+                raise ValidationError(
+                    f"there is no memcollect store at {path}: check --backend or --data-dir "
+                    "(nothing was created)"
+                )
+        elif url.startswith("mem0:"):
+            path = url.split("?", 1)[0][len("mem0:///") :]
+            if path and not os.path.isdir(path):
+                raise ValidationError(
+                    f"there is no mem0 store at {path}: check --backend (nothing was created)"
+                )
 
     @contextmanager
     def _errors() -> Iterator[None]:
@@ -90,6 +131,16 @@ if HAVE_CLI:
         except OSError as exc:
             where = f": {exc.filename}" if exc.filename else ""
             raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("MEMCOLLECT_DEBUG"):
+                raise
+            # Never a traceback: one line, and the way to see more.
+            raise click.ClickException(
+                f"unexpected error ({type(exc).__name__}: {exc}); run again with "
+                "MEMCOLLECT_DEBUG=1 for the traceback, and please report it"
+            ) from None
 
     def _table(memories: list[Memory], title: str) -> RenderableType:
         this_year = time.localtime().tm_year
@@ -159,6 +210,19 @@ if HAVE_CLI:
     @click.version_option(package_name="memcollect")
     def cli() -> None:
         """Collect memories for AI agents, store them durably, recall them by search."""
+        # A command ends in one line that says what went wrong; the library's warnings on
+        # the way there (retries, reconnects) would only repeat it. Errors still show.
+        _log_errors_only()
+
+    def _log_errors_only() -> None:
+        import logging
+
+        library = logging.getLogger("memcollect")
+        if not library.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("memcollect: %(message)s"))
+            handler.setLevel(logging.ERROR)
+            library.addHandler(handler)
 
     @cli.command()
     @_store_options
@@ -234,17 +298,28 @@ if HAVE_CLI:
         except json.JSONDecodeError as exc:
             raise click.ClickException(f"--metadata is not valid JSON: {exc}") from None
         with _errors(), _collector(backend, data_dir) as collector:
-            memory_id = collector.collect(category, content, meta, **labels)
-            if not collector.flush():
-                raise click.ClickException("the memory could not be stored in time")
-        click.echo(memory_id)
+            memory = make_memory(
+                category, content, meta, labels["priority"], labels["tags"], labels["project"],
+                labels["agent"], labels["session"], collector.config.max_content_bytes,
+            )  # fmt: skip
+            try:
+                # Stored before the command returns, or not at all: nothing is left behind.
+                collector.store_now([memory])
+            except ValidationError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - said in one line, nothing kept
+                raise click.ClickException(
+                    f"the memory was not stored ({exc}); nothing was kept: run the command "
+                    "again once the store is reachable"
+                ) from None
+        click.echo(memory.id)
 
     @cli.command()
     @_store_options
     @click.argument("memory_id")
     def get(backend: str | None, data_dir: str | None, memory_id: str) -> None:
         """Print one memory as JSON."""
-        with _errors(), _collector(backend, data_dir) as collector:
+        with _errors(), _collector(backend, data_dir, existing=True) as collector:
             memory = collector.get(memory_id)
         if memory is None:
             raise click.ClickException(f"no memory with id {memory_id!r}")
@@ -272,7 +347,7 @@ if HAVE_CLI:
         **filters: Any,
     ) -> None:
         """Search stored memories."""
-        with _errors(), _collector(backend, data_dir) as collector:
+        with _errors(), _collector(backend, data_dir, existing=True) as collector:
             for bound in ("since", "until"):
                 filters[bound] = _point_in_time(filters[bound], f"--{bound}")
             hits = collector.search(query, tags=list(tags), **filters)
@@ -304,7 +379,7 @@ if HAVE_CLI:
         if chosen and not ids and not yes:
             which = ", ".join(f"{k}={v}" for k, v in chosen.items())
             click.confirm(f"delete every memory with {which}?", abort=True)
-        with _errors(), _collector(backend, data_dir) as collector:
+        with _errors(), _collector(backend, data_dir, existing=True) as collector:
             for bound in ("since", "until"):
                 if bound in chosen:
                     chosen[bound] = _point_in_time(chosen[bound], f"--{bound}")
@@ -317,7 +392,7 @@ if HAVE_CLI:
     @click.option("--limit", default=20, show_default=True)
     def recent(backend: str | None, data_dir: str | None, category: str | None, limit: int) -> None:
         """Show the newest stored memories."""
-        with _errors(), _collector(backend, data_dir) as collector:
+        with _errors(), _collector(backend, data_dir, existing=True) as collector:
             console.print(_table(collector.recent(limit, category), "recent memories"))
 
     @cli.command()
@@ -331,7 +406,7 @@ if HAVE_CLI:
         """Show what is stored, per category (and a server's own stats for http:// stores)."""
         from rich.live import Live
 
-        with _errors(), _collector(backend, data_dir, durability="memory") as collector:
+        with _errors(), _collector(backend, data_dir, existing=True) as collector:
             if as_json:
                 click.echo(json.dumps(_stats_snapshot(collector), indent=2))
                 return
@@ -405,7 +480,7 @@ if HAVE_CLI:
         """Write every stored memory as JSON lines (oldest first) to OUTPUT (default stdout)."""
         encoder = msgspec.json.Encoder()
         written = 0
-        with _errors(), _collector(backend, data_dir, durability="memory") as collector:
+        with _errors(), _collector(backend, data_dir, existing=True) as collector:
             store = collector.backend
             total = collector.count(category)
             with _progress(output) as progress:
@@ -485,7 +560,7 @@ if HAVE_CLI:
         backend: str | None, data_dir: str | None, retry: bool, limit: int, as_json: bool
     ) -> None:
         """List the memories the store refused for good, or --retry them."""
-        with _errors(), _collector(backend, data_dir, durability="memory") as collector:
+        with _errors(), _collector(backend, data_dir, existing=True) as collector:
             if retry:
                 queued = collector.retry_dead_letters()
                 collector.flush(timeout=60)
@@ -547,6 +622,10 @@ if HAVE_CLI:
             from .config import load_config
 
             load_config(**fields)  # a bad setting fails here, in one line, not in the server
+            import logging
+
+            for handler in logging.getLogger("memcollect").handlers:
+                handler.setLevel(logging.WARNING)  # a server's warnings are for its log
             if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(
                 "MEMCOLLECT_TOKEN"
             ):

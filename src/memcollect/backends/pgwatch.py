@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
-__all__ = ["PoolErrors", "Watchdog"]
+__all__ = ["PoolErrors", "Watchdog", "one_line"]
 
 log = logging.getLogger("memcollect")
 
@@ -87,6 +87,11 @@ class Watchdog:
             self._wake.clear()
 
 
+def one_line(text: str) -> str:
+    """A driver's message on one line (libpq's run over several, with tabs)."""
+    return " ".join(text.split())
+
+
 def cut(conn: Any) -> None:
     """Shut a psycopg connection's socket down under it (it is closed by its owner)."""
     with contextlib.suppress(Exception):
@@ -121,5 +126,5 @@ class PoolErrors(logging.Filter):
             return True
         owner = self._pools.get(args[0])
         if owner is not None and record.msg.startswith("error connecting") and len(args) > 1:
-            owner._report_connect_error(str(args[1]).strip())
+            owner._report_connect_error(one_line(str(args[1])))
         return False

@@ -26,7 +26,7 @@ from .base import (
     every_word_first,
     plain_terms,
 )
-from .pgwatch import PoolErrors, Watchdog
+from .pgwatch import PoolErrors, Watchdog, one_line
 
 try:
     import psycopg
@@ -366,7 +366,7 @@ class PostgresBackend(Backend):
             # The driver's own words, in one sentence that says what to do.
             raise TransientBackendError(
                 f"PostgreSQL at {self.where} could not answer a read "
-                f"({type(exc).__name__}: {str(exc).strip()}): try again once it is reachable"
+                f"({type(exc).__name__}: {one_line(str(exc))}): try again once it is reachable"
             ) from None
 
     def _write(self, sql: str, params_seq: Sequence[Sequence[Any]]) -> None:
