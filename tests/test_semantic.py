@@ -16,7 +16,7 @@ from memcollect import semantic
 from memcollect.backends import sqlite as sqlite_backend
 from memcollect.backends.base import SearchQuery
 from memcollect.backends.sqlite import SQLiteBackend
-from memcollect.semantic import rrf
+from memcollect.semantic import fuse
 
 MEMORIES = [
     ("bug", "Login fails on Safari after resetting the password"),
@@ -53,11 +53,44 @@ def contents(memories: list[mc.Memory]) -> list[str]:
 
 def test_semantic_finds_what_shares_meaning_not_words(store: mc.MemoryCollector) -> None:
     query = "cannot sign in on Apple's browser"
-    assert store.search(query) == []  # no word in common
+    assert store.search(query, mode="text") == []  # no word in common
     assert contents(store.search(query, mode="semantic", limit=1)) == [MEMORIES[0][1]]
     assert contents(store.search("people like the night theme", mode="semantic", limit=1)) == [
         "Users love the new dark mode"
     ]
+
+
+def test_the_default_mode_follows_the_store(
+    store: mc.MemoryCollector, make_collector: Callable[..., mc.MemoryCollector]
+) -> None:
+    """A store with embeddings searches by words and meaning unless told; one without, by
+    words (and asking it for meaning is still an error that says what to install)."""
+    query = "cannot sign in on Apple's browser"
+    assert contents(store.search(query, limit=1)) == [MEMORIES[0][1]]
+    assert store.search(query, limit=5) == store.search(query, mode="hybrid", limit=5)
+    plain = make_collector("memory://")
+    plain.collect("bug", MEMORIES[0][1])
+    assert plain.flush(10)
+    assert plain.search("cannot sign-in, Apple browser") == []  # text: no word in common
+    assert contents(plain.search("Safari login")) == [MEMORIES[0][1]]
+
+
+def test_hybrid_finds_a_turn_through_its_neighbour_in_the_session(
+    make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path
+) -> None:
+    """The answer is often the reply to the turn that matches: a hit lends weight to the
+    memories just before and after it in its session, and only there."""
+    require_semantic()
+    c = make_collector(f"sqlite:///{tmp_path}/talk.db?semantic=1")
+    for session in ("s-1", "s-2"):
+        c.collect("note", "What did you name the new puppy?", agent="ann", session=session)
+        c.collect("note", "Biscuit, after my grandmother's dog", agent="bo", session=session)
+        for i in range(30):
+            c.collect("note", f"unrelated chatter number {i} about the weather", session="s-x")
+    assert c.flush(120)
+    hits = c.search("new puppy name", mode="hybrid", limit=4, session="s-1")
+    assert [h.session for h in hits] == ["s-1", "s-1"]
+    assert "Biscuit, after my grandmother's dog" in contents(hits)
 
 
 def test_hybrid_fuses_words_and_meaning(store: mc.MemoryCollector) -> None:
@@ -137,9 +170,13 @@ def test_bad_modes_and_stores_without_embeddings_are_refused(
 
 
 def test_reciprocal_rank_fusion() -> None:
-    assert rrf(["a", "b", "c"], ["c", "a"]) == ["a", "c", "b"]
-    assert rrf([], ["x"]) == ["x"]
-    assert rrf(["a"], ["b"]) == ["a", "b"]  # a tie keeps the first ranking's order
+    assert fuse([["a", "b", "c"], ["c", "a"]], k=60) == ["a", "c", "b"]
+    assert fuse([[], ["x"]]) == ["x"]
+    assert fuse([["a"], ["b"]]) == ["a", "b"]  # a tie keeps the first ranking's order
+    # A hit lends a share of its weight to its neighbours: "n" was in neither ranking.
+    near = {"a": ["n"], "b": ["n"]}
+    fused = fuse([["a", "x"], ["b", "y"]], lambda item: near.get(item, ()), lend=0.6)
+    assert fused[:3] == ["n", "a", "b"]
 
 
 def test_hybrid_puts_exact_keyword_matches_first(
@@ -328,7 +365,7 @@ def test_static_vectors_find_paraphrases_that_text_search_misses(
         ("RAM keeps climbing in the thumbnail service", MEMORIES[4][1]),
         ("purchase screen hangs, card processor lags", MEMORIES[1][1]),
     ]:
-        assert c.search(query) == [], query  # no word in common
+        assert c.search(query, mode="text") == [], query  # no word in common
         assert contents(c.search(query, mode="semantic", limit=1)) == [target], query
         assert contents(c.search(query, mode="hybrid", limit=1)) == [target], query
     # What is stored beside each memory is the static vector, not the model's.
@@ -342,7 +379,7 @@ def test_static_vectors_find_paraphrases_that_text_search_misses(
     assert np.allclose(vector, static, atol=1e-6)
     assert float(vector @ model) < 0.9
     # A deleted memory is no longer found by meaning, and its vector is gone.
-    (target,) = c.search("Safari")
+    (target,) = c.search("Safari", mode="text")
     assert c.delete(target.id) == 1
     for mode in ("semantic", "hybrid"):
         hits = contents(c.search("cannot sign in on Apple's browser", mode=mode, limit=20))
@@ -438,7 +475,10 @@ def test_a_model_that_cannot_load_stores_memories_and_says_so(
     c = make_collector(f"sqlite:///{tmp_path}/b.db?semantic=1&model={broken}")
     c.collect("bug", "stored while the model is broken")
     assert c.flush(30)
+    # Searched by words when the default would be hybrid: meaning is not to be had.
     assert contents(c.search("broken")) == ["stored while the model is broken"]
+    with pytest.raises(mc.TransientBackendError, match="could not be loaded"):
+        c.search("broken", mode="hybrid")
     deadline = time.monotonic() + 120  # a try at the model loads transformers: seconds
     while c.health().status == "ok" and time.monotonic() < deadline:
         time.sleep(0.05)

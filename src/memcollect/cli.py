@@ -332,9 +332,9 @@ if HAVE_CLI:
     @click.option(
         "--mode",
         type=click.Choice(["text", "semantic", "hybrid"]),
-        default="text",
-        show_default=True,
-        help="By words, by meaning, or both (semantic and hybrid need ?semantic=1).",
+        default=None,
+        help="By words, by meaning, or both (semantic and hybrid need ?semantic=1); "
+        "by default hybrid where the store has embeddings, else text.",
     )
     @click.option("--limit", default=10, show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")

@@ -16,6 +16,8 @@ from types import TracebackType
 from typing import Any
 from zlib import crc32 as _crc32
 
+import msgspec
+
 from .backends import open_backend
 from .backends.base import Backend, DeadLetter, SearchQuery
 from .cache import Cache
@@ -831,16 +833,20 @@ class MemoryCollector:
         since: float | Any | None = None,
         until: float | Any | None = None,
         limit: int = 10,
-        mode: str = "text",
+        mode: str | None = None,
     ) -> list[Memory]:
         """Stored memories matching `query`, best first, with filters: by its words
-        (mode="text"), by meaning (mode="semantic") or both (mode="hybrid")."""
+        (mode="text"), by meaning (mode="semantic") or both (mode="hybrid"); by default
+        hybrid where the store has embeddings, text where it has none."""
         if not isinstance(query, str):
             raise ValidationError(f"query must be a str, not {type(query).__name__}")
         _check_limit(limit)
-        if mode not in SEARCH_MODES:
+        if mode is not None and mode not in SEARCH_MODES:
             raise ValidationError(f"mode must be 'text', 'semantic' or 'hybrid', not {mode!r}")
-        if mode != "text" and not self._backend.supports_semantic:
+        chosen = mode is None
+        if mode is None:
+            mode = self._backend.default_mode()
+        elif mode != "text" and not self._backend.supports_semantic:
             raise ValidationError(
                 f"search mode {mode!r} needs a store with embeddings: "
                 "sqlite:///memories.db?semantic=1 (pip install 'memcollect[semantic]')"
@@ -862,7 +868,15 @@ class MemoryCollector:
         if cached is not Cache.MISSING:
             return list(cached)
         generation = self._cache.generation
-        hits = self._backend.search(request)
+        try:
+            hits = self._backend.search(request)
+        except TransientBackendError as exc:
+            if not chosen or mode != "hybrid":
+                raise
+            # Meaning is not to be had now (a model that cannot load; health says why):
+            # the default search still answers by words.
+            log.debug("hybrid search failed (%s): searching by words", exc)
+            return self._backend.search(msgspec.structs.replace(request, mode="text"))
         size = sum(map(_footprint, hits)) + 64
         self._cache.put(key, tuple(hits), size, search_generation=generation)
         return hits

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import memcollect as mc
 from memcollect.backends.base import Backend, DeadLetter, SearchQuery
@@ -255,3 +258,57 @@ def test_scan_pages_through_everything_in_id_order(backend: Backend) -> None:
     assert seen == sorted(m.id for m in batch)
     assert backend.scan(batch[-1].id, 10) == []
     assert backend.take_oldest(2) == sorted(batch, key=lambda m: m.id)[:2]
+
+
+HOSTILE = [
+    'What did Caroline take away from the book "Becoming Nicole"?',
+    "login NOT working",
+    "Safari AND",
+    "login OR",
+    'he said "hi',
+    "(timeout OR",
+    "a:b c.d -x +y ^z",
+    "NEAR(login safari)",
+    "saf*",
+    "'); DROP TABLE memories; --",
+    "Caroline's café 🐛🔥",
+    "日本語のテキスト",
+    "{content} : login",
+    "???",
+    "",
+]
+QUERY_CORPUS = [
+    "login fails on safari",
+    "login works on chrome",
+    "Caroline read Becoming Nicole",
+    "timeout calling payments",
+    "he said hi at the standup",
+    "café opened near the office 🐛",
+]
+
+
+def words_only(text: str) -> str:
+    """The query with every character that is not part of a word taken out."""
+    return " ".join(re.findall(r"\w+", text))
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_any_text_is_a_query_of_its_words(backend: Backend, text: str) -> None:
+    """Punctuation, quotes and operators never raise, and never change what a query finds:
+    the same memories as its words alone."""
+    backend.write_batch([mem(c) for c in QUERY_CORPUS])
+    hits = backend.search(SearchQuery(text=text, limit=50))
+    plain = backend.search(SearchQuery(text=words_only(text), limit=50))
+    if not words_only(text) and text.strip():
+        assert hits == []  # no word in it: nothing matches (an empty query lists by recency)
+    elif text.strip():
+        assert {h.id for h in hits} == {h.id for h in plain}, (text, hits, plain)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=st.text(max_size=40))
+def test_no_text_makes_search_raise(backend: Backend, text: str) -> None:
+    hits = backend.search(SearchQuery(text=text, limit=5))
+    assert len(hits) <= 5

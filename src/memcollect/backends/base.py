@@ -37,7 +37,8 @@ class SearchQuery(msgspec.Struct, frozen=True, kw_only=True):
     since: float | None = None
     until: float | None = None
     limit: int = 10
-    #: "text" (full-text), "semantic" (by meaning) or "hybrid" (both, fused by rank).
+    #: "text" (full-text), "semantic" (by meaning) or "hybrid" (both, fused by rank);
+    #: "default" only to a memcollect server, whose store decides.
     mode: str = "text"
 
     def matches(self, memory: Memory) -> bool:
@@ -155,6 +156,10 @@ class Backend(ABC):
 
     def __init__(self, url: str) -> None:
         self.url = url
+
+    def default_mode(self) -> str:
+        """The search mode when the caller names none: hybrid with embeddings, else text."""
+        return "hybrid" if self.supports_semantic else "text"
 
     def open(self) -> None:  # noqa: B027 - most backends connect lazily
         """Connect and create or migrate the schema; called once before use."""

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ValidationError
 from ..model import Memory
-from ..semantic import quiet_model_loading, rrf
+from ..semantic import fuse, quiet_model_loading
 from .base import Backend, DeadLetter, SearchQuery, content_terms
 
 __all__ = ["Mem0Backend"]
@@ -242,7 +242,7 @@ class Mem0Backend(Backend):
 
     def search(self, query: SearchQuery) -> list[Memory]:
         """Ranked by meaning. mode="text" keeps memories holding a word of the query;
-        "semantic" keeps the nearest; "hybrid" fuses those holding every word with them."""
+        "semantic" keeps the nearest; "hybrid" fuses those holding a word with them."""
         text = query.text.strip()
         if not text:
             found = self._all(_filter(query))
@@ -252,11 +252,13 @@ class Mem0Backend(Backend):
         if query.mode == "semantic":
             return self._nearest(text, query, None, query.limit)
         if query.mode == "hybrid":
+            # Every memory holding a word of the query, not only those holding them all: a
+            # question almost never has all its words in one memory.
             depth = max(50, query.limit * 5)
-            every = self._nearest(text, query, ("must", words), depth) if words else []
+            some = self._nearest(text, query, ("should", words), depth) if words else []
             near = self._nearest(text, query, None, depth)
-            by_id = {m.id: m for m in (*every, *near)}
-            fused = rrf([m.id for m in every], [m.id for m in near])
+            by_id = {m.id: m for m in (*some, *near)}
+            fused = fuse([[m.id for m in some], [m.id for m in near]])
             return [by_id[i] for i in fused[: query.limit]]
         if not words:
             return []

@@ -68,9 +68,11 @@ class MemoryBackend(Backend):
             rows = [m for m in self._rows.values() if query.matches(m)]
         terms = set(plain_terms(query.text))
         every = set(content_terms(query.text))  # as the SQL stores: common words are no test
-        if not terms:
+        if not query.text.strip():
             rows.sort(key=lambda m: m.id, reverse=True)
             return rows[: query.limit]
+        if not terms:
+            return []  # text without a word ("???") finds nothing, as on every store
         docs = [(m, Counter(plain_terms(m.content) + [t.lower() for t in m.tags])) for m in rows]
         df = {t: sum(1 for _, words in docs if t in words) for t in terms}
         scored = []

@@ -22,9 +22,9 @@ from .base import (
     Backend,
     DeadLetter,
     SearchQuery,
+    content_terms,
     delete_page_order,
     every_word_first,
-    plain_terms,
 )
 from .pgwatch import PoolErrors, Watchdog, one_line
 
@@ -620,18 +620,14 @@ _ABANDONED: list[Any] = []
 
 
 def websearch_text(text: str) -> str:
-    """What to give websearch_to_tsquery: plain words OR-ed; operators and quotes kept."""
-    if '"' in text or re.search(r"(^|\s)((or|OR)(\s|$)|-\w)", text):
-        return text
-    return " or ".join(dict.fromkeys(plain_terms(text)))
+    """What to give websearch_to_tsquery for any text: its plain words, OR-ed (quotes, "-"
+    and "or" are just text here, as on every backend)."""
+    return " or ".join(dict.fromkeys(content_terms(text)))
 
 
 def websearch_all_words(text: str) -> str | None:
-    """What to give websearch_to_tsquery to require every plain word (syntax passes through)."""
-    some = websearch_text(text)
-    if some == text:
-        return some
-    return " ".join(dict.fromkeys(plain_terms(text))) or None
+    """What to give websearch_to_tsquery to require every plain word of a query."""
+    return " ".join(dict.fromkeys(content_terms(text))) or None
 
 
 def _filters(query: SearchQuery) -> tuple[list[str], list[Any]]:

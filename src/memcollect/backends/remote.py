@@ -218,10 +218,14 @@ class RemoteBackend(Backend):
     def _counts(self) -> Counts:
         return self._decode(_counts, self._request("GET", "/v1/counts"))
 
+    def default_mode(self) -> str:
+        """The server's store decides (hybrid where it has embeddings)."""
+        return "default"
+
     def search(self, query: SearchQuery) -> list[Memory]:
         """Memories matching the text and filters, best first, as the server ranks them."""
         params: list[tuple[str, Any]] = [("q", query.text), ("limit", query.limit)]
-        if query.mode != "text":
+        if query.mode != "default":
             params.append(("mode", query.mode))
         for key in ("category", "project", "agent", "session", "since", "until"):
             value = getattr(query, key)

@@ -131,6 +131,9 @@ _EMBED_CHUNK = {"model": 64, "static": 4096}
 # oldest first (when the worker keeps up: those stored since it was last quiet); the worker
 # embeds the rest of a backlog.
 _SEARCH_EMBEDS_CHUNKS = 4
+# Rows between a memory and the next one of its session, at most, for the two to count as
+# neighbours in hybrid search (bounds the look, which has no index on session).
+_NEIGHBOUR_SPAN = 200
 # When more memories than this hold every word of a query, only the newest of them are
 # ranked (the default of the `rank_window` URL option): they differ little in BM25 (all hold
 # every word), while scoring tens of thousands of them costs tens of milliseconds.
@@ -418,11 +421,17 @@ class SQLiteBackend(Backend):
         return conn
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        conn = self._reader()
-        if self._memory_db:
-            with self._write_lock:
-                return conn.execute(sql, params).fetchall()
-        return conn.execute(sql, params).fetchall()
+        try:
+            conn = self._reader()
+            if self._memory_db:
+                with self._write_lock:
+                    return conn.execute(sql, params).fetchall()
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            # The SQL is ours and well formed: what fails is the file (locked, unreadable).
+            raise TransientBackendError(
+                f"{self.path} could not be read ({exc}): try again once it is readable"
+            ) from None
 
     def _write(self, action: Callable[[sqlite3.Connection], object], erase: bool = False) -> None:
         """Run `action` in a write transaction. erase=True for deletes: deleted means gone
@@ -662,7 +671,7 @@ class SQLiteBackend(Backend):
         every = fts_all_words(text) or some
         return every_word_first(
             lambda match, limit: self._ranked(
-                text, match, query, limit, newest=match == every and self.rank_window > 0
+                match, query, limit, newest=match == every and self.rank_window > 0
             ),
             every,
             some,
@@ -711,9 +720,7 @@ class SQLiteBackend(Backend):
         )
         return self._read(sql, [*params, match, query.limit])
 
-    def _ranked(
-        self, text: str, match: str, query: SearchQuery, limit: int, *, newest: bool
-    ) -> list[Memory]:
+    def _ranked(self, match: str, query: SearchQuery, limit: int, *, newest: bool) -> list[Memory]:
         """The `limit` best memories for an FTS5 MATCH expression, by BM25, with the query's
         filters; with `newest`, only the `rank_window` (or `limit`) newest matches are ranked."""
         # The user's words look in content and tags; filter values are tokens in `facets`.
@@ -721,26 +728,15 @@ class SQLiteBackend(Backend):
         facets = _facet_tokens(query)
         if facets:
             expression += " AND facets : (" + " AND ".join(f'"{t}"' for t in facets) + ")"
-        hits = self._read_ranked(text, expression, query, limit, newest, exact_in_sql=False)
-        if all(query.matches(m) for m in hits):
-            return hits
-        # A user's MATCH syntax can reach around the facet terms (`a) OR (b`): a hit that
-        # fails a filter sends the search the slower way, with every filter in SQL.
-        return self._read_ranked(text, expression, query, limit, newest, exact_in_sql=True)
+        # The words are quoted, so nothing in them can reach around the facet terms.
+        return self._read_ranked(expression, query, limit, newest)
 
     def _read_ranked(
-        self,
-        text: str,
-        match: str,
-        query: SearchQuery,
-        limit: int,
-        newest: bool,
-        *,
-        exact_in_sql: bool,
+        self, match: str, query: SearchQuery, limit: int, newest: bool
     ) -> list[Memory]:
         # Rank only (rowid, score) over the matches, then fetch whole rows for the top k:
         # sorting full rows (content, metadata) for thousands of matches costs more than bm25.
-        exact = exact_in_sql or query.since is not None or query.until is not None
+        exact = query.since is not None or query.until is not None
         where, params = _filters(query) if exact else ("", [])
         if where:
             matches = (
@@ -762,16 +758,7 @@ class SQLiteBackend(Backend):
             f"SELECT {columns} FROM ({inner} ORDER BY score, seq DESC LIMIT ?) hits "
             "JOIN memories m ON m.seq = hits.seq ORDER BY hits.score, hits.seq DESC"
         )
-        try:
-            rows = self._read(sql, [*args, limit])
-        except sqlite3.OperationalError as exc:
-            # Our SQL is fixed; a plain SQLITE_ERROR here comes from the user's MATCH text.
-            if (getattr(exc, "sqlite_errorcode", 1) & 0xFF) == 1:
-                raise ValidationError(
-                    f"search query {text!r} is not valid full-text syntax ({exc}): "
-                    "balance the quotes and parentheses, or pass plain words"
-                ) from None
-            raise
+        rows = self._read(sql, [*args, limit])
         return [_from_row(r) for r in rows]
 
     def _scan(self, query: SearchQuery, where: str, params: list[Any]) -> list[Memory]:
@@ -818,19 +805,23 @@ class SQLiteBackend(Backend):
             after = self._embedded_upto
             top = self._read("SELECT coalesce(max(seq), 0) FROM memories")[0][0]
             rows = self._read(
-                "SELECT m.seq, m.id, m.content FROM memories m "
+                "SELECT m.seq, m.id, m.content, m.agent FROM memories m "
                 "LEFT JOIN embeddings e ON e.seq = m.seq "
                 "WHERE m.seq > ? AND m.seq <= ? AND e.seq IS NULL ORDER BY m.seq LIMIT ?",
                 (after, top, limit),
             )
             if rows:
-                vectors = self._embed([content for _, _, content in rows])
+                from ..semantic import embedded_text
+
+                vectors = self._embed(
+                    [embedded_text(content, agent) for *_, content, agent in rows]
+                )
                 stored = [
                     (vectors[i].tobytes(), seq, memory_id)
-                    for i, (seq, memory_id, _) in enumerate(rows)
+                    for i, (seq, memory_id, *_) in enumerate(rows)
                 ]
                 self._write(partial(_insert_vectors, stored=stored))
-                self._vectors.add_written([seq for seq, _, _ in rows], vectors)
+                self._vectors.add_written([seq for seq, *_ in rows], vectors)
             # Every row up to here has its vector now (or had one).
             self._embedded_upto = rows[-1][0] if len(rows) == limit else top
             return len(rows)
@@ -912,18 +903,45 @@ class SQLiteBackend(Backend):
         return self._rows_by_seq(self._semantic_seqs(query, query.limit))
 
     def _hybrid(self, query: SearchQuery) -> list[Memory]:
-        # Words count as evidence where a memory holds all of them (ids, error codes, names):
-        # OR-ed single-word overlaps are noise beside meaning, and would drown it in the fusion.
+        """Both halves ranked in full (text: any word, by BM25; meaning: by cosine), fused
+        by reciprocal rank, each hit lending weight to its session's neighbours."""
+        from ..semantic import fuse
+
         depth = max(50, query.limit * 5)
         wide = msgspec.structs.replace(query, limit=depth)
-        every_word = fts_all_words(query.text)
-        by_text = self._text(msgspec.structs.replace(wide, text=every_word)) if every_word else []
-        by_meaning = self._rows_by_seq(self._semantic_seqs(wide, depth))
-        memories = {m.id: m for m in (*by_text, *by_meaning)}
-        from ..semantic import rrf
+        by_text = self._seqs_of(self._text(wide))
+        by_meaning = self._semantic_seqs(wide, depth)
+        near = self._session_neighbours({*by_text, *by_meaning})
+        fused = fuse([by_text, by_meaning], lambda seq: near.get(seq, ()))
+        # Neighbours were found by session alone: they must pass the other filters too.
+        hits = [m for m in self._rows_by_seq(fused[: depth * 2]) if query.matches(m)]
+        return hits[: query.limit]
 
-        fused = rrf([m.id for m in by_text], [m.id for m in by_meaning])
-        return [memories[memory_id] for memory_id in fused[: query.limit]]
+    def _seqs_of(self, memories: Sequence[Memory]) -> list[int]:
+        """The row seqs of memories, in their order."""
+        if not memories:
+            return []
+        marks = ",".join("?" * len(memories))
+        rows = self._read(f"SELECT id, seq FROM memories WHERE id IN ({marks})",
+                          [m.id for m in memories])  # fmt: skip
+        seq_of = dict(rows)
+        return [seq_of[m.id] for m in memories if m.id in seq_of]
+
+    def _session_neighbours(self, seqs: set[int]) -> dict[int, list[int]]:
+        """For each row, the rows just before and after it in its session (within
+        _NEIGHBOUR_SPAN rows: farther apart, they are no neighbours)."""
+        if not seqs:
+            return {}
+        marks = ",".join("?" * len(seqs))
+        rows = self._read(
+            f"SELECT m.seq, (SELECT max(p.seq) FROM memories p WHERE p.session = m.session "
+            f"AND p.seq < m.seq AND p.seq >= m.seq - {_NEIGHBOUR_SPAN}), "
+            f"(SELECT min(n.seq) FROM memories n WHERE n.session = m.session "
+            f"AND n.seq > m.seq AND n.seq <= m.seq + {_NEIGHBOUR_SPAN}) "
+            f"FROM memories m WHERE m.seq IN ({marks}) AND m.session IS NOT NULL",
+            list(seqs),
+        )
+        return {seq: [n for n in (before, after) if n is not None] for seq, before, after in rows}
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -1245,26 +1263,15 @@ def _facet_tokens(query: SearchQuery) -> list[str]:
 
 
 def fts_all_words(text: str) -> str | None:
-    """An FTS5 MATCH expression requiring every word of a plain query (syntax passes through)."""
-    query = fts_query(text)
-    if query is None or query == text:
-        return query
-    return query.replace(" OR ", " ")
+    """An FTS5 MATCH expression requiring every word of a query."""
+    kept = content_terms(text)
+    return " ".join(f'"{t}"' for t in dict.fromkeys(kept)) or None
 
 
 def fts_query(text: str) -> str | None:
-    """An FTS5 MATCH expression for a query: plain words are quoted and OR-ed.
-
-    A query that uses FTS5 syntax on purpose (quotes, AND/OR/NOT/NEAR, a trailing *) is
-    passed through as written.
-    """
-    words = text.split()
-    if (
-        '"' in text
-        or any(w in ("AND", "OR", "NOT") or w.startswith("NEAR(") for w in words)
-        or (any(w.endswith("*") for w in words))
-    ):
-        return text
+    """An FTS5 MATCH expression for any text, as plain words: each is quoted, and they are
+    OR-ed. Quotes, AND/OR/NOT, parentheses, `*` and every other character are just text, so
+    no query can be malformed, and a query means what it means on every backend."""
     kept = content_terms(text)
     if not kept:
         return None

@@ -83,8 +83,11 @@ CategoryParam = Annotated[
 ]
 LabelParam = Annotated[str | None, Query(min_length=1, max_length=256, pattern=NO_NUL)]
 Mode = Annotated[
-    Literal["text", "semantic", "hybrid"],
-    Query(description="By words (text), by meaning (semantic, needs ?semantic=1), or both."),
+    Literal["text", "semantic", "hybrid"] | None,
+    Query(
+        description="By words (text), by meaning (semantic, needs ?semantic=1), or both; "
+        "by default hybrid where the store has embeddings, else text."
+    ),
 ]
 Since = Annotated[float | None, Query(description="Created at or after (epoch seconds).")]
 Until = Annotated[float | None, Query(description="Created before (epoch seconds).")]
@@ -444,7 +447,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's collec
         since: Since = None,
         until: Until = None,
         limit: ListLimit = 10,
-        mode: Mode = "text",
+        mode: Mode = None,
     ) -> Response:
         hits = current().search(
             q,
