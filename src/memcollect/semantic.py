@@ -297,13 +297,16 @@ def fuse(
     *,
     k: int = HYBRID_RRF_K,
     lend: float = NEIGHBOUR_SHARE,
+    strengths: Sequence[Sequence[float] | None] | None = None,
 ) -> list[Any]:
     """Reciprocal rank fusion of best-first rankings, where each item also lends a share of
-    its weight to its neighbours (the memories just before and after it in its session)."""
+    its weight to its neighbours (the memories just before and after it in its session);
+    `strengths`, one per ranking (or None), scales each item's weight by its evidence."""
     scores: dict[Any, float] = {}
-    for ranking in rankings:
+    for number, ranking in enumerate(rankings):
+        strength = strengths[number] if strengths is not None else None
         for rank, item in enumerate(ranking):
-            weight = 1.0 / (k + rank + 1)
+            weight = (1.0 if strength is None else strength[rank]) / (k + rank + 1)
             scores[item] = scores.get(item, 0.0) + weight
             if neighbours is not None:
                 for near in neighbours(item):
