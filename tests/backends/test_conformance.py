@@ -312,3 +312,11 @@ def test_any_text_is_a_query_of_its_words(backend: Backend, text: str) -> None:
 def test_no_text_makes_search_raise(backend: Backend, text: str) -> None:
     hits = backend.search(SearchQuery(text=text, limit=5))
     assert len(hits) <= 5
+
+
+def test_common_words_alone_find_nothing_on_any_backend(backend: Backend) -> None:
+    """A query sharing only common words ("on", "the") with a memory does not find it: the
+    same on memory:// (what users' tests run on) as on the stores they deploy."""
+    backend.write_batch([mem("login fails on the safari browser")])
+    assert backend.search(SearchQuery(text="cannot sign in on the Apple phone")) == []
+    assert len(backend.search(SearchQuery(text="the safari"))) == 1

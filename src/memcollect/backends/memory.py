@@ -66,8 +66,9 @@ class MemoryBackend(Backend):
         by tf-idf; by recency without words."""
         with self._lock:
             rows = [m for m in self._rows.values() if query.matches(m)]
-        terms = set(plain_terms(query.text))
-        every = set(content_terms(query.text))  # as the SQL stores: common words are no test
+        # As the SQL stores: common words neither match nor rank, unless the query has
+        # nothing else.
+        terms = every = set(content_terms(query.text))
         if not query.text.strip():
             rows.sort(key=lambda m: m.id, reverse=True)
             return rows[: query.limit]
