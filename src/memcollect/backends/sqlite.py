@@ -159,19 +159,23 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
     return code in (5, 6) or "locked" in str(exc)
 
 
-def word_coverage(text: str, memory: Memory) -> float:
-    """How much of a query's words a memory holds, 0 to 1, each word weighted by its length
-    (a rough stand-in for rarity), squared: a memory that shares one word of a question is
-    weak evidence beside its meaning, one that holds most of them is strong."""
-    terms = set(content_terms(text))
-    if not terms:
+def query_stems(text: str) -> list[tuple[str, int]]:
+    """Each distinct word of a query as its stem and its weight (its length, a rough
+    stand-in for rarity), for word_coverage."""
+    return [(_stem(t), len(t)) for t in set(content_terms(text))]
+
+
+def word_coverage(stems: list[tuple[str, int]], memory: Memory) -> float:
+    """How much of a query's words (query_stems) a memory holds, 0 to 1, squared: a memory
+    that shares one word of a question is weak evidence beside its meaning, one that holds
+    most of them is strong."""
+    if not stems:
         return 0.0
     # Its words, tags and who recorded it: a question about Caroline is answered by what
     # she said, which never names her (the agent is embedded with the content too).
     said = " ".join([memory.content, *memory.tags, memory.agent or ""])
     held = {_stem(w) for w in plain_terms(said)}
-    total = sum(len(t) for t in terms)
-    share = sum(len(t) for t in terms if _stem(t) in held) / total
+    share = sum(w for stem, w in stems if stem in held) / sum(w for _, w in stems)
     return share**COVERAGE_POWER
 
 
@@ -318,8 +322,7 @@ class SQLiteBackend(Backend):
                 conn.execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as exc:
-                busy = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (5, 6)  # BUSY, LOCKED
-                if not busy or time.monotonic() >= deadline:
+                if not _busy(exc) or time.monotonic() >= deadline:
                     raise
             time.sleep(random.uniform(0, pause))
             pause = min(pause * 2, 0.1)
@@ -944,7 +947,8 @@ class SQLiteBackend(Backend):
         by_text = self._seqs_of(text_hits)
         by_meaning = self._semantic_seqs(wide, depth)
         near = self._session_neighbours({*by_text, *by_meaning})
-        coverage = [word_coverage(query.text, m) for m in text_hits]
+        stems = query_stems(query.text)
+        coverage = [word_coverage(stems, m) for m in text_hits]
         fused = fuse(
             [by_text, by_meaning], lambda seq: near.get(seq, ()), strengths=[coverage, None]
         )
