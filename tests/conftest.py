@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -24,6 +26,21 @@ def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
             return True
         time.sleep(0.02)
     return condition()
+
+
+def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`memcollect ...` as a real process, with no MEMCOLLECT_* of the developer's but `env`,
+    bounded so that a hang fails the test."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MEMCOLLECT_")} | env
+    return subprocess.run(
+        [sys.executable, "-m", "memcollect", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 class CountingReads(FaultyBackend):

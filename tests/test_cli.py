@@ -16,6 +16,8 @@ from rich.console import Console
 import memcollect.cli as cli_module
 from memcollect.cli import cli
 
+from .conftest import run_cli
+
 
 def test_demo_collects_stores_and_recalls(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["demo", "--data-dir", str(tmp_path), "--count", "400"])
@@ -302,20 +304,6 @@ def test_search_takes_every_filter_of_the_api(tmp_path: Path) -> None:
     semantic = runner.invoke(cli, ["search", *args, "timeout", "--mode", "semantic"])
     assert semantic.exit_code != 0 and "semantic=1" in semantic.output
     assert "Traceback" not in bad.output + semantic.output
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`memcollect ...` as a real process, bounded so that a hang fails the test."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMCOLLECT_")}
-    return subprocess.run(
-        [sys.executable, "-m", "memcollect", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def unreachable_postgres() -> str:

@@ -18,6 +18,7 @@ import pytest
 
 import memcollect as mc
 
+from .conftest import run_cli
 from .services import free_port, wait_for_http
 
 pytestmark = pytest.mark.slow
@@ -155,18 +156,10 @@ def test_a_wrong_token_is_retried_not_dropped(
 
 def test_cli_commands_against_a_server(serve: Callable[..., ServerProcess], tmp_path: Path) -> None:
     server = serve()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMCOLLECT_")}
-    env |= {"MEMCOLLECT_BACKEND": server.url, "MEMCOLLECT_DATA_DIR": str(tmp_path / "cli")}
+    env = {"MEMCOLLECT_BACKEND": server.url, "MEMCOLLECT_DATA_DIR": str(tmp_path / "cli")}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "memcollect", *args],
-            env=env,
-            capture_output=True,
-            check=False,
-            text=True,
-            timeout=60,
-        )
+        return run_cli(*args, cwd=tmp_path, **env)
 
     added = run("add", "bug", "Checkout button dead on Firefox", "--tag", "ui")
     assert added.returncode == 0, added.stderr
