@@ -16,7 +16,7 @@ from memcollect.backends.memory import MemoryBackend
 from memcollect.model import make_memory
 from memcollect.stats import Counters
 from memcollect.testing import FaultyBackend
-from memcollect.worker import LATENCY_SAMPLES_PER_BATCH, latency_sample
+from memcollect.storing import LATENCY_SAMPLES_PER_BATCH, latency_sample
 
 from .conftest import CountingReads
 from .test_failover import with_fallback
@@ -489,7 +489,7 @@ def test_close_from_a_callback_stores_what_is_queued_then_finishes(make_collecto
 
     c.collect("note", "first")
     c.collect("note", "second")
-    worker = c._worker.thread
+    worker = c._pipeline.worker.thread
     assert worker is not None
     worker.join(timeout=30)
     assert not worker.is_alive()

@@ -173,8 +173,8 @@ def test_a_spill_that_spans_segments_and_adopted_records_is_all_read_back(
     backend.come_back()
     second = mc.MemoryCollector(backend, durability="spool", data_dir=str(data), max_queue_size=5,
                                 batch_size=5)  # fmt: skip
-    assert second._spool is not None
-    second._spool.segment_bytes = 2000  # rotate often while spilling behind the adopted ones
+    assert second._pipeline.spool is not None
+    second._pipeline.spool.segment_bytes = 2000  # rotate often while spilling behind the adopted ones
     new = {second.collect("note", f"new {i} " + "y" * 100) for i in range(200)}
     assert second.flush(timeout=60)
     second.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import memcollect as mc
-from memcollect import storer
+from memcollect.storer import collecting as storer
 from memcollect.backends import open_backend
 from memcollect.locks import shared_lock
 from memcollect.spool import iter_spool_records
@@ -88,9 +88,9 @@ def test_everything_collected_is_stored_once_and_the_spool_is_emptied(
     assert c.flush(timeout=60)
     assert sorted(stored_ids(tmp_path / "m.db")) == sorted(ids)
     # Stored, so get() reads the store, not the spool segment that still holds its bytes.
-    assert c._spool is not None
+    assert c._pipeline.spool is not None
     assert any(ids[-1].encode() in path.read_bytes() for path in segments(tmp_path / "data"))
-    assert c._spool.find(ids[-1], everything=True) is None
+    assert c._pipeline.spool.find(ids[-1], everything=True) is None
     assert c.search("login fails", tags=["auth"], limit=5)
     s = c.stats()
     assert s.accepted == s.stored == len(ids)
@@ -233,7 +233,7 @@ idle = os.fork()
 if idle == 0:
     # A child that never collects starts no storing process just to close.
     c.close()
-    os._exit(0 if c._storer is not None and c._storer.pid() == parent_storer else 1)
+    os._exit(0 if c._pipeline.storer_pid() == parent_storer else 1)
 _, status = os.waitpid(idle, 0)
 assert status == 0, "the idle child started a storing process"
 assert c.flush(timeout=60), "parent flush"

@@ -14,7 +14,7 @@ import memcollect as mc
 from memcollect.backends.sqlite import SQLiteBackend
 from memcollect.retry import CircuitBreaker, RetryPolicy
 from memcollect.testing import FaultyBackend
-from memcollect.worker import content_hash
+from memcollect.storing import content_hash
 
 Make = Callable[..., mc.MemoryCollector]
 

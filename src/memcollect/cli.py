@@ -524,9 +524,9 @@ if HAVE_CLI:
                         first_error = first_error or f"line {number}: {exc}"
                         continue
                     if len(batch) >= 1000:
-                        imported += len(collector._queue_checked(batch))
+                        imported += len(collector.collect_checked(batch))
                         batch = []
-                imported += len(collector._queue_checked(batch))
+                imported += len(collector.collect_checked(batch))
                 if not collector.flush(timeout=None):
                     raise click.ClickException("the memories could not be stored")
         click.echo(f"imported {imported:,} memories", err=True)

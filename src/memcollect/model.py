@@ -20,6 +20,7 @@ __all__ = [
     "BUILTIN_CATEGORIES",
     "PRIORITIES",
     "Category",
+    "DeadLetter",
     "Memory",
     "Priority",
     "id_time",
@@ -84,6 +85,14 @@ class Memory(msgspec.Struct, gc=False):
     def to_dict(self) -> dict[str, Any]:
         """The memory as plain JSON-ready builtins."""
         return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A memory the store refused for good, with why."""
+
+    memory: Memory
+    error: str
+    failed_at: float
 
 
 # --- ids -------------------------------------------------------------------------------------

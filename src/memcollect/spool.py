@@ -14,102 +14,24 @@ import fcntl
 import logging
 import mmap
 import os
-import struct
 import threading
 import time
-import zlib
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import msgspec
-
+from .frames import HEADER, MAGIC, encode_frame, encode_record, read_frames, read_memories
 from .model import Memory
 
 __all__ = ["Segment", "Spool", "encode_frame", "encode_record", "read_frames", "read_memories"]
 
 log = logging.getLogger("memcollect")
 
-MAGIC = b"MC"
-HEADER = struct.Struct("<2sII")
-MAX_PAYLOAD = 64 << 20
 SEGMENT_BYTES = 8 << 20
 # Up to this many ids, find_many() looks for them in a span's bytes before decoding it.
 _IDS_SOUGHT_IN_BYTES = 8
 # How much of a segment one read-back takes at most (then the next refill goes on from there).
 READ_CHUNK_BYTES = 4 << 20
-
-_encode = encode_record = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(Memory).decode
-
-
-def encode_frame(memory: Memory) -> bytes:
-    """One memory as a framed record."""
-    payload = _encode(memory)
-    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
-
-
-def read_frames(data: bytes, *, final: bool = True) -> tuple[list[tuple[int, Memory]], int, int]:
-    """Every valid frame in `data` as (end offset, memory); corrupt stretches skipped; and
-    where parsing stopped. With final=False an incomplete last frame is not corrupt: it is
-    left for the next read (it is still being written, or was cut by the read's size)."""
-    out: list[tuple[int, Memory]] = []
-    corrupt = 0
-    bad = False
-    pos = 0
-    n = len(data)
-    while pos + HEADER.size <= n:
-        if data[pos] == 0 and not bad and _zeros_from(data, pos):
-            return out, corrupt, pos  # the unwritten, preallocated rest of a segment
-        magic, length, crc = HEADER.unpack_from(data, pos)
-        end = pos + HEADER.size + length
-        if magic == MAGIC and length <= MAX_PAYLOAD:
-            if end > n and not final and not bad:
-                return out, corrupt, pos
-            if end <= n:
-                payload = data[pos + HEADER.size : end]
-                if zlib.crc32(payload) == crc:
-                    try:
-                        out.append((end, _decode(payload)))
-                    except msgspec.DecodeError:
-                        pass
-                    else:
-                        pos, bad = end, False
-                        continue
-        if not bad:
-            corrupt += 1
-            bad = True
-        found = data.find(MAGIC, pos + 1)
-        if found < 0:
-            return out, corrupt, n
-        pos = found
-    if pos < n and final and not bad and not _zeros_from(data, pos):
-        corrupt += 1  # a tail too short to hold a header: a write cut short
-    return out, corrupt, (n if final else pos)
-
-
-def read_memories(data: bytes) -> list[Memory]:
-    """The memories of `data`, which should be whole, valid frames and nothing else (what a
-    live process appended); anything else is read as read_frames reads it."""
-    out: list[Memory] = []
-    append, decode, unpack, crc32 = out.append, _decode, HEADER.unpack_from, zlib.crc32
-    view = memoryview(data)
-    pos, end, size = 0, len(data), HEADER.size
-    try:
-        while pos < end:
-            magic, length, crc = unpack(data, pos)
-            start, pos = pos + size, pos + size + length
-            payload = view[start:pos]
-            if magic != MAGIC or pos > end or crc32(payload) != crc:
-                raise ValueError("not a whole, valid frame")
-            append(decode(payload))
-    except (ValueError, struct.error, msgspec.DecodeError):
-        return [memory for _, memory in read_frames(data)[0]]
-    return out
-
-
-def _zeros_from(data: bytes, pos: int) -> bool:
-    return data.count(0, pos) == len(data) - pos
 
 
 class Segment:
@@ -528,6 +450,37 @@ class Spool:
         return found
 
     # --- acknowledging -------------------------------------------------------------------
+
+    def take_range_locked(self) -> tuple[Segment, int, int] | None:
+        """The oldest appended stretch not yet handed out, whole frames only, as (segment,
+        start, end); a storing process stores it and answers with ack_range_locked()."""
+        while self.backlog:
+            segment = self.backlog[0]
+            start = segment.read_offset or 0
+            end = segment.size
+            if end > start:
+                segment.read_offset = end
+                return segment, start, end
+            if not segment.sealed:
+                return None  # the segment being written: more comes later
+            # Sealed and all handed out: it leaves the backlog, and goes once answered.
+            self.backlog.popleft()
+            segment.read_offset = None
+            self.delete_if_done_locked(segment)
+        return None
+
+    def ack_range_locked(self, segment: Segment, end: int, records: int) -> None:
+        """A range handed out up to `end`, holding `records` records, is stored."""
+        segment.done_offset = end
+        self.ack_locked(segment, records)
+
+    def settle_ranges(self) -> None:
+        """Let segments whose records were all handed out and answered be deleted at close."""
+        with self.lock:
+            for segment in list(self.backlog):
+                if segment.outstanding <= 0 and (segment.read_offset or 0) >= segment.size:
+                    segment.read_offset = None
+                    self.backlog.remove(segment)
 
     def ack(self, segments: Iterable[Segment]) -> None:
         """Records of these segments were stored, dead-lettered or dropped."""

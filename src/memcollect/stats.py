@@ -149,24 +149,17 @@ class Counters:
         self.batch_latency.add(write_seconds)
         self.store_latency.extend(now_wall - t for t in created)
 
-    def absorb(self, deltas: dict[str, int]) -> None:
-        """Add counts made elsewhere (the storing process), by counter name."""
+    def absorb(self, deltas: dict[str, int], dropped: dict[str, int]) -> None:
+        """Add counts made elsewhere (the storing process): counters and drops by reason."""
         with self._lock:
-            stored = deltas.get("stored", 0)
             for name, delta in deltas.items():
-                if name == "unstorable":
-                    if delta:
-                        self.dropped["unstorable"] += delta
-                        self.last_drop = self.clock()
-                    continue
                 setattr(self, name, getattr(self, name) + delta)
-            if stored:
+            for reason, count in dropped.items():
+                if count:
+                    self.dropped[reason] += count
+                    self.last_drop = self.clock()
+            if deltas.get("stored"):
                 self._window.append((self.clock(), self.stored))
-
-    @property
-    def unstorable(self) -> int:
-        """Memories dropped because the store refused them and their dead letters."""
-        return self.dropped.get("unstorable", 0)
 
     def drop(self, reason: str, count: int = 1) -> None:
         """Account for memories that were discarded, with why."""

@@ -10,7 +10,8 @@ from typing import ClassVar
 import msgspec
 
 from ..errors import PermanentBackendError, TransientBackendError
-from ..model import Memory
+from ..model import DeadLetter, Memory
+from ..query import SearchQuery
 from ..retry import ErrorKind
 
 __all__ = [
@@ -23,43 +24,6 @@ __all__ = [
     "every_word_first",
     "plain_terms",
 ]
-
-
-class SearchQuery(msgspec.Struct, frozen=True, kw_only=True):
-    """A full-text query with filters; an empty `text` lists by recency."""
-
-    text: str = ""
-    category: str | None = None
-    tags: tuple[str, ...] = ()
-    project: str | None = None
-    agent: str | None = None
-    session: str | None = None
-    since: float | None = None
-    until: float | None = None
-    limit: int = 10
-    #: "text" (full-text), "semantic" (by meaning) or "hybrid" (both, fused by rank);
-    #: "default" only to a memcollect server, whose store decides.
-    mode: str = "text"
-
-    def matches(self, memory: Memory) -> bool:
-        """Whether a memory passes the filters (not the text)."""
-        return (
-            (self.category is None or memory.category == self.category)
-            and (self.project is None or memory.project == self.project)
-            and (self.agent is None or memory.agent == self.agent)
-            and (self.session is None or memory.session == self.session)
-            and (self.since is None or memory.created_at >= self.since)
-            and (self.until is None or memory.created_at < self.until)
-            and all(tag in memory.tags for tag in self.tags)
-        )
-
-
-class DeadLetter(msgspec.Struct, frozen=True):
-    """A memory the backend refused for good, with why."""
-
-    memory: Memory
-    error: str
-    failed_at: float
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)

@@ -379,7 +379,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's collec
             ids, stored = [m.id for m in memories], True
         else:
             try:
-                ids = collector._queue_checked(memories)
+                ids = collector.collect_checked(memories)
             except QueueFullError as exc:
                 return _error(503, str(exc), {"Retry-After": "1"})
         if rejected:

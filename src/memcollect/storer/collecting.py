@@ -1,24 +1,11 @@
-"""Storing in another process (`storer="process"`): the spool is the hand-over.
-
-The collecting process only appends to its spool. A child process (`python -m
-memcollect.storer`) stores what the spool holds: the collecting process sends it byte ranges
-of spool segments over a pipe, the child reads, stores (with the same retries, bisection,
-dead letters and fallback as the worker thread) and answers each range with what became of
-its records. Only then are those records acknowledged in the spool, so a child that dies
-loses nothing: its ranges are sent again to the next one, and stores ignore repeats.
-
-Why a process: collecting and storing in one process share one GIL, which bounds the two
-together; apart, each has a core of its own.
-"""
+"""The collecting side of storer="process": hands spool ranges to a child, takes its answers."""
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -29,72 +16,24 @@ from typing import IO
 
 import msgspec
 
-from .backends import open_backend
-from .config import Config
-from .inbox import Inbox
-from .retry import CircuitBreaker
-from .spool import Segment, Spool, read_memories
-from .stats import Counters, Latency
-from .worker import Worker
+from ..config import Config
+from ..retry import CircuitBreaker
+from ..spool import Segment, Spool
+from ..stats import Counters, Latency
+from .protocol import COUNTED, PROTOCOL, Done, Range, child_command, decode_done, encode
 
 __all__ = ["StoringProcess"]
 
 log = logging.getLogger("memcollect")
 
-# The version of what the two sides say to each other: a storing process started after an
-# upgrade on disk must not misread an older collecting process.
-PROTOCOL = 2
 # How long the collecting side lets appended records gather before sending a range, unless a
 # flush asks for them at once: bigger ranges cost fewer messages, and the child's batches
 # are cut from them anyway.
 _LINGER_S = 0.02
 # Ranges sent and not yet answered, at most: bounds what a dead child makes us send again.
 _MAX_IN_FLIGHT = 4
-# How often the child reports its circuit, while it has no range to answer.
-_HEARTBEAT_S = 0.5
 _RESTART_PAUSE_S = 0.2
 _MAX_RESTART_PAUSE_S = 10.0
-
-
-class _Range(msgspec.Struct, array_like=True):
-    """A stretch of a spool segment to store, whole frames only."""
-
-    number: int
-    path: str
-    start: int
-    end: int
-
-
-# The child's counters that travel to the collecting process, as deltas, in this order.
-_COUNTED = (
-    "stored",
-    "retried",
-    "retried_memories",
-    "failed",
-    "dead_lettered",
-    "batches",
-    "stored_in_fallback",
-    "moved_to_primary",
-    "unstorable",
-)
-
-
-class _Done(msgspec.Struct, array_like=True):
-    """The child's answer to a range, or a heartbeat (number -1)."""
-
-    number: int
-    records: int
-    deltas: list[int]  # of _COUNTED since the last answer
-    batch_latency: Latency
-    store_latency: Latency
-    circuit_failures: int
-    circuit_open_for: float  # seconds since the circuit opened; -1 when closed
-    circuit_error: str
-
-
-_encode = msgspec.json.Encoder().encode
-_decode_range = msgspec.json.Decoder(_Range).decode
-_decode_done = msgspec.json.Decoder(_Done).decode
 
 # Every StoringProcess of this process, so that a fork can let go of their pipes at once:
 # a forked child holding the write end would keep the storing child waiting for more.
@@ -117,13 +56,14 @@ class StoringProcess:
         spool: Spool,
         config: Config,
         counters: Counters,
-        on_circuit: Callable[[int, float, str], None],
+        circuit: CircuitBreaker,
         on_done: Callable[[], None],
     ) -> None:
         self.spool = spool
         self.config = config
         self.counters = counters
-        self.on_circuit = on_circuit
+        # The child's circuit as last reported, for stats() and health() here.
+        self.circuit = circuit
         self.on_done = on_done
         self.batch_latency = Latency()
         self.store_latency = Latency()
@@ -138,7 +78,7 @@ class StoringProcess:
         self._stopping = False
         self._stopped = threading.Event()  # set with _stopping: cuts a restart's pause short
         self.last_error = ""
-        self._in_flight: deque[tuple[_Range, Segment]] = deque()
+        self._in_flight: deque[tuple[Range, Segment]] = deque()
         self._next_number = 0
         self._child: subprocess.Popen[bytes] | None = None
         self._send_lock = threading.Lock()
@@ -158,7 +98,7 @@ class StoringProcess:
         self._dispatcher.start()
 
     def _spawn(self) -> None:
-        package_root = str(Path(__file__).resolve().parent.parent)
+        package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         # The child imports this very memcollect, wherever the parent found it.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
@@ -183,7 +123,7 @@ class StoringProcess:
         with contextlib.suppress(OSError, ValueError):
             # A child that died at once: its exit is seen by the dispatcher, which starts
             # another.
-            child.stdin.write(_encode({"protocol": PROTOCOL, "config": settings}) + b"\n")
+            child.stdin.write(encode({"protocol": PROTOCOL, "config": settings}) + b"\n")
             child.stdin.flush()
         self._child = child
         reader = threading.Thread(
@@ -250,16 +190,7 @@ class StoringProcess:
         if child.stdout is not None:
             child.stdout.close()
         _live.discard(self)
-        self._settle()
-
-    def _settle(self) -> None:
-        """Let segments whose records were all sent and answered be deleted at close."""
-        spool = self.spool
-        with spool.lock:
-            for segment in list(spool.backlog):
-                if segment.outstanding <= 0 and (segment.read_offset or 0) >= segment.size:
-                    segment.read_offset = None
-                    spool.backlog.remove(segment)
+        self.spool.settle_ranges()
 
     def release(self) -> None:
         """Stop without waiting: the child answers what it was sent, then exits."""
@@ -345,32 +276,22 @@ class StoringProcess:
         self._stopped.wait(self._restart_pause)
         self._restart_pause = min(_MAX_RESTART_PAUSE_S, self._restart_pause * 2)
 
-    def _take_range(self) -> tuple[_Range, Segment] | None:
-        """The oldest appended stretch not yet sent, whole frames only."""
-        spool = self.spool
-        with spool.lock:
-            while spool.backlog:
-                segment = spool.backlog[0]
-                start = segment.read_offset or 0
-                end = segment.size
-                if end > start:
-                    segment.read_offset = end
-                    item = _Range(self._next_number, str(segment.path), start, end)
-                    self._next_number += 1
-                    return item, segment
-                if not segment.sealed:
-                    return None  # the segment being written: more comes later
-                # Sealed and all sent: it leaves the backlog, and goes once answered.
-                spool.backlog.popleft()
-                segment.read_offset = None
-                spool.delete_if_done_locked(segment)
-            return None
+    def _take_range(self) -> tuple[Range, Segment] | None:
+        """The oldest appended stretch not yet sent, numbered for its answer."""
+        with self.spool.lock:
+            taken = self.spool.take_range_locked()
+            if taken is None:
+                return None
+            segment, start, end = taken
+            item = Range(self._next_number, str(segment.path), start, end)
+            self._next_number += 1
+            return item, segment
 
-    def _send(self, child: subprocess.Popen[bytes], item: _Range) -> None:
+    def _send(self, child: subprocess.Popen[bytes], item: Range) -> None:
         with self._send_lock:
             try:
                 assert child.stdin is not None
-                child.stdin.write(_encode(item) + b"\n")
+                child.stdin.write(encode(item) + b"\n")
                 child.stdin.flush()
             except (OSError, ValueError):
                 pass  # it died: the dispatcher restarts it and sends this again
@@ -378,7 +299,7 @@ class StoringProcess:
     def _read_loop(self, child: subprocess.Popen[bytes], answers: IO[bytes]) -> None:
         for line in answers:
             try:
-                done = _decode_done(line)
+                done = decode_done(line)
             except msgspec.DecodeError:
                 log.warning("storing process said something unexpected: %r", line[:200])
                 continue
@@ -390,10 +311,13 @@ class StoringProcess:
             self._changed.notify_all()
         self._wake.set()  # the dispatcher sees the exit and starts another
 
-    def _apply(self, done: _Done) -> None:
-        self.on_circuit(done.circuit_failures, done.circuit_open_for, done.circuit_error)
+    def _apply(self, done: Done) -> None:
+        circuit = self.circuit
+        circuit.failures, circuit.last_error = done.circuit_failures, done.circuit_error
+        opened = done.circuit_open_for
+        circuit.opened_at = None if opened < 0 else time.monotonic() - opened
         self.batch_latency, self.store_latency = done.batch_latency, done.store_latency
-        self.counters.absorb(dict(zip(_COUNTED, done.deltas, strict=True)))
+        self.counters.absorb(dict(zip(COUNTED, done.deltas, strict=True)), done.dropped)
         if done.number < 0:
             return
         if not self._in_flight or self._in_flight[0][0].number != done.number:
@@ -402,171 +326,10 @@ class StoringProcess:
         answered, segment = self._in_flight.popleft()
         spool = self.spool
         with spool.lock:
-            segment.done_offset = answered.end
-            spool.ack_locked(segment, done.records)
+            spool.ack_range_locked(segment, answered.end, done.records)
             self.acked += done.records
         with self._changed:
             self._changed.notify_all()
         self._restart_pause = _RESTART_PAUSE_S
         self.on_done()
         self._wake.set()
-
-
-# --- the storing process ---------------------------------------------------------------
-
-
-class _Child:
-    """The storing process: stores the ranges it is sent, answers each, exits at EOF."""
-
-    def __init__(self, config: Config, answers: IO[bytes]) -> None:
-        self.config = config
-        self.answers = answers
-        self.backend = open_backend(_background_checkpoints(config.backend_url))
-        self.backend.open()
-        self.fallback = open_backend(config.fallback) if config.fallback else None
-        if self.fallback is not None:
-            self.fallback.open()
-        self.counters = Counters()
-        self.breaker = CircuitBreaker(
-            config.max_retries, config.retry_max, open_after=config.circuit_open_after
-        )
-        self.worker = Worker.configured(
-            config,
-            Inbox(1, config.batch_size, lambda memory: None),
-            self.backend,
-            self.counters,
-            self.breaker,
-            on_stored=[],
-            on_failure=[],
-            durable=True,
-            fallback=self.fallback,
-        )
-        if self.fallback is not None:
-            self.worker.fallback_pending = self.fallback.count() > 0
-        self.ranges: deque[_Range] = deque()
-        self.arrived = threading.Condition()
-        self.ended = False
-        self._answer_lock = threading.Lock()
-        self._reported = _counts(self.counters)
-
-    def answer(self, number: int, records: int) -> None:
-        """Tell the collecting process what became of a range (number -1: a heartbeat)."""
-        with self._answer_lock:
-            now = _counts(self.counters)
-            delta = [a - b for a, b in zip(now, self._reported, strict=True)]
-            self._reported = now
-            opened = self.breaker.opened_at
-            done = _Done(
-                number,
-                records,
-                delta,
-                batch_latency=self.counters.batch_latency.snapshot(),
-                store_latency=self.counters.store_latency.snapshot(),
-                circuit_failures=self.breaker.failures,
-                circuit_open_for=-1.0 if opened is None else time.monotonic() - opened,
-                circuit_error=self.breaker.last_error,
-            )
-            self.answers.write(_encode(done) + b"\n")
-            self.answers.flush()
-
-    def listen(self, requests: IO[bytes]) -> None:
-        """Queue the ranges sent; note the end of input."""
-        for line in requests:
-            item = _decode_range(line)
-            with self.arrived:
-                self.ranges.append(item)
-                self.arrived.notify()
-        with self.arrived:
-            self.ended = True
-            self.arrived.notify()
-
-    def heartbeat(self, stop: threading.Event) -> None:
-        """Report the circuit while a range takes long (an outage, retries)."""
-        while not stop.wait(_HEARTBEAT_S):
-            with contextlib.suppress(OSError, ValueError):
-                self.answer(-1, 0)
-
-    def run(self) -> None:
-        """Store ranges as they come; between them, the backend's put-off work."""
-        worker, breaker = self.worker, self.breaker
-        while True:
-            with self.arrived:
-                if not self.ranges and not self.ended:
-                    moving = worker.fallback_pending and breaker.state != "open"
-                    if not (worker.idle_due or moving):
-                        self.arrived.wait(_HEARTBEAT_S)
-                item = self.ranges.popleft() if self.ranges else None
-                ended = self.ended
-            if item is not None:
-                self.answer(item.number, self.store_range(item))
-            elif ended:
-                return
-            elif worker.fallback_pending and breaker.state != "open":
-                with worker.moving:
-                    worker.move_from_fallback()
-            elif worker.idle_due:
-                worker.idle_due = worker.idle_step()
-
-    def store_range(self, item: _Range) -> int:
-        """Store the records of one range, batch by batch; how many records it held."""
-        with open(item.path, "rb") as f:
-            f.seek(item.start)
-            data = f.read(item.end - item.start)
-        memories = read_memories(data)
-        size = self.config.batch_size
-        for start in range(0, len(memories), size):
-            self.worker.store(memories[start : start + size])
-        return len(memories)
-
-    def close(self) -> None:
-        """Release the stores."""
-        self.backend.close()
-        if self.fallback is not None:
-            self.fallback.close()
-
-
-def child_command() -> list[str]:
-    """The command that starts a storing process."""
-    return [sys.executable, "-m", "memcollect.storer"]
-
-
-def _background_checkpoints(url: str) -> str:
-    """A SQLite URL with checkpoints in a thread of their own: this process only stores, and
-    its commits need not wait for the log's copy and its fsyncs (+20-40% measured alone)."""
-    if not url.startswith("sqlite:") or "checkpoint=" in url:
-        return url
-    return url + ("&" if "?" in url else "?") + "checkpoint=background"
-
-
-def _counts(c: Counters) -> list[int]:
-    return [getattr(c, name) for name in _COUNTED]
-
-
-def main() -> None:
-    """Store the ranges read from stdin; answer each on stdout; exit at end of input."""
-    logging.basicConfig(level=logging.WARNING, format="memcollect storer: %(message)s")
-    # This process only reads, stores and frees memories, which make no reference cycles:
-    # collecting after every 700 allocations cost it ~15% of its rate. Cycles (a retried
-    # error's traceback) are still collected, only less often.
-    gc.set_threshold(100_000, 50, 100)
-    requests, answers = sys.stdin.buffer, sys.stdout.buffer
-    hello = msgspec.json.decode(requests.readline())
-    if hello.get("protocol") != PROTOCOL:
-        # memcollect was upgraded on disk under a running application: its collecting side
-        # speaks the old protocol, this process the new one.
-        log.error("the collecting process runs another memcollect version: restart it")
-        sys.exit(3)
-    config = Config(**hello["config"])
-    child = _Child(config, answers)
-    stop = threading.Event()
-    threading.Thread(target=child.listen, args=(requests,), daemon=True).start()
-    threading.Thread(target=child.heartbeat, args=(stop,), daemon=True).start()
-    try:
-        child.run()
-    finally:
-        stop.set()
-        child.close()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,669 @@
+"""The three ways of running, one Pipeline each, chosen once when a collector is built.
+
+- RamPipeline: memories wait in RAM; a worker thread stores them (durability="memory").
+- SpoolPipeline: every memory is also appended to the spool first (durability="spool" or
+  "fsync"); the worker thread stores from RAM and reads back what spilled to disk.
+- ProcessPipeline: the spool is the only queue; a storing process stores from it.
+
+The collector talks to whichever it has through the same methods and never asks which.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from zlib import crc32 as _crc32
+
+from .backends.base import Backend
+from .config import Config
+from .errors import MemcollectError, QueueFullError
+from .frames import encode_frame, encode_record
+from .inbox import Inbox
+from .locks import SharedLock
+from .model import PRIORITY_RANK, Memory
+from .retry import CircuitBreaker, RetryPolicy
+from .spool import Segment, Spool
+from .stats import Counters, Latency
+from .storing import FailureCallback, Interruptible, StoredCallback, Storing, notify_failure
+from .worker import Worker
+
+__all__ = ["Parts", "Pipeline", "RamPipeline", "SpoolPipeline", "build_pipeline", "open_spool"]
+
+log = logging.getLogger("memcollect")
+
+Clock = Callable[[], float]
+
+# Spool write failures of one kind are logged once, then counted in a line this often.
+SPOOL_LOG_INTERVAL_S = 60.0
+_FOREVER = 1e9
+
+
+class Parts:
+    """What every pipeline is built from: the settings, the stores and the bookkeeping."""
+
+    def __init__(
+        self,
+        config: Config,
+        backend: Backend,
+        fallback: Backend | None,
+        counters: Counters,
+        *,
+        on_stored: list[StoredCallback],
+        on_failure: list[FailureCallback],
+        on_change: Callable[[], None],
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.fallback = fallback
+        self.counters = counters
+        self.on_stored = on_stored
+        self.on_failure = on_failure
+        # Stored memories changed: searches cached before are stale.
+        self.on_change = on_change
+        self.clock = clock
+        self.breaker = CircuitBreaker(
+            config.max_retries, config.retry_max, clock, config.circuit_open_after
+        )
+
+
+class Pipeline:
+    """Takes accepted memories to the store; the collector's one way of running."""
+
+    #: Whether on_stored/on_failure callbacks can run (they run where memories are stored).
+    callbacks = True
+    spool: Spool | None = None
+
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self.config = parts.config
+        self.counters = parts.counters
+        self.breaker = parts.breaker
+        self.clock = parts.clock
+        self.closed = False
+        self._warned_closed = False
+        self._reporting_drops = threading.local()
+
+    # --- what each pipeline says for itself ------------------------------------------------
+
+    def start(self) -> None:
+        """Begin storing in the background."""
+
+    @property
+    def accepted(self) -> int:
+        """Memories accepted so far (their ids returned)."""
+        raise NotImplementedError
+
+    def put(self, memory: Memory) -> None:
+        """Accept one memory (the hot path of collect())."""
+        raise NotImplementedError
+
+    def put_many(self, memories: Sequence[Memory], force: bool = False) -> None:
+        """Accept memories, in order; `force` admits them past a full RAM queue."""
+        raise NotImplementedError
+
+    async def put_async(self, memory: Memory) -> None:
+        """put() for coroutines: never awaits I/O."""
+        self.put(memory)
+
+    def flush(self, timeout: float | None) -> bool:
+        """Wait until everything accepted so far is stored or dead-lettered."""
+        raise NotImplementedError
+
+    def close(self, timeout: float | None) -> None:
+        """Store what is queued (up to `timeout`), then stop and release the stores."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Let go without waiting (a collector never closed): what is queued still goes."""
+
+    def let_go_after_fork(self) -> None:
+        """In a forked child: drop the parent's spool, storing process and connections."""
+        if self.spool is not None:
+            self.spool.abandon_after_fork()
+        self.parts.backend.after_fork()
+        if self.parts.fallback is not None:
+            self.parts.fallback.after_fork()
+
+    def pending(self, ids: list[str]) -> dict[str, Memory]:
+        """Memories accepted and not yet stored (on disk, queued or in flight), by id."""
+        return {}
+
+    @property
+    def moving(self) -> SharedLock:
+        """Held while memories move from the fallback back; delete() holds it too."""
+        raise NotImplementedError
+
+    # What stats() and health() read.
+    queue_depth = 0
+    #: Memories waiting in RAM (max_queue_size bounds them).
+    ram_depth = 0
+    in_flight = 0
+    fallback_pending = False
+    restarts = 0
+
+    def writing_since(self) -> float | None:
+        """When the write under way began, if one is."""
+        return None
+
+    def latencies(self) -> tuple[Latency, Latency]:
+        """Batch write latency, and accept-to-stored latency."""
+        return self.counters.batch_latency.snapshot(), self.counters.store_latency.snapshot()
+
+    def storer_pid(self) -> int | None:
+        """The storing process's PID, where there is one."""
+        return None
+
+    def not_running(self) -> str | None:
+        """Why nothing stores now, or None while something does."""
+        return None
+
+    def circuit(self) -> CircuitBreaker:
+        """The circuit of the writes to the store."""
+        return self.breaker
+
+    def rotate(self) -> None:
+        """Let the spool's bytes of what is stored go now, not when their segment fills."""
+
+    # --- full queues: shared by every pipeline --------------------------------------------
+
+    def reject(self, memory: Memory, reason: str) -> None:
+        """Count a memory accepted and dropped at once, and tell on_failure."""
+        self.count_accepted(1)
+        self.counters.drop(reason)
+        self.report_drop(memory, reason)
+
+    def count_accepted(self, n: int) -> None:
+        """Count memories accepted that no queue took."""
+        raise NotImplementedError
+
+    def report_drop(self, memory: Memory, reason: str) -> None:
+        """Tell the on_failure callbacks, in the caller's thread, that a memory was dropped."""
+        on_failure = self.parts.on_failure
+        if not on_failure:
+            return
+        reporting = self._reporting_drops
+        # A callback that collects (say, a note of the drop) into the same full queue would
+        # otherwise be called back for that drop too, and again, as deep as the stack goes.
+        if getattr(reporting, "active", False):
+            return
+        reporting.active = True
+        try:
+            notify_failure(on_failure, [memory], QueueFullError(f"memory dropped: {reason}"))
+        finally:
+            reporting.active = False
+
+    def rejected_as_closed(self, memory: Memory) -> bool:
+        """After close(): drop the memory (once said in the log); False while open."""
+        if not self.closed:
+            return False
+        self.reject(memory, "closed")
+        if not self._warned_closed:
+            self._warned_closed = True
+            log.warning("collect() after close(): memories are counted as dropped")
+        return True
+
+
+def _deadline(clock: Clock, timeout: float | None) -> float:
+    return clock() + (timeout if timeout is not None else _FOREVER)
+
+
+class RamPipeline(Pipeline):
+    """Memories wait in RAM; one worker thread stores them."""
+
+    durable = False
+
+    def __init__(self, parts: Parts) -> None:
+        super().__init__(parts)
+        config = parts.config
+        self.inbox = Inbox(config.max_queue_size, config.batch_size, self._evicted, parts.clock)
+        self.wait = Interruptible(parts.clock)
+        self.storing = Storing(
+            parts.backend,
+            parts.counters,
+            parts.breaker,
+            RetryPolicy(config.retry_base, config.retry_max, config.max_retries),
+            fallback=parts.fallback,
+            on_stored=parts.on_stored,
+            on_failure=parts.on_failure,
+            on_done=self._done,
+            durable=self.durable,
+            batch_size=config.batch_size,
+            clock=parts.clock,
+            wait=self.wait,
+        )
+        self.worker = Worker(
+            self.inbox,
+            self.storing,
+            self.wait,
+            batch_size=config.batch_size,
+            batch_timeout=config.batch_timeout,
+            refill=self._refill if self.durable else None,
+            clock=parts.clock,
+        )
+
+    def start(self) -> None:
+        """Start the worker thread, after noting what an earlier run left in the fallback."""
+        self.storing.check_fallback()
+        self.worker.start()
+
+    @property
+    def accepted(self) -> int:
+        """Memories accepted so far."""
+        return self.inbox.accepted
+
+    def count_accepted(self, n: int) -> None:
+        """Count memories accepted that no queue took."""
+        self.inbox.count_accepted(n)
+
+    @property
+    def moving(self) -> SharedLock:
+        """The storing engine's lock on moving memories back from the fallback."""
+        return self.storing.moving
+
+    @property
+    def queue_depth(self) -> int:  # type: ignore[override]
+        """Memories waiting in RAM."""
+        return self.inbox.size
+
+    @property
+    def ram_depth(self) -> int:  # type: ignore[override]
+        """Memories waiting in RAM."""
+        return self.inbox.size
+
+    @property
+    def in_flight(self) -> int:  # type: ignore[override]
+        """Memories in the batch being written."""
+        return len(self.inbox.in_flight)
+
+    @property
+    def fallback_pending(self) -> bool:  # type: ignore[override]
+        """Whether the fallback holds memories to move back."""
+        return self.storing.fallback_pending
+
+    def writing_since(self) -> float | None:
+        """When the write under way began."""
+        return self.storing.writing_since
+
+    def not_running(self) -> str | None:
+        """Why the worker thread does not store, if it does not."""
+        return None if self.worker.alive() else "the worker thread is not running"
+
+    def put(self, memory: Memory) -> None:
+        """Queue one memory in RAM; a full queue does as on_full says."""
+        if not self.inbox.put(memory):
+            self._full(memory)
+
+    def put_many(self, memories: Sequence[Memory], force: bool = False) -> None:
+        """Queue memories in RAM while there is room, the rest as on_full says."""
+        queued = self.inbox.put_many(memories, force=force)
+        for memory in memories[queued:]:
+            self.put(memory)
+
+    async def put_async(self, memory: Memory) -> None:
+        """put(), yielding to the event loop while a full queue makes room (on_full='block')."""
+        if self.config.on_full != "block":
+            self.put(memory)
+            return
+        import asyncio  # here, not at the top: it costs 30 ms of `import memcollect`
+
+        deadline = self.clock() + self.config.block_timeout
+        delay = 0.0005
+        while not self.inbox.put(memory):
+            if self.clock() >= deadline or self.closed:
+                self.reject(memory, "queue_full")
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _full(self, memory: Memory) -> None:
+        if self.rejected_as_closed(memory):
+            return
+        policy = self.config.on_full
+        if policy == "raise":
+            raise QueueFullError(
+                f"the queue holds max_queue_size={self.config.max_queue_size} memories: "
+                "slow down, raise max_queue_size, or choose on_full='drop_lowest' or 'block'"
+            )
+        if policy == "block":
+            deadline = self.clock() + self.config.block_timeout
+            while self.inbox.wait_for_room(deadline):
+                if self.inbox.put(memory):
+                    return
+            self.reject(memory, "queue_full")
+            return
+        # drop_lowest: make room by evicting the oldest memory of the lowest priority queued,
+        # unless the newcomer is itself the lowest, in which case it is the one dropped.
+        evicted = []
+        while not self.inbox.put(memory):
+            victim = self.inbox.evict_lowest(PRIORITY_RANK[memory.priority])
+            if victim is None:
+                self.reject(memory, "queue_full")
+                break
+            evicted.append(victim)
+        # Reported once the newcomer has its place: a callback collecting into the queue
+        # before then would take the freed place, and be evicted for the newcomer in turn.
+        for victim in evicted:
+            self.report_drop(victim, "queue_full")
+
+    def _evicted(self, memory: Memory) -> None:
+        self.counters.drop("queue_full")
+        self._done([memory])
+
+    def _done(self, memories: Sequence[Memory]) -> None:
+        """Memories were stored or dead-lettered."""
+        self.parts.on_change()
+
+    def _refill(self) -> int:
+        return 0
+
+    def flush(self, timeout: float | None) -> bool:
+        """Wait until everything queued before this call is stored or dead-lettered."""
+        self._check_not_on_worker()
+        deadline = _deadline(self.clock, timeout)
+        marks = self.inbox.marks()
+        return self._wait_done(marks, deadline)
+
+    def _check_not_on_worker(self) -> None:
+        if self.worker.on_thread():
+            raise MemcollectError(
+                "flush() was called from an on_stored or on_failure callback, which runs on "
+                "the worker: it would wait for itself; flush from another thread"
+            )
+
+    def _wait_done(self, marks: list[int], deadline: float) -> bool:
+        if not self.worker.alive():
+            self.worker.drain(deadline)
+        return self.inbox.wait_done(marks, deadline)
+
+    def close(self, timeout: float | None) -> None:
+        """Store what is queued (up to `timeout`), stop the worker, release the stores."""
+        deadline = _deadline(self.clock, timeout)
+        worker = self.worker
+        worker.stop(deadline)
+        if worker.on_thread():
+            # Called by a callback, on the worker itself, which cannot wait for itself: once
+            # the callback returns it stores what is queued (up to the deadline), then
+            # finishes closing as it exits.
+            worker.when_exited(self._finish_close)
+            return
+        if worker.alive():
+            assert worker.thread is not None
+            worker.thread.join(max(0.0, deadline - self.clock()))
+        else:
+            # At interpreter exit no thread may be started: store from this thread.
+            worker.drain(deadline)
+        self._count_left()
+        # A worker still in a write past the deadline releases the stores as it ends:
+        # closing them under it would fail its write, and leaving them open leaks sockets.
+        worker.when_exited(self._release_stores)
+
+    def release(self) -> None:
+        """Let the worker store what is queued and exit on its own; never block."""
+        self.worker.stop(self.clock() + self.config.exit_timeout)
+
+    def _finish_close(self) -> None:
+        self._count_left()
+        self._release_stores()
+
+    def _count_left(self) -> None:
+        """After the worker stopped: count what it left in RAM as dropped."""
+        left = self.inbox.drain_all()
+        if left:
+            self.counters.drop("shutdown_deadline", len(left))
+            log.warning("%d memories were not stored before close() timed out", len(left))
+
+    def _release_stores(self) -> None:
+        self.parts.backend.close()
+        if self.parts.fallback is not None:
+            self.parts.fallback.close()
+
+    def pending(self, ids: list[str]) -> dict[str, Memory]:
+        """Memories queued or in flight, by id."""
+        found = {}
+        for memory_id in ids:
+            queued = self.inbox.find(memory_id)
+            if queued is not None:
+                found[memory_id] = queued
+        return found
+
+
+def open_spool(config: Config, lock: threading.Lock | None) -> Spool:
+    """The spool under config.data_dir, or one clear error saying why it cannot be."""
+    root = Path(config.data_dir) / "spool"
+    try:
+        return Spool(
+            root,
+            fsync=config.durability == "fsync",
+            fsync_interval=config.fsync_interval,
+            max_bytes=config.max_spool_bytes,
+            lock=lock,
+        )
+    except OSError as exc:
+        raise MemcollectError(
+            f"cannot use {root} for the spool ({exc.strerror or exc}): choose a "
+            "writable data_dir, or durability='memory' to keep memories in RAM only"
+        ) from None
+
+
+class SpoolTrouble:
+    """Logs spool write failures: once per kind, then a count at most once a minute (a full
+    disk fails every collect(), and must not write a log line for each)."""
+
+    def __init__(self, spool: Spool, clock: Clock, fate: str) -> None:
+        self.spool = spool
+        self.clock = clock
+        self.fate = fate
+        self._logged_write_errors = 0
+        self._logged_error = ""
+        self._next_log = 0.0
+
+    def log(self) -> None:
+        """Log what the spool's failed writes since the last call deserve."""
+        spool = self.spool
+        failed = spool.write_errors - self._logged_write_errors
+        if not failed:
+            return
+        now = self.clock()
+        if spool.last_error == self._logged_error and now < self._next_log:
+            return
+        self._logged_write_errors = spool.write_errors
+        self._next_log = now + SPOOL_LOG_INTERVAL_S
+        if spool.last_error == self._logged_error:
+            log.error("%d more spool writes failed (%s)", failed, spool.last_error)
+            return
+        self._logged_error = spool.last_error
+        log.error("spool write failed (%s): %s", spool.last_error, self.fate)
+
+
+class SpoolPipeline(RamPipeline):
+    """Every memory goes to the spool first, then to RAM while RAM has room and nothing
+    waits on disk; the worker thread stores from RAM and reads the rest back from disk."""
+
+    durable = True
+
+    def __init__(self, parts: Parts) -> None:
+        super().__init__(parts)
+        self.spool = open_spool(parts.config, self.inbox.lock)
+        # The spool segment of each memory in RAM that is also on disk, to acknowledge it.
+        self._segment_of: dict[str, Segment] = {}
+        self._trouble = SpoolTrouble(
+            self.spool, parts.clock, "memories are kept in RAM only until the disk takes them again"
+        )
+
+    def put(self, memory: Memory) -> None:
+        """Append one memory to the spool, and queue it in RAM while there is room."""
+        spool = self.spool
+        assert spool is not None
+        payload = encode_record(memory)
+        crc = _crc32(payload)
+        inbox = self.inbox
+        with spool.lock:  # the inbox's lock too
+            placed = spool.append_one_locked(payload, crc)
+            if placed is not None:
+                segment, offset = placed
+                if not spool.backlog:
+                    self._segment_of[memory.id] = segment
+                    if inbox.put_locked(memory):
+                        return
+                    del self._segment_of[memory.id]
+                spool.start_backlog_locked(segment, offset)
+                inbox.accepted += 1
+                return
+        self._trouble.log()
+        super().put(memory)
+
+    def put_many(self, memories: Sequence[Memory], force: bool = False) -> None:
+        """Append to the spool, then queue in RAM while there is room and no backlog on disk."""
+        # A record resent while its first copy still waits here is already on its way;
+        # queueing it twice would orphan the first copy's place in the spool.
+        pending, seen = self._segment_of, set()
+        fresh = []
+        for memory in memories:
+            if memory.id not in pending and memory.id not in seen:
+                seen.add(memory.id)
+                fresh.append(memory)
+        if fresh and not self._append(fresh, force):
+            self._trouble.log()
+            for memory in fresh:
+                super().put(memory)
+
+    def _append(self, memories: list[Memory], force: bool) -> bool:
+        """The spool part of put_many(); False when the spool refused the records."""
+        spool = self.spool
+        assert spool is not None
+        frames = [encode_frame(m) for m in memories]
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        inbox = self.inbox
+        with spool.lock:  # the inbox's lock too: only the *_locked inbox calls in here
+            placed = spool.append_locked(data, len(frames))
+            if placed is None:
+                return False
+            segment, offset = placed
+            if spool.spilling and not force:
+                # Behind older records still on disk: these wait there too, so their segment
+                # must be read back from here (a no-op when it already is).
+                spool.start_backlog_locked(segment, offset)
+                inbox.accepted += len(memories)
+                return True
+            for index, memory in enumerate(memories):
+                self._segment_of[memory.id] = segment
+                if not inbox.put_locked(memory) and not (
+                    force and inbox.put_many_locked([memory], force=True)
+                ):
+                    # RAM is full: this one and the rest wait on disk, read back later.
+                    del self._segment_of[memory.id]
+                    spool.start_backlog_locked(segment, offset)
+                    inbox.accepted += len(memories) - index
+                    return True
+                offset += len(frames[index])
+            return True
+
+    async def put_async(self, memory: Memory) -> None:
+        """put(): with a spool, a full RAM queue is never waited for."""
+        self.put(memory)
+
+    def _refill(self) -> int:
+        """Worker: read records waiting on disk back into RAM, oldest first."""
+        spool = self.spool
+        assert spool is not None
+        if not spool.backlog:
+            return 0
+        inbox = self.inbox
+        with spool.lock:  # the inbox's lock too
+            room = inbox.max_size - inbox.size
+            records = spool.read_back_locked(max(room, 0))
+            replayed = 0
+            for memory, segment in records:
+                self._segment_of[memory.id] = segment
+                replayed += segment.adopted
+            inbox.put_many_locked([m for m, _ in records], force=True, count=False)
+            inbox.accepted += replayed
+        self.counters.replayed += replayed
+        return len(records)
+
+    def _done(self, memories: Sequence[Memory]) -> None:
+        """Memories were stored or dead-lettered: release them from the spool."""
+        self.parts.on_change()
+        pop = self._segment_of.pop
+        segments = [seg for seg in (pop(m.id, None) for m in memories) if seg is not None]
+        if segments:
+            assert self.spool is not None
+            self.spool.ack(segments)
+
+    def flush(self, timeout: float | None) -> bool:
+        """Wait until what is queued before this call, in RAM and on disk, is stored."""
+        spool = self.spool
+        assert spool is not None
+        self._check_not_on_worker()
+        deadline = _deadline(self.clock, timeout)
+        # Memories waiting on disk only (a backlog) are not in the RAM queue's marks: then the
+        # spool is sealed and drained too. Checked before the marks are taken: with no backlog
+        # then, everything accepted so far is in RAM (or done) and the marks cover it, and a
+        # flush costs no new segment file.
+        spilled = spool.spilling
+        marks = self.inbox.marks()
+        sealed = spool.seal() if spilled else None
+        if spool.fsync:
+            spool.sync()  # accepted means on disk now, even if storing times out
+        if not self._wait_done(marks, deadline):
+            return False
+        if sealed is None:
+            return True
+        # What spilled to disk before this call must have been read back and stored too.
+        until = time.monotonic() + max(0.0, deadline - self.clock())
+        while not spool.wait_drained(sealed, min(until, time.monotonic() + 0.05)):
+            if time.monotonic() >= until:
+                return False
+            self.inbox.wakeup.set()
+        return True
+
+    def _count_left(self) -> None:
+        """After the worker stopped: release the spool, which keeps what is not stored."""
+        self.inbox.drain_all()
+        # Always, even if the worker outlived the deadline: the lock must be free for the
+        # next owner. A late worker's acks are then ignored; what it stores is replayed
+        # once more by the next owner, and idempotent writes make that harmless.
+        assert self.spool is not None
+        self.spool.close()
+
+    def pending(self, ids: list[str]) -> dict[str, Memory]:
+        """Memories on disk only, then queued or in flight, by id."""
+        assert self.spool is not None
+        found = self.spool.find_many(ids, everything=False) if self.spool.spilling else {}
+        found.update(super().pending([i for i in ids if i not in found]))
+        return found
+
+    def rotate(self) -> None:
+        """Start a new segment, so that the full one's stored bytes can go."""
+        assert self.spool is not None
+        self.spool.rotate()
+
+
+def build_pipeline(parts: Parts) -> Pipeline:
+    """The pipeline the configuration asks for."""
+    config = parts.config
+    if config.storer == "process":
+        from .storer import ProcessPipeline  # here: it costs `import subprocess`
+
+        return ProcessPipeline(parts)
+    if config.durability == "memory":
+        return RamPipeline(parts)
+    return SpoolPipeline(parts)
+
+
+def describe(pipeline: Pipeline) -> dict[str, Any]:
+    """The spool's part of stats(), where there is a spool."""
+    spool = pipeline.spool
+    if spool is None:
+        return {}
+    return {
+        "spool_bytes": spool.bytes,
+        "spool_segments": spool.segment_count(),
+        "spool_pending": spool.pending(),
+        "corrupt_skipped": spool.corrupt,
+    }

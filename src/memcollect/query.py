@@ -1,0 +1,109 @@
+"""SearchQuery, and the checks of the arguments that build one."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import msgspec
+
+from .errors import ValidationError
+from .model import Memory, check_category, check_labels, check_tags
+
+__all__ = ["SEARCH_MODES", "SearchQuery", "check_ids", "check_limit", "search_query"]
+
+SEARCH_MODES = ("text", "semantic", "hybrid")
+
+
+class SearchQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """A full-text query with filters; an empty `text` lists by recency."""
+
+    text: str = ""
+    category: str | None = None
+    tags: tuple[str, ...] = ()
+    project: str | None = None
+    agent: str | None = None
+    session: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 10
+    #: "text" (full-text), "semantic" (by meaning) or "hybrid" (both, fused by rank);
+    #: "default" only to a memcollect server, whose store decides.
+    mode: str = "text"
+
+    def matches(self, memory: Memory) -> bool:
+        """Whether a memory passes the filters (not the text)."""
+        return (
+            (self.category is None or memory.category == self.category)
+            and (self.project is None or memory.project == self.project)
+            and (self.agent is None or memory.agent == self.agent)
+            and (self.session is None or memory.session == self.session)
+            and (self.since is None or memory.created_at >= self.since)
+            and (self.until is None or memory.created_at < self.until)
+            and all(tag in memory.tags for tag in self.tags)
+        )
+
+
+def search_query(
+    *,
+    category: str | None,
+    tags: Sequence[str] | None,
+    project: str | None,
+    agent: str | None,
+    session: str | None,
+    since: object,
+    until: object,
+    limit: int,
+    text: str = "",
+    mode: str = "text",
+) -> SearchQuery:
+    """A search query from public arguments, each checked (the error names it)."""
+    project, agent, session = check_labels(project, agent, session)
+    return SearchQuery(
+        mode=mode,
+        text=text,
+        category=check_category(category) if category is not None else None,
+        tags=check_tags(tags),
+        project=project,
+        agent=agent,
+        session=session,
+        since=_timestamp(since, "since"),
+        until=_timestamp(until, "until"),
+        limit=limit,
+    )
+
+
+def check_ids(ids: object) -> list[str] | None:
+    """Ids as a list (one id may be passed alone), each a str."""
+    if ids is None:
+        return None
+    if isinstance(ids, str):
+        return [ids]
+    if isinstance(ids, bytes) or not isinstance(ids, Iterable):
+        raise ValidationError(f"ids must be an id or a list of ids, not {type(ids).__name__}")
+    listed = list(ids)
+    for index, memory_id in enumerate(listed):
+        if not isinstance(memory_id, str):
+            raise ValidationError(f"ids[{index}] must be a str, not {type(memory_id).__name__}")
+    return listed
+
+
+def check_limit(limit: object) -> None:
+    """A limit is a whole number from 1 to 10,000."""
+    if type(limit) is not int or not 1 <= limit <= 10_000:
+        raise ValidationError(f"limit must be a whole number from 1 to 10000, not {limit!r}")
+
+
+def _timestamp(value: object, field: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValidationError(f"{field} must be a datetime or epoch seconds, not a bool")
+    if isinstance(value, (int, float)):
+        if math.isnan(value):  # every comparison with NaN is false: nothing would match
+            raise ValidationError(f"{field} is NaN: give a datetime or epoch seconds")
+        return float(value)
+    timestamp = getattr(value, "timestamp", None)
+    if callable(timestamp):
+        return float(timestamp())
+    raise ValidationError(f"{field} must be a datetime or epoch seconds, not {value!r}")

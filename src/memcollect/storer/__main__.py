@@ -1,0 +1,5 @@
+"""`python -m memcollect.storer`: the storing process."""
+
+from .child import main
+
+main()

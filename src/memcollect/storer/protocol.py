@@ -1,0 +1,60 @@
+"""What the collecting process and the storing process say to each other, one JSON line each."""
+
+from __future__ import annotations
+
+import sys
+
+import msgspec
+
+from ..stats import Latency
+
+__all__ = ["COUNTED", "PROTOCOL", "Done", "Range", "child_command"]
+
+# The version of what the two sides say to each other: a storing process started after an
+# upgrade on disk must not misread an older collecting process.
+PROTOCOL = 3
+
+# The child's counters that travel to the collecting process, as deltas, in this order.
+COUNTED = (
+    "stored",
+    "retried",
+    "retried_memories",
+    "failed",
+    "dead_lettered",
+    "batches",
+    "stored_in_fallback",
+    "moved_to_primary",
+)
+
+
+class Range(msgspec.Struct, array_like=True):
+    """A stretch of a spool segment to store, whole frames only."""
+
+    number: int
+    path: str
+    start: int
+    end: int
+
+
+class Done(msgspec.Struct, array_like=True):
+    """The child's answer to a range, or a heartbeat (number -1)."""
+
+    number: int
+    records: int
+    deltas: list[int]  # of COUNTED since the last answer
+    dropped: dict[str, int]  # memories dropped since the last answer, by reason
+    batch_latency: Latency
+    store_latency: Latency
+    circuit_failures: int
+    circuit_open_for: float  # seconds since the circuit opened; -1 when closed
+    circuit_error: str
+
+
+encode = msgspec.json.Encoder().encode
+decode_range = msgspec.json.Decoder(Range).decode
+decode_done = msgspec.json.Decoder(Done).decode
+
+
+def child_command() -> list[str]:
+    """The command that starts a storing process."""
+    return [sys.executable, "-m", "memcollect.storer"]
