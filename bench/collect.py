@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import memcollect as mc  # noqa: E402
 from memcollect.backends.sqlite import SQLiteBackend  # noqa: E402
 from memcollect.demo import memories  # noqa: E402
-from memcollect.model import make_memory  # noqa: E402
+from memcollect.validate import make_memory  # noqa: E402
 
 CONTENT = "Login fails on Safari 17 after password reset"
 METADATA = {"module": "auth", "build": 142}

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import memcollect as mc  # noqa: E402
-from memcollect.model import make_memory  # noqa: E402
+from memcollect.validate import make_memory  # noqa: E402
 
 DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets" / "locomo-dev"
 MODES = ("text", "semantic", "hybrid")

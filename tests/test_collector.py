@@ -13,10 +13,10 @@ import pytest
 
 import memcollect as mc
 from memcollect.backends.memory import MemoryBackend
-from memcollect.model import make_memory
 from memcollect.stats import Counters
-from memcollect.testing import FaultyBackend
 from memcollect.storing import LATENCY_SAMPLES_PER_BATCH, latency_sample
+from memcollect.testing import FaultyBackend
+from memcollect.validate import make_memory
 
 from .conftest import CountingReads
 from .test_failover import with_fallback

@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import memcollect as mc
-from memcollect import model
-from memcollect.model import check_category, check_metadata, make_memory
+from memcollect import validate
 from memcollect.spool import encode_frame, read_frames
+from memcollect.validate import check_category, check_metadata, make_memory
 
 MAX = 64 * 1024
 
@@ -123,11 +123,11 @@ def test_metadata_is_copied_so_later_mutation_does_not_leak() -> None:
 
 
 def test_the_sets_of_strings_checked_before_stay_bounded() -> None:
-    for i in range(model._MAX_KNOWN + 100):
+    for i in range(validate._MAX_KNOWN + 100):
         m = build(tags=[f"tag-{i}"], session=f"session-{i}", metadata={f"key-{i}": i})
         assert m.tags == (f"tag-{i}",) and m.session == f"session-{i}"
-    for known in (model._known_labels, model._known_tags, model._known_keys):
-        assert len(known) <= model._MAX_KNOWN
+    for known in (validate._known_labels, validate._known_tags, validate._known_keys):
+        assert len(known) <= validate._MAX_KNOWN
     # Remembered or not, a string is checked the same way.
     assert build(session="session-1").session == "session-1"
     with pytest.raises(mc.ValidationError, match="session"):

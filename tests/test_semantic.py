@@ -240,7 +240,7 @@ if len(sys.argv) == 1:  # and static vectors, distilled here from the packaged m
     print(StaticEmbedder().embed(["offline check"]).shape, attempts)
 if len(sys.argv) > 1:  # and a mem0 store: build, write, search
     from memcollect.backends.mem0 import Mem0Backend
-    from memcollect.model import make_memory
+    from memcollect.validate import make_memory
     store = Mem0Backend(f"mem0:///{sys.argv[1]}")
     store.open()
     store.write_batch([make_memory("qa", "offline", None, None, None, None, None, None, 999)])

@@ -9,7 +9,6 @@ import pytest
 
 import memcollect as mc
 from memcollect.backends import open_backend
-from memcollect.model import make_memory
 from memcollect.spool import (
     HEADER,
     Spool,
@@ -19,6 +18,7 @@ from memcollect.spool import (
     read_memories,
 )
 from memcollect.testing import FaultyBackend
+from memcollect.validate import make_memory
 
 Make = Callable[..., mc.MemoryCollector]
 
@@ -174,7 +174,9 @@ def test_a_spill_that_spans_segments_and_adopted_records_is_all_read_back(
     second = mc.MemoryCollector(backend, durability="spool", data_dir=str(data), max_queue_size=5,
                                 batch_size=5)  # fmt: skip
     assert second._pipeline.spool is not None
-    second._pipeline.spool.segment_bytes = 2000  # rotate often while spilling behind the adopted ones
+    second._pipeline.spool.segment_bytes = (
+        2000  # rotate often while spilling behind the adopted ones
+    )
     new = {second.collect("note", f"new {i} " + "y" * 100) for i in range(200)}
     assert second.flush(timeout=60)
     second.close()

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 import memcollect as mc
-from memcollect.storer import collecting as storer
 from memcollect.backends import open_backend
 from memcollect.locks import shared_lock
 from memcollect.spool import iter_spool_records
+from memcollect.storer import collecting as storer
 
 from .conftest import ROOT, wait_for
 

@@ -13,8 +13,8 @@ import pytest
 import memcollect as mc
 from memcollect.backends.sqlite import SQLiteBackend
 from memcollect.retry import CircuitBreaker, RetryPolicy
-from memcollect.testing import FaultyBackend
 from memcollect.storing import content_hash
+from memcollect.testing import FaultyBackend
 
 Make = Callable[..., mc.MemoryCollector]
 

@@ -29,7 +29,8 @@ import msgspec
 from .collector import MemoryCollector
 from .config import load_config
 from .errors import MemcollectError, ValidationError
-from .model import Memory, make_memory
+from .model import Memory
+from .validate import make_memory
 
 _TIME_HELP = (
     "Only memories {} this time: an age (30m, 2h, 7d), an ISO date or time "
@@ -504,7 +505,7 @@ if HAVE_CLI:
     def import_memories(backend: str | None, data_dir: str | None, source: Any) -> None:
         """Store memories from JSON lines (as export writes them); ids are kept, so importing
         the same file twice stores each memory once."""
-        from .model import memory_from_record
+        from .validate import memory_from_record
 
         imported, skipped, first_error = 0, 0, ""
         size = _size_of(source)

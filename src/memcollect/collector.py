@@ -19,7 +19,7 @@ from .backends.base import Backend
 from .cache import Cache
 from .config import Config, load_config
 from .errors import TransientBackendError, ValidationError
-from .model import DeadLetter, Memory, check_category, check_memory, make_memory, memory_from_dict
+from .model import DeadLetter, Memory
 from .pipelines import Parts, Pipeline, build_pipeline
 from .query import SEARCH_MODES, check_limit, search_query
 from .reads import Reads
@@ -27,6 +27,7 @@ from .retention import delete_from, delete_request
 from .retry import RetryPolicy
 from .stats import Counters, Health, Stats
 from .storing import FailureCallback, StoredCallback, Storing
+from .validate import check_category, check_memory, make_memory, memory_from_dict
 
 __all__ = ["SEARCH_MODES", "MemoryCollector"]
 

@@ -8,7 +8,8 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 from .errors import ValidationError
-from .model import Memory, check_category, check_labels, check_tags
+from .model import Memory
+from .validate import check_category, check_labels, check_tags
 
 __all__ = ["SEARCH_MODES", "SearchQuery", "check_ids", "check_limit", "search_query"]
 

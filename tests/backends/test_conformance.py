@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import memcollect as mc
 from memcollect.backends.base import Backend, DeadLetter, SearchQuery
-from memcollect.model import make_memory
+from memcollect.validate import make_memory
 
 UNICODE = [
     "emoji 🐛🔥 in a bug report",

@@ -61,7 +61,7 @@ def test_a_collector_stores_in_mem0_and_mem0_reads_it_back(
 def test_a_replayed_batch_is_stored_once(tmp_path: Path) -> None:
     require_mem0()
     from memcollect.backends.mem0 import Mem0Backend
-    from memcollect.model import make_memory
+    from memcollect.validate import make_memory
 
     store = Mem0Backend(f"mem0:///{tmp_path}/m")
     store.open()
@@ -94,7 +94,7 @@ def test_reads_while_the_worker_writes_never_fail(tmp_path: Path) -> None:
 
     from memcollect.backends import open_backend
     from memcollect.backends.base import SearchQuery
-    from memcollect.model import make_memory
+    from memcollect.validate import make_memory
 
     store = open_backend(f"mem0:///{tmp_path}/mem0")
     store.open()

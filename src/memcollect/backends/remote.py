@@ -24,7 +24,7 @@ from ..errors import (
 )
 from ..model import Memory
 from ..retry import ErrorKind
-from ..server.wire import LOOKUP_MAX_IDS, Counts, IngestResult
+from ..wire import LOOKUP_MAX_IDS, Counts, IngestResult
 from .base import Backend, DeadLetter, SearchQuery
 
 try:

@@ -1,6 +1,6 @@
 """The memcollect server: a collector over HTTP, with metrics and a live dashboard.
 
-Needs the server extra (`pip install 'memcollect[server]'`); `wire` needs only msgspec.
+Needs the server extra (`pip install 'memcollect[server]'`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ __all__ = ["create_app", "serve"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that the remote backend can use `wire` without FastAPI installed.
+    # Lazy, so that `import memcollect.server` needs no FastAPI until the app is asked for.
     if name in __all__:
         from . import app
 

@@ -26,9 +26,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..collector import MemoryCollector
 from ..errors import BackendError, MemcollectError, QueueFullError, ValidationError
-from ..model import Memory, memory_from_record
-from .metrics import metrics_registry, metrics_text
-from .wire import (
+from ..model import Memory
+from ..validate import memory_from_record
+from ..wire import (
     CATEGORY_PATTERN,
     NO_NUL,
     Counts,
@@ -47,6 +47,7 @@ from .wire import (
     dead_letter_from_in,
     memory_from_in,
 )
+from .metrics import metrics_registry, metrics_text
 
 __all__ = ["DEFAULT_PORT", "create_app", "serve"]
 

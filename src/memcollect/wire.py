@@ -6,9 +6,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from ..backends.base import DeadLetter
-from ..model import Memory, make_memory
-from ..stats import Health, Stats
+from .model import DeadLetter, Memory
+from .stats import Health, Stats
+from .validate import CATEGORY_PATTERN, MAX_LABEL, MAX_TAG, make_memory
 
 __all__ = [
     "Counts",
@@ -29,11 +29,10 @@ __all__ = [
 
 # The rules of memcollect.model's validation, stated for clients (and schema-based testers).
 # Content's limit is in UTF-8 bytes; the app states it as maxLength, exact for ASCII.
-CATEGORY_PATTERN = "^[a-z][a-z0-9_-]{0,63}$"
 NO_NUL = "^[^\\x00]*$"
 Category = Annotated[str, msgspec.Meta(pattern=CATEGORY_PATTERN, examples=["bug"])]
-Label = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=NO_NUL)]
-Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_NUL)]
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_LABEL, pattern=NO_NUL)]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TAG, pattern=NO_NUL)]
 PriorityName = Literal["low", "medium", "high", "critical"]
 MemoryId = Annotated[
     str,
