@@ -13,9 +13,9 @@ import pytest
 
 import memcollect as mc
 from memcollect import semantic
-from memcollect.backends import sqlite as sqlite_backend
 from memcollect.backends.base import SearchQuery
 from memcollect.backends.sqlite import SQLiteBackend
+from memcollect.backends.sqlite import vectors as sqlite_vectors
 from memcollect.semantic import fuse
 
 MEMORIES = [
@@ -596,7 +596,7 @@ def test_vectors_always_belong_to_their_memory(
     from hypothesis import strategies as st
 
     embedder = use_text_hash_embedder(monkeypatch)
-    monkeypatch.setitem(sqlite_backend._EMBED_CHUNK, "model", 3)
+    monkeypatch.setitem(sqlite_vectors._EMBED_CHUNK, "model", 3)
     ops = st.lists(
         st.one_of(
             st.tuples(st.just("write"), st.integers(1, 6)),

@@ -11,6 +11,7 @@ from .stats import Health, Stats
 from .validate import CATEGORY_PATTERN, MAX_LABEL, MAX_TAG, make_memory
 
 __all__ = [
+    "CATEGORY_PATTERN",
     "Counts",
     "DeleteRequest",
     "DeleteResult",

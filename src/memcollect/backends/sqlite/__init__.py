@@ -1,0 +1,17 @@
+"""sqlite:// — the embedded default: one file, WAL, FTS5 search ranked by BM25."""
+
+from .fts import COVERAGE_POWER, fts_all_words, fts_query, query_stems, word_coverage
+from .schema import MIGRATIONS, SCHEMA_VERSION, parse_sqlite_url
+from .store import SQLiteBackend
+
+__all__ = [
+    "COVERAGE_POWER",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SQLiteBackend",
+    "fts_all_words",
+    "fts_query",
+    "parse_sqlite_url",
+    "query_stems",
+    "word_coverage",
+]

@@ -1,0 +1,335 @@
+"""Embeddings: the in-RAM vector matrix, embedding what is stored, semantic and hybrid search."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import msgspec
+
+from ...errors import TransientBackendError, ValidationError
+from ...model import Memory
+from ..base import (
+    SearchQuery,
+)
+from .fts import TextSearch, _filters, query_stems, word_coverage
+from .schema import _COLUMNS, _DELETIONS, _from_row
+
+log = logging.getLogger("memcollect")
+
+
+# Memories embedded in one step of the worker's idle time: about a third of a second of the
+# model (~5 ms a memory on 2 cores), or of static vectors (~0.05 ms).
+_EMBED_CHUNK = {"model": 64, "static": 4096}
+
+
+# A semantic search embeds at most this many chunks of memories still without a vector,
+# oldest first (when the worker keeps up: those stored since it was last quiet); the worker
+# embeds the rest of a backlog.
+_SEARCH_EMBEDS_CHUNKS = 4
+
+
+# Rows between a memory and the next one of its session, at most, for the two to count as
+# neighbours in hybrid search (bounds the look, which has no index on session).
+_NEIGHBOUR_SPAN = 200
+
+
+def numpy() -> Any:
+    """numpy, imported as semantic recall imports it (one thread at a time)."""
+    from ...semantic import numpy as load  # here: stores without vectors never need it
+
+    return load()
+
+
+def _insert_vectors(conn: sqlite3.Connection, stored: list[tuple[bytes, int, str]]) -> None:
+    # Only beside the memory that was embedded: not if it was deleted meanwhile, nor beside
+    # a new row that took its seq.
+    conn.executemany(
+        "INSERT OR REPLACE INTO embeddings SELECT seq, ? FROM memories WHERE seq = ? AND id = ?",
+        stored,
+    )
+
+
+class _Vectors:
+    """The embeddings in RAM: a float32 matrix that grows as batches land (amortized), read
+    by searches on any thread from a consistent snapshot."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loading = threading.Lock()  # one sync with the file at a time
+        self.checked_seq = 0  # every row up to here has been loaded from the file
+        self._size = 0
+        self._seqs: Any = None
+        self._matrix: Any = None
+        # Rows this process added after the last sync read the file: the next sync skips them.
+        self._written: set[int] = set()
+        # Rows deleted since the last compaction (their vectors are still in the matrix).
+        self._forgotten: set[int] = set()
+        # The file's count of deletes when this process last looked for rows deleted elsewhere.
+        self.deletions_seen: int | None = None
+
+    def add_written(self, seqs: Sequence[int], vectors: Any) -> None:
+        """Rows this process just stored (nothing to do until a search has loaded the file)."""
+        with self.lock:
+            if self._matrix is None:
+                return
+            keep = [i for i, seq in enumerate(seqs) if seq > self.checked_seq]
+            self._append([seqs[i] for i in keep], vectors[keep])
+            self._written.update(seqs[i] for i in keep)
+
+    def add_synced(self, seqs: Sequence[int], vectors: Any, checked: int) -> None:
+        """Rows read from the file, up to seq `checked`."""
+        with self.lock:
+            keep = [i for i, seq in enumerate(seqs) if seq not in self._written]
+            self._written = {seq for seq in self._written if seq > checked}
+            if keep:
+                self._append([seqs[i] for i in keep], vectors[keep])
+            self.checked_seq = max(self.checked_seq, checked)
+
+    def _append(self, seqs: Sequence[int], vectors: Any) -> None:
+        np = numpy()
+        need = self._size + len(seqs)
+        if self._matrix is None or need > len(self._matrix):
+            # Readers keep the arrays they took; the grown ones are published whole.
+            old = 0 if self._matrix is None else len(self._matrix)
+            capacity = max(need, old * 2, 1024)
+            matrix = np.empty((capacity, vectors.shape[1]), np.float32)
+            ids = np.empty(capacity, np.int64)
+            if self._matrix is not None:
+                matrix[: self._size] = self._matrix[: self._size]
+                ids[: self._size] = self._seqs[: self._size]
+            self._matrix, self._seqs = matrix, ids
+        self._matrix[self._size : need] = vectors
+        self._seqs[self._size : need] = seqs
+        self._size = need
+
+    def forget(self, seqs: Sequence[int]) -> None:
+        """Rows deleted from the file. Their vectors leave RAM once a quarter of the rows
+        are such: searches skip deleted rows anyway, and compacting costs a copy of all."""
+        with self.lock:
+            if self._matrix is None:
+                return  # no vectors loaded (and maybe no numpy installed): nothing to forget
+            np = numpy()
+            self._forgotten.update(seqs)
+            if len(self._forgotten) < max(1024, self._size // 4):
+                return
+            keep = ~np.isin(self._seqs[: self._size], np.fromiter(self._forgotten, np.int64))
+            # Published whole, as when growing: readers keep the arrays they took.
+            self._matrix, self._seqs = (
+                self._matrix[: self._size][keep],
+                self._seqs[: self._size][keep],
+            )
+            self._size = len(self._seqs)
+            self._forgotten = set()
+
+    def deleted_here(self, count: int) -> None:
+        """This process's delete made the file's count of deletes `count`; it has forgotten
+        those rows already, so when it had seen the count before, there is nothing to look
+        for at the next sync."""
+        with self.loading:
+            if self.deletions_seen == count - 1:
+                self.deletions_seen = count
+
+    def keep_only(self, held: set[int], upto: int) -> None:
+        """Forget the rows up to seq `upto` that are not in `held` (deleted elsewhere)."""
+        with self.lock:
+            if self._matrix is None:
+                return
+            np = numpy()
+            mine = self._seqs[: self._size]
+            mine = mine[mine <= upto]
+            gone = mine[~np.isin(mine, np.fromiter(held, np.int64, len(held)))]
+        if len(gone):
+            self.forget(gone.tolist())
+
+    def snapshot(self) -> tuple[Any, Any]:
+        """(seqs, matrix) as of now."""
+        with self.lock:
+            if self._matrix is None:
+                return (), None
+            return self._seqs[: self._size], self._matrix[: self._size]
+
+
+class SemanticSearch(TextSearch):
+    """Search by meaning over the stored embeddings, and hybrid search fusing it with words."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._vectors = _Vectors()
+        self._embedding = threading.Lock()
+
+    def after_fork(self) -> None:
+        """Forget the parent's connections and vectors (they are read again here)."""
+        super().after_fork()
+        self._vectors = _Vectors()
+        self._embedding = threading.Lock()
+
+    def _embed(self, texts: Sequence[str]) -> Any:
+        from ...semantic import get_embedder
+
+        try:
+            embedder = get_embedder(self.model_dir, self.embedder_kind)
+        except ValidationError:
+            raise
+        except Exception as exc:
+            # The model, not any memory, is at fault: retried (health says why), never
+            # dead-lettered memory by memory.
+            raise TransientBackendError(
+                f"the embedding model could not be loaded ({type(exc).__name__}: {exc}); "
+                "fix or replace the model directory, and the memories waiting are stored"
+            ) from exc
+        return embedder.embed(texts)
+
+    def _embed_missing(self, limit: int) -> int:
+        """Embed up to `limit` stored memories without a vector, oldest first (written since
+        the last call, by any process, or before semantic recall was on); how many."""
+        with self._embedding:  # the worker or a search, one at a time
+            after = self._embedded_upto
+            top = self._read("SELECT coalesce(max(seq), 0) FROM memories")[0][0]
+            rows = self._read(
+                "SELECT m.seq, m.id, m.content, m.agent FROM memories m "
+                "LEFT JOIN embeddings e ON e.seq = m.seq "
+                "WHERE m.seq > ? AND m.seq <= ? AND e.seq IS NULL ORDER BY m.seq LIMIT ?",
+                (after, top, limit),
+            )
+            if rows:
+                from ...semantic import embedded_text
+
+                vectors = self._embed(
+                    [embedded_text(content, agent) for *_, content, agent in rows]
+                )
+                stored = [
+                    (vectors[i].tobytes(), seq, memory_id)
+                    for i, (seq, memory_id, *_) in enumerate(rows)
+                ]
+                self._write(partial(_insert_vectors, stored=stored))
+                self._vectors.add_written([seq for seq, *_ in rows], vectors)
+            # Every row up to here has its vector now (or had one).
+            self._embedded_upto = rows[-1][0] if len(rows) == limit else top
+            return len(rows)
+
+    def _sync_vectors(self) -> None:
+        """Load the vectors stored since the last call (by any process) into RAM, after
+        embedding up to a search's share of the memories still without one."""
+        np = numpy()
+
+        chunk = _EMBED_CHUNK[self.embedder_kind]
+        for _ in range(_SEARCH_EMBEDS_CHUNKS):
+            if self._embed_missing(chunk) < chunk:
+                break
+        with self._vectors.loading:
+            deletions = self._read(_DELETIONS)[0][0]
+            if deletions != self._vectors.deletions_seen:
+                if self._vectors.deletions_seen is not None:
+                    # Another process deleted memories: let go of the vectors whose rows are
+                    # gone. (Searches skip deleted rows anyway; this keeps RAM to what is
+                    # stored.) At the first sync nothing is held yet: nothing to look for.
+                    checked = self._vectors.checked_seq
+                    held = self._read("SELECT seq FROM embeddings WHERE seq <= ?", (checked,))
+                    self._vectors.keep_only({seq for (seq,) in held}, upto=checked)
+                self._vectors.deletions_seen = deletions
+            seen, upto = self._vectors.checked_seq, self._embedded_upto
+            if upto <= seen:
+                return
+            rows = self._read(
+                "SELECT m.seq, e.vector FROM memories m JOIN embeddings e ON e.seq = m.seq "
+                "WHERE m.seq > ? AND m.seq <= ? ORDER BY m.seq",
+                (seen, upto),
+            )
+            vectors = [np.frombuffer(vector, np.float32) for _, vector in rows]
+            matrix = np.vstack(vectors) if vectors else None
+            self._vectors.add_synced([seq for seq, _ in rows], matrix, checked=upto)
+
+    def _semantic_seqs(self, query: SearchQuery, want: int) -> list[int]:
+        """Row seqs passing the filters, nearest in meaning first."""
+        np = numpy()
+        self._sync_vectors()
+        seqs, matrix = self._vectors.snapshot()
+        if not len(seqs):
+            return []
+        scores = matrix @ self._embed([query.text])[0]
+        where, params = _filters(query)
+        found: list[int] = []
+        pool = min(len(seqs), max(want * 20, 200))
+        while True:
+            # The nearest `pool` rows, best first, then the filters in SQL.
+            top = np.argpartition(-scores, pool - 1)[:pool] if pool < len(seqs) else None
+            order = top[np.argsort(-scores[top])] if top is not None else np.argsort(-scores)
+            candidates = [int(seqs[i]) for i in order]
+            if where or len(candidates) > want:
+                marks = ",".join("?" * len(candidates))
+                clause = f"{where} AND" if where else " WHERE"
+                passing = {
+                    r[0]
+                    for r in self._read(
+                        f"SELECT m.seq FROM memories m{clause} m.seq IN ({marks})",
+                        [*params, *candidates],
+                    )
+                }
+                found = [seq for seq in candidates if seq in passing]
+            else:
+                found = candidates
+            if len(found) >= want or pool >= len(seqs):
+                return found[:want]
+            pool = min(len(seqs), pool * 4)
+
+    def _rows_by_seq(self, seqs: Sequence[int]) -> list[Memory]:
+        if not seqs:
+            return []
+        marks = ",".join("?" * len(seqs))
+        rows = self._read(f"SELECT seq, {_COLUMNS} FROM memories WHERE seq IN ({marks})", seqs)
+        by_seq = {r[0]: _from_row(r[1:]) for r in rows}
+        return [by_seq[seq] for seq in seqs if seq in by_seq]
+
+    def _semantic(self, query: SearchQuery) -> list[Memory]:
+        return self._rows_by_seq(self._semantic_seqs(query, query.limit))
+
+    def _hybrid(self, query: SearchQuery) -> list[Memory]:
+        """Both halves ranked in full (text: any word, by BM25; meaning: by cosine), fused
+        by reciprocal rank, each hit lending weight to its session's neighbours."""
+        from ...semantic import fuse
+
+        depth = max(50, query.limit * 5)
+        wide = msgspec.structs.replace(query, limit=depth)
+        text_hits = self._text(wide)
+        by_text = self._seqs_of(text_hits)
+        by_meaning = self._semantic_seqs(wide, depth)
+        near = self._session_neighbours({*by_text, *by_meaning})
+        stems = query_stems(query.text)
+        coverage = [word_coverage(stems, m) for m in text_hits]
+        fused = fuse(
+            [by_text, by_meaning], lambda seq: near.get(seq, ()), strengths=[coverage, None]
+        )
+        # Neighbours were found by session alone: they must pass the other filters too.
+        hits = [m for m in self._rows_by_seq(fused[: depth * 2]) if query.matches(m)]
+        return hits[: query.limit]
+
+    def _seqs_of(self, memories: Sequence[Memory]) -> list[int]:
+        """The row seqs of memories, in their order."""
+        if not memories:
+            return []
+        marks = ",".join("?" * len(memories))
+        rows = self._read(f"SELECT id, seq FROM memories WHERE id IN ({marks})",
+                          [m.id for m in memories])  # fmt: skip
+        seq_of = dict(rows)
+        return [seq_of[m.id] for m in memories if m.id in seq_of]
+
+    def _session_neighbours(self, seqs: set[int]) -> dict[int, list[int]]:
+        """For each row, the rows just before and after it in its session (within
+        _NEIGHBOUR_SPAN rows: farther apart, they are no neighbours)."""
+        if not seqs:
+            return {}
+        marks = ",".join("?" * len(seqs))
+        rows = self._read(
+            f"SELECT m.seq, (SELECT max(p.seq) FROM memories p WHERE p.session = m.session "
+            f"AND p.seq < m.seq AND p.seq >= m.seq - {_NEIGHBOUR_SPAN}), "
+            f"(SELECT min(n.seq) FROM memories n WHERE n.session = m.session "
+            f"AND n.seq > m.seq AND n.seq <= m.seq + {_NEIGHBOUR_SPAN}) "
+            f"FROM memories m WHERE m.seq IN ({marks}) AND m.session IS NOT NULL",
+            list(seqs),
+        )
+        return {seq: [n for n in (before, after) if n is not None] for seq, before, after in rows}
