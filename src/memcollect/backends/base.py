@@ -23,7 +23,19 @@ __all__ = [
     "delete_page_order",
     "every_word_first",
     "plain_terms",
+    "without_password",
 ]
+
+
+def without_password(url: str) -> str:
+    """The URL with any password in it replaced by ***, fit to show."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    credentials, at, host = authority.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -119,7 +131,8 @@ class Backend(ABC):
     supports_semantic: bool = False
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        #: The store's URL as stats, health, logs and errors show it: without a password.
+        self.url = without_password(url)
 
     def default_mode(self) -> str:
         """The search mode when the caller names none: hybrid with embeddings, else text."""

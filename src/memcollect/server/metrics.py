@@ -1,19 +1,118 @@
-"""Prometheus metrics, read from the collector's stats at scrape time (nothing on the hot path)."""
+"""Prometheus metrics, generated from every field of Stats at scrape time (nothing on the hot
+path, and no list kept by hand that could fall behind Stats)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import msgspec
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from ..collector import MemoryCollector
+from ..stats import Health, Latency, Stats
 
-__all__ = ["metrics_registry", "metrics_text"]
+__all__ = ["metric_name", "metrics_registry", "metrics_text", "stats_metrics"]
 
 _HEALTH = {"ok": 0, "degraded": 1, "failing": 2}
+
+# Fields that go up and down; every other number only grows, and is a counter.
+GAUGES = frozenset({
+    "queue_depth", "in_flight", "spool_bytes", "spool_segments", "spool_pending", "cache_size",
+    "pending_embeddings", "throughput_per_s", "recent_throughput_per_s", "uptime_s",
+    "storer_pid",
+})  # fmt: skip
+# Fields whose metric has another name than the field: units Prometheus spells out, and the
+# drop total, which the per-reason family already sums.
+NAMES = {
+    "uptime_s": "uptime_seconds",
+    "batch_write_latency": "batch_write_seconds",
+    "accept_to_stored_latency": "accept_to_stored_seconds",
+    "dropped_by_reason": "dropped",
+    "dropped": "dropped",
+    "backend": "backend_info",
+    "circuit": "circuit_open",
+}
+HELP = {
+    "accepted": "Memories accepted by collect()",
+    "stored": "Memories stored",
+    "retried": "Batch writes retried",
+    "retried_memories": "Memories in batch writes retried",
+    "failed": "Batch writes that failed (each retry counts)",
+    "dead_lettered": "Memories dead-lettered",
+    "dropped_by_reason": "Memories dropped, by reason",
+    "queue_depth": "Memories waiting to be stored",
+    "in_flight": "Memories in the batch being written",
+    "batches": "Batches written",
+    "batch_write_latency": "Batch write latency quantiles over recent samples",
+    "accept_to_stored_latency": "collect() to stored latency quantiles over recent samples",
+    "throughput_per_s": "Memories stored per second since start",
+    "recent_throughput_per_s": "Memories stored per second, recently",
+    "uptime_s": "Seconds since the collector started",
+    "backend": "The store written to",
+    "circuit": "1 while the backend circuit is not closed",
+    "spool_bytes": "Bytes in the spool",
+    "spool_segments": "Spool segment files",
+    "spool_pending": "Memories waiting in the spool",
+    "replayed": "Memories replayed from the spool",
+    "corrupt_skipped": "Corrupt spool stretches skipped",
+    "cache_hits": "Read cache hits",
+    "cache_misses": "Read cache misses",
+    "cache_evictions": "Read cache evictions",
+    "cache_expired": "Read cache entries expired",
+    "cache_size": "Entries in the read cache",
+    "stored_in_fallback": "Memories stored in the fallback",
+    "moved_to_primary": "Memories moved from the fallback to the primary",
+    "deleted": "Memories deleted by delete()",
+    "pending_embeddings": "Memories stored, not yet embedded for semantic recall",
+    "storer_pid": "The storing process's PID (storer='process')",
+    "storer_restarts": "Times the storing process was started again (storer='process')",
+}
+
+
+def metric_name(field: str) -> str:
+    """The metric a Stats field is exposed as (without the _total of counters)."""
+    return "memcollect_" + NAMES.get(field, field)
+
+
+def stats_metrics(stats: Stats, health: Health) -> Iterator[Metric]:
+    """A metric for every field of Stats, and one for health."""
+    for field in msgspec.structs.fields(Stats):
+        if field.name == "dropped":
+            continue  # the sum of dropped_by_reason, which is exposed by reason
+        value = getattr(stats, field.name)
+        name, doc = metric_name(field.name), HELP.get(field.name, field.name.replace("_", " "))
+        if isinstance(value, Latency):
+            family = GaugeMetricFamily(name, doc, labels=["quantile"])
+            family.add_metric(["0.5"], value.p50_ms / 1000)
+            family.add_metric(["0.99"], value.p99_ms / 1000)
+            yield family
+        elif isinstance(value, dict):
+            counts = CounterMetricFamily(name, doc, labels=["reason"])
+            for reason, n in sorted(value.items()):
+                counts.add_metric([reason], n)
+            yield counts
+        elif field.name == "backend":
+            yield _info(name, doc, value)
+        elif field.name == "circuit":
+            yield GaugeMetricFamily(name, doc, value=float(value != "closed"))
+        elif value is None:
+            continue  # not known here (no storing process): no sample rather than a false one
+        elif field.name in GAUGES:
+            yield GaugeMetricFamily(name, doc, value=float(value))
+        else:
+            yield CounterMetricFamily(name, doc, value=value)
+    yield GaugeMetricFamily(
+        "memcollect_health", "Health: 0 ok, 1 degraded, 2 failing", value=_HEALTH[health.status]
+    )
+
+
+def _info(name: str, doc: str, url: str) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=["backend"])
+    family.add_metric([url], 1.0)
+    return family
 
 
 class _CollectorMetrics(Collector):
@@ -22,62 +121,7 @@ class _CollectorMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         collector = self.get_collector()
-        stats = collector.stats()
-        health = collector.health()
-        counters = {
-            "accepted": ("Memories accepted by collect()", stats.accepted),
-            "stored": ("Memories stored", stats.stored),
-            "retried": ("Batch writes retried", stats.retried),
-            "dead_lettered": ("Memories dead-lettered", stats.dead_lettered),
-            "batches": ("Batches written", stats.batches),
-            "replayed": ("Memories replayed from the spool", stats.replayed),
-            "corrupt_skipped": ("Corrupt spool stretches skipped", stats.corrupt_skipped),
-            "stored_in_fallback": ("Memories stored in the fallback", stats.stored_in_fallback),
-            "moved_to_primary": ("Memories moved from fallback", stats.moved_to_primary),
-            "deleted": ("Memories deleted by delete()", stats.deleted),
-            "storer_restarts": (
-                "Times the storing process was started again (storer='process')",
-                stats.storer_restarts,
-            ),
-            "cache_hits": ("Read cache hits", stats.cache_hits),
-            "cache_misses": ("Read cache misses", stats.cache_misses),
-        }
-        for name, (doc, value) in counters.items():
-            yield CounterMetricFamily(f"memcollect_{name}", doc, value=value)
-        dropped = CounterMetricFamily(
-            "memcollect_dropped", "Memories dropped, by reason", labels=["reason"]
-        )
-        for reason, n in sorted(stats.dropped_by_reason.items()):
-            dropped.add_metric([reason], n)
-        yield dropped
-        gauges = {
-            "queue_depth": ("Memories queued in RAM", stats.queue_depth),
-            "in_flight": ("Memories in the batch being written", stats.in_flight),
-            "spool_bytes": ("Bytes in the spool", stats.spool_bytes),
-            "spool_pending": ("Memories waiting in the spool", stats.spool_pending),
-            "spool_segments": ("Spool segment files", stats.spool_segments),
-            "pending_embeddings": (
-                "Memories stored, not yet embedded for semantic recall",
-                stats.pending_embeddings,
-            ),
-            "uptime_seconds": ("Seconds since the collector started", stats.uptime_s),
-            "health": ("Health: 0 ok, 1 degraded, 2 failing", _HEALTH[health.status]),
-            "circuit_open": ("1 while the backend circuit is open", stats.circuit != "closed"),
-        }
-        for name, (doc, gauge) in gauges.items():
-            yield GaugeMetricFamily(f"memcollect_{name}", doc, value=float(gauge))
-        for name, latency in (
-            ("batch_write_seconds", stats.batch_write_latency),
-            ("accept_to_stored_seconds", stats.accept_to_stored_latency),
-        ):
-            family = GaugeMetricFamily(
-                f"memcollect_{name}",
-                "Latency quantiles over recent samples",
-                labels=["quantile"],
-            )
-            family.add_metric(["0.5"], latency.p50_ms / 1000)
-            family.add_metric(["0.99"], latency.p99_ms / 1000)
-            yield family
+        return stats_metrics(collector.stats(), collector.health())
 
 
 def metrics_registry(get_collector: Callable[[], MemoryCollector]) -> CollectorRegistry:
