@@ -10,9 +10,10 @@ from ..errors import QueueFullError, ValidationError
 from ..frames import encode_frame, encode_record
 from ..locks import SharedLock, shared_lock
 from ..model import Memory
-from ..pipelines import Parts, Pipeline, SpoolTrouble, open_spool
+from ..pipelines import Parts, Pipeline
 from ..retry import CircuitBreaker
 from ..spool import Spool
+from ..spooling import SpoolTrouble, open_spool
 from ..stats import Latency
 from .collecting import StoringProcess
 
