@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from rich.console import Console
 
-import memcollect.cli as cli_module
 from memcollect.cli import cli
+from memcollect.cli.common import console
 
 from .conftest import run_cli
 
@@ -66,7 +65,7 @@ def test_lists_keep_ids_whole_and_text_as_written_at_any_width(
         runner.invoke(cli, ["add", *args, "bug", "list[int] fails [/] in [bold]x"]).output.strip(),
     ]
     for width in (60, 80, 140):
-        monkeypatch.setattr(cli_module, "console", Console(width=width))
+        monkeypatch.setattr(console, "width", width)
         output = runner.invoke(cli, ["recent", *args]).output
         lines = output.splitlines()
         assert all(len(line) <= width for line in lines), output

@@ -1,0 +1,211 @@
+"""Commands that move or mind the store: export, import, dead letters, serve, recover, config."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import click
+import msgspec
+from rich.table import Table
+from rich.text import Text
+
+from ..errors import MemcollectError
+from ..model import Memory
+from .common import _collector, _errors, _store_options, cli, console
+from .render import _builtins, _progress, _size_of
+
+
+@cli.command("export")
+@_store_options
+@click.argument("output", type=click.File("w", encoding="utf-8"), default="-")
+@click.option("--category", help="Only this category.")
+def export_memories(
+    backend: str | None, data_dir: str | None, output: Any, category: str | None
+) -> None:
+    """Write every stored memory as JSON lines (oldest first) to OUTPUT (default stdout)."""
+    encoder = msgspec.json.Encoder()
+    written = 0
+    with _errors(), _collector(backend, data_dir, existing=True) as collector:
+        store = collector.backend
+        total = collector.count(category)
+        with _progress(output) as progress:
+            task = progress.add_task("export", total=total)
+            after: str | None = None
+            while True:
+                page = store.scan(after, 1000)
+                if not page:
+                    break
+                after = page[-1].id
+                lines = [encoder.encode(m) for m in page if category in (None, m.category)]
+                if lines:
+                    output.write(b"\n".join(lines).decode() + "\n")
+                written += len(lines)
+                progress.update(task, completed=written)
+    click.echo(f"exported {written:,} memories", err=True)
+
+
+@cli.command("import")
+@_store_options
+@click.argument("source", type=click.File("rb"), default="-")
+def import_memories(backend: str | None, data_dir: str | None, source: Any) -> None:
+    """Store memories from JSON lines (as export writes them); ids are kept, so importing
+    the same file twice stores each memory once."""
+    from ..validate import memory_from_record
+
+    imported, skipped, first_error = 0, 0, ""
+    size = _size_of(source)
+    with _errors(), _collector(backend, data_dir, durability="memory") as collector:
+        max_bytes = collector.config.max_content_bytes
+        with _progress(None) as progress:
+            task = progress.add_task("import", total=size)
+            batch: list[Memory] = []
+            for number, line in enumerate(source, 1):
+                progress.advance(task, len(line))
+                if not line.strip():
+                    continue
+                try:
+                    batch.append(memory_from_record(msgspec.json.decode(line), max_bytes))
+                except (msgspec.DecodeError, MemcollectError) as exc:
+                    skipped += 1
+                    first_error = first_error or f"line {number}: {exc}"
+                    continue
+                if len(batch) >= 1000:
+                    imported += len(collector.collect_checked(batch))
+                    batch = []
+            imported += len(collector.collect_checked(batch))
+            if not collector.flush(timeout=None):
+                raise click.ClickException("the memories could not be stored")
+    click.echo(f"imported {imported:,} memories", err=True)
+    if skipped:
+        raise click.ClickException(f"skipped {skipped} invalid lines (first: {first_error})")
+
+
+@cli.command("dead-letters")
+@_store_options
+@click.option("--retry", is_flag=True, help="Queue them all again and store them.")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+def dead_letters(
+    backend: str | None, data_dir: str | None, retry: bool, limit: int, as_json: bool
+) -> None:
+    """List the memories the store refused for good, or --retry them."""
+    with _errors(), _collector(backend, data_dir, existing=True) as collector:
+        if retry:
+            queued = collector.retry_dead_letters()
+            collector.flush(timeout=60)
+            again = collector.stats().dead_lettered
+            click.echo(f"queued {queued} dead letters again; {again} were refused again")
+            if again:
+                raise SystemExit(1)
+            return
+        letters = collector.dead_letters(limit)
+    if as_json:
+        for letter in letters:
+            click.echo(json.dumps(msgspec.to_builtins(letter), ensure_ascii=False))
+        return
+    table = Table(title=f"dead letters ({len(letters)} shown)")
+    table.add_column("id", no_wrap=True)
+    for column in ("category", "failed", "error", "content"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        failed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.failed_at))
+        m = letter.memory
+        row = (m.id, m.category, failed, letter.error, m.content[:200])
+        table.add_row(*(Text(cell) for cell in row))
+    console.print(table)
+
+
+@cli.command()
+@_store_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--max-body-bytes", default=8 << 20, show_default=True, type=int)
+@click.option("--max-batch", default=5000, show_default=True, type=int)
+@click.option("--log-level", default="info", show_default=True)
+def serve(
+    *,
+    backend: str | None,
+    data_dir: str | None,
+    host: str,
+    port: int,
+    max_body_bytes: int,
+    max_batch: int,
+    log_level: str,
+) -> None:
+    """Run the memcollect server: the HTTP API, /metrics and the dashboard at /.
+
+    Set MEMCOLLECT_TOKEN to require `Authorization: Bearer <token>` (never on the command
+    line, where other users can read it).
+    """
+    try:
+        from ..server.app import serve as run_server
+    except ImportError:
+        raise click.ClickException(
+            "the server needs the server extra: pip install 'memcollect[server]'"
+        ) from None
+    fields: dict[str, Any] = {}
+    if backend:
+        fields["backend"] = backend
+    if data_dir:
+        fields["data_dir"] = data_dir
+    with _errors():
+        from ..config import load_config
+
+        load_config(**fields)  # a bad setting fails here, in one line, not in the server
+        import logging
+
+        for handler in logging.getLogger("memcollect").handlers:
+            handler.setLevel(logging.WARNING)  # a server's warnings are for its log
+        if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get("MEMCOLLECT_TOKEN"):
+            console.print(
+                f"[yellow]warning:[/] serving on {host} without MEMCOLLECT_TOKEN: anyone "
+                "who reaches this port can read and write memories",
+                highlight=False,
+            )
+        run_server(
+            host,
+            port,
+            log_level=log_level,
+            max_body_bytes=max_body_bytes,
+            max_batch=max_batch,
+            **fields,
+        )
+
+
+@cli.command()
+@_store_options
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to store it in.")
+def recover(backend: str | None, data_dir: str | None, timeout: float) -> None:
+    """Store what stopped processes left in the spool of a data directory."""
+    with _errors(), _collector(backend, data_dir, durability="spool") as collector:
+        found = collector.stats().spool_pending
+        stored = collector.flush(timeout=timeout)
+        stats = collector.stats()
+    click.echo(
+        f"recovered {stats.replayed} memories from the spool ({found} found) into "
+        f"{collector.backend.url}; corrupt stretches skipped: {stats.corrupt_skipped}"
+    )
+    if not stored:
+        raise click.ClickException(
+            "not everything could be stored in time: the rest stays in the spool; "
+            "run recover again once the store is reachable"
+        )
+
+
+@cli.command("config")
+@_store_options
+def show_config(backend: str | None, data_dir: str | None) -> None:
+    """Print the configuration in force (profile, file, environment)."""
+    from ..config import load_config
+
+    fields: dict[str, Any] = {}
+    if backend:
+        fields["backend"] = backend
+    if data_dir:
+        fields["data_dir"] = data_dir
+    with _errors():
+        config = load_config(**fields)
+    click.echo(json.dumps({"backend_url": config.backend_url} | _builtins(config), indent=2))
