@@ -18,8 +18,8 @@ import msgspec
 from ..errors import TransientBackendError, ValidationError
 from ..model import PRIORITIES, PRIORITY_RANK, Memory
 from ..retry import ErrorKind
+from ._sql import SqlStore, filter_clauses, run_migrations
 from .base import (
-    Backend,
     DeadLetter,
     SearchQuery,
     content_terms,
@@ -177,7 +177,7 @@ def _from_row(row: Sequence[Any]) -> Memory:
     )  # fmt: skip
 
 
-class PostgresBackend(Backend):
+class PostgresBackend(SqlStore):
     """Memories in PostgreSQL; many collectors on many hosts may share one database.
 
     URL options (removed before connecting): `schema=NAME` keeps the tables in a schema of
@@ -191,6 +191,8 @@ class PostgresBackend(Backend):
     """
 
     name = "postgresql"
+    MARK = "%s"
+    RECORD = "record::text"
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -334,25 +336,12 @@ class PostgresBackend(Backend):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY,))
             if self.schema:
                 conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS memcollect_meta (key text PRIMARY KEY, value text)"
-            )
-            row = conn.execute(
-                "SELECT value FROM memcollect_meta WHERE key = 'schema_version'"
-            ).fetchone()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise ValidationError(
-                    f"the database has schema version {version}, newer than this memcollect "
-                    f"({SCHEMA_VERSION}): upgrade memcollect"
-                )
-            for number, ddl in MIGRATIONS:
-                if number > version:
-                    conn.execute(ddl)
-            conn.execute(
+            run_migrations(
+                conn.execute,
+                MIGRATIONS,
+                "the database",
                 "INSERT INTO memcollect_meta VALUES ('schema_version', %s) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (str(SCHEMA_VERSION),),
             )
         self._migrated = True
 
@@ -463,26 +452,6 @@ class PostgresBackend(Backend):
     def recent(self, limit: int, category: str | None = None) -> list[Memory]:
         """The newest memories first."""
         return self.search(SearchQuery(category=category, limit=limit))
-
-    def count(self, category: str | None = None) -> int:
-        """How many memories are stored."""
-        if category is None:
-            return int(self._read("SELECT count(*) FROM memories")[0][0])
-        rows = self._read("SELECT count(*) FROM memories WHERE category = %s", (category,))
-        return int(rows[0][0])
-
-    def count_by_category(self) -> dict[str, int]:
-        """How many memories are stored, per category."""
-        rows = self._read("SELECT category, count(*) FROM memories GROUP BY category")
-        return {category: int(n) for category, n in rows}
-
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """Dead letters, oldest first."""
-        rows = self._read(
-            "SELECT record::text, error, failed_at FROM dead_letters ORDER BY failed_at LIMIT %s",
-            (limit,),
-        )
-        return [DeadLetter(_memory_decode(r[0]), r[1], r[2]) for r in rows]
 
     def filtered_ids(self, query: SearchQuery) -> list[str]:
         """Ids of memories that pass the filters, in the order of delete_page_order (by the
@@ -631,20 +600,4 @@ def websearch_all_words(text: str) -> str | None:
 
 
 def _filters(query: SearchQuery) -> tuple[list[str], list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column in ("category", "project", "agent", "session"):
-        value = getattr(query, column)
-        if value is not None:
-            clauses.append(f"m.{column} = %s")
-            params.append(value)
-    if query.since is not None:
-        clauses.append("m.created_at >= %s")
-        params.append(query.since)
-    if query.until is not None:
-        clauses.append("m.created_at < %s")
-        params.append(query.until)
-    if query.tags:
-        clauses.append("m.tags @> %s")
-        params.append(list(query.tags))
-    return clauses, params
+    return filter_clauses(query, "%s", lambda tags: (["m.tags @> %s"], [list(tags)]))

@@ -15,9 +15,7 @@ from typing import Any
 
 from ...errors import TransientBackendError, ValidationError
 from ...retry import ErrorKind
-from ..base import (
-    Backend,
-)
+from .._sql import SqlStore, run_migrations
 from .checkpoint import _Checkpointer
 from .schema import (
     _FTS_DDL,
@@ -41,7 +39,7 @@ RANK_WINDOW = 1000
 _ABANDONED: list[sqlite3.Connection] = []
 
 
-class SQLiteConnection(Backend):
+class SQLiteConnection(SqlStore):
     """One SQLite file's connections: a writer, a reader a thread, and the schema."""
 
     def __init__(self, url: str) -> None:
@@ -185,26 +183,12 @@ class SQLiteConnection(Backend):
         return False
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS memcollect_meta (key TEXT PRIMARY KEY, value TEXT)"
-        )
-        row = conn.execute(
-            "SELECT value FROM memcollect_meta WHERE key = 'schema_version'"
-        ).fetchone()
-        version = int(row[0]) if row else 0
-        if version > SCHEMA_VERSION:
-            raise ValidationError(
-                f"{self.path} has schema version {version}, newer than this memcollect "
-                f"({SCHEMA_VERSION}): upgrade memcollect"
-            )
-        for number, ddl in MIGRATIONS:
-            if number > version:
-                for statement in ddl.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-        conn.execute(
+        run_migrations(
+            conn.execute,
+            MIGRATIONS,
+            self.path,
             "INSERT OR REPLACE INTO memcollect_meta VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
+            split=True,
         )
         exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_fts'").fetchone()
         if self.want_fts and not exists:

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from ...model import Memory
+from .._sql import filter_clauses
 from ..base import (
     SearchQuery,
     content_terms,
@@ -53,23 +54,11 @@ def _stem(word: str) -> str:
     return word
 
 
+_TAG_CLAUSE = "EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)"
+
+
 def _filters(query: SearchQuery) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column in ("category", "project", "agent", "session"):
-        value = getattr(query, column)
-        if value is not None:
-            clauses.append(f"m.{column} = ?")
-            params.append(value)
-    if query.since is not None:
-        clauses.append("m.created_at >= ?")
-        params.append(query.since)
-    if query.until is not None:
-        clauses.append("m.created_at < ?")
-        params.append(query.until)
-    for tag in query.tags:
-        clauses.append("EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)")
-        params.append(tag)
+    clauses, params = filter_clauses(query, "?", lambda tags: ([_TAG_CLAUSE] * len(tags), [*tags]))
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 

@@ -24,7 +24,6 @@ from .schema import (
     _from_row,
     _insert_rows,
     _json_encode,
-    _memory_decode,
 )
 from .vectors import _EMBED_CHUNK, SemanticSearch
 
@@ -202,27 +201,6 @@ class SQLiteBackend(SemanticSearch):
     def recent(self, limit: int, category: str | None = None) -> list[Memory]:
         """The newest memories first."""
         return self.search(SearchQuery(category=category, limit=limit))
-
-    def count(self, category: str | None = None) -> int:
-        """How many memories are stored."""
-        if category is None:
-            return int(self._read("SELECT count(*) FROM memories")[0][0])
-        return int(
-            self._read("SELECT count(*) FROM memories WHERE category = ?", (category,))[0][0]
-        )
-
-    def count_by_category(self) -> dict[str, int]:
-        """How many memories are stored, per category."""
-        rows = self._read("SELECT category, count(*) FROM memories GROUP BY category")
-        return {category: int(n) for category, n in rows}
-
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """Dead letters, oldest first."""
-        rows = self._read(
-            "SELECT record, error, failed_at FROM dead_letters ORDER BY failed_at LIMIT ?",
-            (limit,),
-        )
-        return [DeadLetter(_memory_decode(r[0]), r[1], r[2]) for r in rows]
 
     def search(self, query: SearchQuery) -> list[Memory]:
         """Full-text search ranked by BM25 (memories holding every word first), with filters;
