@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,17 +14,11 @@ import pytest
 import memcollect as mc
 from memcollect.testing import FaultyBackend
 
+from .services import wait_for
+
+__all__ = ["ROOT", "run_cli", "wait_for"]
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
-    """Poll until `condition` holds or `seconds` pass (a bound on a wait, not a measurement)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import Callable
 
 import pytest
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
+    """Poll until `condition` holds or `seconds` pass (a bound on a wait, not a measurement)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
 
 POSTGRES_URL = os.environ.get(
     "MEMCOLLECT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -144,14 +157,10 @@ class ThreadedServer:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ThreadedServer:
-        import time
-
         self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), 20)
+        if not self.server.started:
+            raise RuntimeError("the test server did not start")
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         return self
@@ -172,19 +181,17 @@ def free_port() -> int:
 
 def wait_for_http(url: str, timeout: float = 30.0) -> None:
     """Return once `url` answers at all; raise if it does not in time."""
-    import time
-
     import httpx
 
-    deadline = time.monotonic() + timeout
-    while True:
+    def answers() -> bool:
         try:
             httpx.get(url, timeout=1)
-            return
         except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+            return False
+        return True
+
+    if not wait_for(answers, timeout):
+        httpx.get(url, timeout=1)  # raises what the last try met
 
 
 CHROMIUM = os.environ.get("MEMCOLLECT_TEST_CHROMIUM", "/usr/bin/chromium")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from memcollect.cli import cli
 from memcollect.cli.common import console
 
-from .conftest import run_cli
+from .conftest import run_cli, wait_for
 
 
 def test_demo_collects_stores_and_recalls(tmp_path: Path) -> None:
@@ -247,9 +247,9 @@ def test_every_command_takes_backend_and_data_dir() -> None:
 
 def test_stats_watch_refreshes_until_interrupted(tmp_path: Path) -> None:
     import signal
-    import time
+    import threading
 
-    env = dict(os.environ, MEMCOLLECT_DATA_DIR=str(tmp_path))
+    env = dict(os.environ, MEMCOLLECT_DATA_DIR=str(tmp_path), PYTHONUNBUFFERED="1")
     exe = [sys.executable, "-m", "memcollect"]
     subprocess.run([*exe, "add", "qa", "watched"], env=env, check=True, timeout=60)
     watch = subprocess.Popen(
@@ -259,17 +259,24 @@ def test_stats_watch_refreshes_until_interrupted(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2)  # a few refreshes; nothing below depends on how many
+    lines: list[str] = []
+    assert watch.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(watch.stdout or ()), daemon=True)
+    reader.start()
+
+    def shown(row: str) -> bool:
+        return row in [" ".join(line.strip().strip("│ ").split()) for line in list(lines)]
+
+    assert wait_for(lambda: shown("all │ 1"), 60), "".join(lines)  # a first view
     subprocess.run([*exe, "add", "qa", "watched again"], env=env, check=True, timeout=60)
-    time.sleep(1)
+    # A later refresh counts the memory added while watching.
+    assert wait_for(lambda: shown("all │ 2") and shown("qa │ 2"), 60), "".join(lines)
     watch.send_signal(signal.SIGINT)
-    out, err = watch.communicate(timeout=30)
+    _, err = watch.communicate(timeout=30)
+    reader.join(30)
     assert watch.returncode == 0, err
     assert "Traceback" not in err
-    # The last view counts the memory added while watching.
-    rows = [" ".join(line.strip("│ ").split()) for line in out.splitlines()]
-    assert "qa │ 2" in rows and "all │ 2" in rows
-    assert "stored" in out and "/s" in out  # the rate line of a refreshed view
+    assert "stored" in "".join(lines) and "/s" in "".join(lines)  # a refreshed view's rate
 
 
 def test_search_takes_every_filter_of_the_api(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -97,20 +96,23 @@ def test_postgres_outage_fails_over_to_sqlite_and_drains_back(tmp_path: Path) ->
 
     def produce() -> None:  # memories are collected throughout: before, during, after
         i = 0
-        while not stop.is_set():
+        while not stop.wait(0.002):  # paced, so that each stretch holds a few hundred
             ids.append(c.collect("error", f"collected throughout {i}"))
             i += 1
-            time.sleep(0.002)
+
+    def collected_more(n: int) -> Callable[[], bool]:
+        start = len(ids)
+        return lambda: len(ids) >= start + n
 
     producer = threading.Thread(target=produce)
     producer.start()
     try:
-        time.sleep(0.5)
+        assert wait_for(lambda: c.stats().stored >= 100, 30)  # before: stored in PostgreSQL
         proxy.stop()  # the outage: refused and cut
         assert wait_for(lambda: c.health().backend == fallback_url, 30)
-        time.sleep(1.0)
+        assert wait_for(lambda: c.stats().stored_in_fallback >= 100, 30)  # during
         proxy.start()  # the recovery
-        time.sleep(0.5)
+        assert wait_for(collected_more(100), 30)  # after
         stop.set()
         producer.join()
         assert c.flush(timeout=60)

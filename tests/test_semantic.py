@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from memcollect.backends.base import SearchQuery
 from memcollect.backends.sqlite import SQLiteBackend
 from memcollect.backends.sqlite import vectors as sqlite_vectors
 from memcollect.semantic import fuse
+
+from .conftest import wait_for
 
 MEMORIES = [
     ("bug", "Login fails on Safari after resetting the password"),
@@ -482,9 +483,8 @@ def test_a_model_that_cannot_load_stores_memories_and_says_so(
     assert contents(c.search("broken")) == ["stored while the model is broken"]
     with pytest.raises(mc.TransientBackendError, match="could not be loaded"):
         c.search("broken", mode="hybrid")
-    deadline = time.monotonic() + 120  # a try at the model loads transformers: seconds
-    while c.health().status == "ok" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # A try at the model loads transformers: seconds.
+    wait_for(lambda: c.health().status != "ok", 120)
     health = c.health()
     assert health.status == "degraded"
     assert "stored but not embedded" in " ".join(health.reasons)
@@ -554,9 +554,7 @@ def test_a_search_embeds_the_newest_itself_and_the_worker_the_rest(
     for i in range(400):
         c.collect("qa", f"memory {i}")
     assert c.flush(30)
-    deadline = time.monotonic() + 60
-    while c.stats().pending_embeddings and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: c.stats().pending_embeddings == 0, 60)
     assert c.stats().pending_embeddings == 0
     assert sorted(embedder.embedded) == sorted(f"memory {i}" for i in range(400))
     assert len(c.search("memory", mode="semantic", limit=500)) == 400

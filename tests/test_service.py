@@ -209,13 +209,17 @@ def test_performance_callbacks_receive_the_metrics(tmp_path: Path) -> None:
         collector = svc.AsyncMemoryCollector(config)
         await collector.add_performance_callback(received.append)
 
+        both = asyncio.Event()
+
         async def async_callback(metrics: dict[str, Any]) -> None:
             received.append({"async": True, **metrics})
+            if any("async" not in m for m in received):
+                both.set()
 
         await collector.add_performance_callback(async_callback)
         await collector.start()
         await collector.collect_async("bug", "watched")
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(both.wait(), 30)  # a bound on the wait, not a measurement
         await collector.stop()
 
     asyncio.run(run())

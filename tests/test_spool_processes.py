@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import memcollect as mc
 from memcollect.backends.sqlite import SQLiteBackend
 
-from .conftest import ROOT
+from .conftest import ROOT, wait_for
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
 
@@ -161,7 +160,5 @@ def test_two_processes_share_a_data_dir_and_a_dead_ones_spool_is_adopted(
     assert (data / "spool" / "main").exists()
     alive.kill()
     alive.communicate(timeout=30)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and len(list((data / "spool").iterdir())) > 1:
-        time.sleep(0.05)
+    wait_for(lambda: len(list((data / "spool").iterdir())) <= 1, 5)
     assert sorted(p.name for p in (data / "spool").iterdir()) == ["main"]

@@ -8,45 +8,14 @@ import sys
 import time
 from collections.abc import Callable
 
-import pytest
-
 import memcollect as mc
 from memcollect.backends.sqlite import SQLiteBackend
-from memcollect.retry import CircuitBreaker, RetryPolicy
 from memcollect.storing import content_hash
 from memcollect.testing import FaultyBackend
 
+from .conftest import wait_for
+
 Make = Callable[..., mc.MemoryCollector]
-
-
-def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
-    top = RetryPolicy(base=0.1, cap=1.0, max_retries=5, rng=lambda: 0.999999)
-    assert [round(top.delay(n), 3) for n in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
-    bottom = RetryPolicy(base=0.1, cap=1.0, max_retries=5, rng=lambda: 0.0)
-    assert bottom.delay(3) == 0.0
-    assert top.delay(200) == pytest.approx(1.0, rel=1e-5)  # no overflow for long outages
-
-
-def test_retry_after_is_a_floor_not_a_hint() -> None:
-    policy = RetryPolicy(base=0.1, cap=1.0, max_retries=5, rng=lambda: 0.5)
-    assert policy.delay(0, retry_after=7.0) == 7.0
-    assert policy.delay(3, retry_after=0.01) == pytest.approx(0.4)
-
-
-def test_circuit_breaker_opens_and_half_opens_on_an_injected_clock() -> None:
-    now = [0.0]
-    breaker = CircuitBreaker(threshold=3, cooldown=10.0, clock=lambda: now[0])
-    for _ in range(2):
-        breaker.record_failure(OSError("down"))
-    assert breaker.state == "closed"
-    breaker.record_failure(OSError("down"))
-    assert breaker.state == "open"
-    now[0] = 9.9
-    assert breaker.state == "open"
-    now[0] = 10.0
-    assert breaker.state == "half_open"
-    breaker.record_success()
-    assert breaker.state == "closed" and breaker.failures == 0
 
 
 def test_transient_failures_are_retried_until_stored(make_collector: Make) -> None:
@@ -66,9 +35,7 @@ def test_outage_opens_the_circuit_and_health_says_so(make_collector: Make) -> No
     backend.go_down(mc.TransientBackendError("connection refused"))
     c = make_collector(backend, max_retries=2, retry_base=0.001, retry_max=0.005)
     c.collect("bug", "during the outage")
-    deadline = time.monotonic() + 10
-    while c.health().status != "failing" and time.monotonic() < deadline:
-        time.sleep(0.005)
+    assert wait_for(lambda: c.health().status == "failing", 10)
     health = c.health()
     assert health.status == "failing"
     assert any("circuit" in r and "connection refused" in r for r in health.reasons)
@@ -193,34 +160,14 @@ class PutOffWork(FaultyBackend):
         return len(self.written)
 
 
-def test_put_off_work_runs_in_quiet_moments_until_done_and_again_after_a_write(
-    make_collector: Make,
-) -> None:
+def test_the_collector_runs_put_off_work_in_its_quiet_moments(make_collector: Make) -> None:
+    """The worker thread does the store's put-off work (that it stops when done, and waits
+    while the store is down, is shown step by step in test_storing.py)."""
     backend = PutOffWork(steps=3)
     c = make_collector(backend)
-    deadline = time.monotonic() + 30
-    while len(backend.idle_calls) < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_for(lambda: len(backend.idle_calls) >= 1)
     c.collect("bug", "one")
     assert c.flush()
-    while backend.left and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.05)  # room for a step too many, which must not come
-    # Once at start (nothing to do), then three steps after the write, and no more.
+    assert wait_for(lambda: backend.left == 0)
+    # Once at start (nothing to do), then three steps after the write.
     assert backend.idle_calls == [0, 1, 1, 1]
-    assert backend.left == 0
-
-
-def test_put_off_work_waits_while_the_store_is_down(make_collector: Make) -> None:
-    backend = PutOffWork(steps=5)
-    backend.go_down(mc.TransientBackendError("down"))
-    c = make_collector(backend, max_retries=100)
-    c.collect("bug", "waits")
-    deadline = time.monotonic() + 30
-    while c.health().status == "ok" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    calls = len(backend.idle_calls)
-    time.sleep(0.05)
-    assert len(backend.idle_calls) == calls <= 1  # no put-off work against a failing store
-    backend.come_back()
-    assert c.flush(30)

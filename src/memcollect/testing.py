@@ -1,4 +1,5 @@
-"""Helpers for testing code that uses memcollect: an in-memory collector, a faulty backend."""
+"""Helpers for testing code that uses memcollect: an in-memory collector, a backend that fails
+on demand, one that passes everything through, and a clock that only moves when told."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .backends.base import Backend, DeadLetter, SearchQuery
+from .backends.base import Backend
 from .backends.memory import MemoryBackend
 from .collector import MemoryCollector
 from .errors import PermanentBackendError, TransientBackendError
 from .model import Memory
-from .retry import ErrorKind
 
-__all__ = ["FaultyBackend", "memory_collector"]
+__all__ = ["DelegatingBackend", "FakeClock", "FaultyBackend", "memory_collector"]
 
 
 def memory_collector(**fields: Any) -> MemoryCollector:
@@ -25,7 +25,73 @@ def memory_collector(**fields: Any) -> MemoryCollector:
     return MemoryCollector(backend, **fields)
 
 
-class FaultyBackend(Backend):
+class FakeClock:
+    """A monotonic clock that moves only when told, or when code sleeps or waits on it.
+
+    Pass it as `clock=`, its `sleep` where a sleep is injected, and its `wait` where a wait
+    for an event is: time then passes at once, and a test sees every pause that was asked for
+    in `slept`, without waiting for any of them.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        """The current time."""
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` pass."""
+        self.now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        """A sleep: note it, and let the time pass at once."""
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        """Event.wait: True at once if the event is set, else the timeout passes at once."""
+        if event.is_set():
+            return True
+        if timeout is None:
+            raise RuntimeError("a wait with no timeout on a fake clock would never end")
+        self.sleep(timeout)
+        return event.is_set()
+
+
+class DelegatingBackend(Backend):
+    """A backend that hands every call of the Backend protocol to another one; subclass it
+    and override what a test needs to change. Its methods are made from the protocol itself,
+    so it cannot fall behind it."""
+
+    name = "delegating"
+
+    def __init__(self, inner: Backend, url: str | None = None) -> None:
+        self.inner = inner
+        super().__init__(url or inner.url)
+        self.supports_semantic = inner.supports_semantic
+
+
+def _forward(name: str) -> Callable[..., Any]:
+    def method(self: DelegatingBackend, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"As the wrapped backend's {name}()."
+    return method
+
+
+#: The protocol's methods, every one of which DelegatingBackend hands on.
+PROTOCOL_METHODS = tuple(
+    name for name, value in vars(Backend).items() if callable(value) and not name.startswith("_")
+)
+for _name in PROTOCOL_METHODS:
+    setattr(DelegatingBackend, _name, _forward(_name))
+DelegatingBackend.__abstractmethods__ = frozenset()
+
+
+class FaultyBackend(DelegatingBackend):
     """Wraps a backend and fails its writes on demand: outages, scheduled errors, poison records.
 
     - `fail_next(n, error)`: the next n writes raise `error` (transient by default).
@@ -42,8 +108,8 @@ class FaultyBackend(Backend):
         *,
         poison: Callable[[Memory], bool] | None = None,
     ) -> None:
-        self.inner = inner or MemoryBackend()
-        super().__init__(f"faulty+{self.inner.url}")
+        inner = inner or MemoryBackend()
+        super().__init__(inner, f"faulty+{inner.url}")
         self.poison = poison
         self._lock = threading.Lock()
         self._scheduled: deque[BaseException] = deque()
@@ -66,10 +132,6 @@ class FaultyBackend(Backend):
         """End the outage."""
         self._down = None
 
-    def open(self) -> None:
-        """Open the wrapped backend."""
-        self.inner.open()
-
     def write_batch(self, batch: Sequence[Memory]) -> None:
         """Write through, unless a failure is due."""
         with self._lock:
@@ -85,63 +147,3 @@ class FaultyBackend(Backend):
         self.inner.write_batch(batch)
         with self._lock:
             self.written.extend(m.id for m in batch)
-
-    def classify(self, exc: BaseException) -> ErrorKind | None:
-        """As the wrapped backend classifies."""
-        return self.inner.classify(exc)
-
-    def get(self, memory_id: str) -> Memory | None:
-        """Read through."""
-        return self.inner.get(memory_id)
-
-    def recent(self, limit: int, category: str | None = None) -> list[Memory]:
-        """Read through."""
-        return self.inner.recent(limit, category)
-
-    def count(self, category: str | None = None) -> int:
-        """Read through."""
-        return self.inner.count(category)
-
-    def count_by_category(self) -> dict[str, int]:
-        """Read through."""
-        return self.inner.count_by_category()
-
-    def search(self, query: SearchQuery) -> list[Memory]:
-        """Read through."""
-        return self.inner.search(query)
-
-    def filtered_ids(self, query: SearchQuery) -> list[str]:
-        """Read through."""
-        return self.inner.filtered_ids(query)
-
-    def take_oldest(self, limit: int) -> list[Memory]:
-        """Read through."""
-        return self.inner.take_oldest(limit)
-
-    def delete(self, ids: Sequence[str]) -> None:
-        """Write through."""
-        self.inner.delete(ids)
-
-    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
-        """Write through (dead letters are not failed on purpose)."""
-        self.inner.add_dead_letters(letters)
-
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """Read through."""
-        return self.inner.dead_letters(limit)
-
-    def remove_dead_letters(self, ids: Sequence[str]) -> None:
-        """Write through."""
-        self.inner.remove_dead_letters(ids)
-
-    def move_lock_path(self) -> str | None:
-        """As the wrapped backend."""
-        return self.inner.move_lock_path()
-
-    def after_fork(self) -> None:
-        """As the wrapped backend."""
-        self.inner.after_fork()
-
-    def close(self) -> None:
-        """Close the wrapped backend."""
-        self.inner.close()

@@ -16,6 +16,13 @@ __all__ = ["Worker"]
 log = logging.getLogger("memcollect")
 
 Clock = Callable[[], float]
+#: Waits for an event up to a timeout (None: for as long as it takes); whether it was set.
+WaitEvent = Callable[[threading.Event, float | None], bool]
+
+
+def wait_event(event: threading.Event, timeout: float | None) -> bool:
+    """Event.wait, as a function a test can replace with a fake clock's."""
+    return event.wait(timeout)
 
 
 class Worker:
@@ -31,6 +38,7 @@ class Worker:
         batch_timeout: float,
         refill: Callable[[], int] | None = None,
         clock: Clock = time.monotonic,
+        wait_for_event: WaitEvent = wait_event,
     ) -> None:
         self.inbox = inbox
         self.storing = storing
@@ -40,6 +48,7 @@ class Worker:
         # Reads records waiting on disk only back into the inbox; how many it added.
         self.refill = refill
         self.clock = clock
+        self.wait_for_event = wait_for_event
         self.thread: threading.Thread | None = None
         # Set by stop(): drain everything, then stop. `deadline` bounds the drain.
         self.stopping = False
@@ -153,7 +162,7 @@ class Worker:
                     linger_until = now + self.batch_timeout
                 if now >= linger_until:
                     return inbox.take(self.batch_size)
-                inbox.wakeup.wait(linger_until - now)
+                self.wait_for_event(inbox.wakeup, linger_until - now)
                 continue
             linger_until = None
             if not self._wait_idle():
@@ -161,15 +170,15 @@ class Worker:
 
     def _wait_idle(self) -> bool:
         """Nothing queued: wait for memories; False when there is work between batches."""
-        storing, wakeup = self.storing, self.inbox.wakeup
+        storing, wakeup, wait = self.storing, self.inbox.wakeup, self.wait_for_event
         if storing.fallback_pending:
             # Idle, with memories to move back: go and move them once the primary's circuit
             # allows a try.
             if storing.breaker.state != "open":
                 return False
-            wakeup.wait(max(0.01, storing.breaker.cooldown_left()))
+            wait(wakeup, max(0.01, storing.breaker.cooldown_left()))
         elif storing.idle_due and self._quiet():
             return False  # a quiet moment: the backend's put-off work runs
         else:
-            wakeup.wait()
+            wait(wakeup, None)
         return True

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 import click
@@ -219,12 +222,18 @@ def stats(
             console.print(_stats_view(collector, None))
             return
         previous: tuple[float, int] | None = None
-        with Live(console=console, auto_refresh=False) as live:
+        # A live view redraws a terminal in place; piped or logged, nothing would show until
+        # the end, so there each refresh is printed in turn.
+        with ExitStack() as stack:
+            show: Callable[[Any], None] = console.print
+            if console.is_terminal:
+                live = stack.enter_context(Live(console=console, auto_refresh=False))
+                show = partial(live.update, refresh=True)
             try:
                 while True:
                     view = _stats_view(collector, previous)
                     previous = (time.monotonic(), collector.count())
-                    live.update(view, refresh=True)
+                    show(view)
                     time.sleep(interval)
             except KeyboardInterrupt:
                 pass
