@@ -23,10 +23,9 @@ from .model import DeadLetter, Memory
 from .pipelines import Parts, Pipeline, build_pipeline
 from .query import SEARCH_MODES, check_limit, search_query
 from .reads import Reads
-from .retention import delete_from, delete_request
-from .retry import RetryPolicy
+from .retention import delete_flushed, delete_request, requeue_dead_letters
 from .stats import Counters, Health, Stats
-from .storing import FailureCallback, StoredCallback, Storing
+from .storing import FailureCallback, StoredCallback
 from .validate import check_category, check_memory, make_memory, memory_from_dict
 
 __all__ = ["SEARCH_MODES", "MemoryCollector"]
@@ -119,16 +118,7 @@ class MemoryCollector:
         self._pipeline = pipeline
         self.breaker = pipeline.circuit()
         self._put = pipeline.put
-        # Write-through (store_now) uses the same engine, once, without retries.
-        self._writes = Storing(
-            self._backend,
-            self.counters,
-            pipeline.breaker,
-            RetryPolicy(self.config.retry_base, self.config.retry_max, 0),
-            on_stored=self._on_stored,
-            on_done=lambda memories: self._cache.invalidate_searches(),
-            clock=self._clock,
-        )
+        self._writes = parts.write_through()
         self._reads = Reads(pipeline, self._cache, self._backend, self._fallback)
         self._view = _health.View(
             pipeline,
@@ -387,21 +377,10 @@ class MemoryCollector:
                 f"delete() found memories still waiting to be stored after {timeout} s "
                 "(is the store down?): nothing was deleted; try again once it is reachable"
             )
-        # The spool's bytes of what was stored stay on disk until their segment is deleted,
-        # which waits for the segment being written to fill up: not for these.
-        self._pipeline.rotate()
         stores = [s for s in (self._fallback, self._backend) if s is not None]
-        deleted: set[str] = set()
-        with self._pipeline.moving:  # one delete at a time, and no move from the fallback
-            try:
-                deleted = delete_from(stores, id_list, query)
-            finally:
-                # Also after a failure part way: nothing deleted may be read from the cache.
-                self.counters.deleted += len(deleted)
-                self._cache.clear()
-        if deleted:
-            log.info("deleted %d memories", len(deleted))
-        return len(deleted)
+        return delete_flushed(
+            self._pipeline, stores, self.counters, self._cache, ids=id_list, query=query
+        )
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Memories the backend refused for good, with their errors, oldest first."""
@@ -411,28 +390,7 @@ class MemoryCollector:
     def retry_dead_letters(self) -> int:
         """Queue every dead letter again; how many were queued."""
         self._check_open("retry dead letters")
-        total = 0
-        invalid: set[str] = set()
-        while True:
-            letters = [
-                d for d in self._backend.dead_letters(1000 + len(invalid))
-                if d.memory.id not in invalid
-            ]  # fmt: skip
-            if not letters:
-                if invalid:
-                    log.warning("%d dead letters are not valid memories: left as they are",
-                                len(invalid))  # fmt: skip
-                return total
-            memories = []
-            for letter in letters:
-                try:
-                    memories.append(check_memory(letter.memory, self._max_bytes))
-                except ValidationError:
-                    invalid.add(letter.memory.id)  # kept by an older version: never stored
-            if memories:
-                self._pipeline.put_many(memories, force=True)
-                self._backend.remove_dead_letters([m.id for m in memories])
-                total += len(memories)
+        return requeue_dead_letters(self._backend, self._pipeline.put_many, self._max_bytes)
 
     # --- callbacks, stats, health --------------------------------------------------------
 

@@ -66,6 +66,19 @@ class Parts:
             config.max_retries, config.retry_max, clock, config.circuit_open_after
         )
 
+    def write_through(self) -> Storing:
+        """The storing engine for write-through (store_now): the same one, tried once."""
+        config = self.config
+        return Storing(
+            self.backend,
+            self.counters,
+            self.breaker,
+            RetryPolicy(config.retry_base, config.retry_max, 0),
+            on_stored=self.on_stored,
+            on_done=lambda memories: self.on_change(),
+            clock=self.clock,
+        )
+
 
 class Pipeline:
     """Takes accepted memories to the store; the collector's one way of running."""

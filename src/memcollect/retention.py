@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .backends.base import Backend
+from .cache import Cache
 from .errors import MemcollectError, TransientBackendError, ValidationError
 from .model import Memory
+from .pipelines import Pipeline
 from .query import SearchQuery, check_ids, search_query
+from .stats import Counters
+from .validate import check_memory
 
-__all__ = ["delete_from", "delete_request"]
+__all__ = ["delete_flushed", "delete_from", "delete_request", "requeue_dead_letters"]
+
+log = logging.getLogger("memcollect")
 
 # Memories found and deleted in one step of a delete by filters.
 DELETE_PAGE = 1000
@@ -34,6 +41,33 @@ def delete_request(
         # tags=[] and the like: filters that filter nothing would delete everything.
         raise ValidationError("delete() got filters that match every memory: name one")
     return id_list, query
+
+
+def delete_flushed(
+    pipeline: Pipeline,
+    stores: Sequence[Backend],
+    counters: Counters,
+    cache: Cache,
+    *,
+    ids: list[str] | None,
+    query: SearchQuery | None,
+) -> int:
+    """delete() once what was collected before it is stored: from every store, with no move
+    from the fallback meanwhile; how many were deleted."""
+    # The spool's bytes of what was stored stay on disk until their segment is deleted,
+    # which waits for the segment being written to fill up: not for these.
+    pipeline.rotate()
+    deleted: set[str] = set()
+    with pipeline.moving:  # one delete at a time, and no move from the fallback
+        try:
+            deleted = delete_from(stores, ids, query)
+        finally:
+            # Also after a failure part way: nothing deleted may be read from the cache.
+            counters.deleted += len(deleted)
+            cache.clear()
+    if deleted:
+        log.info("deleted %d memories", len(deleted))
+    return len(deleted)
 
 
 def delete_from(
@@ -101,3 +135,30 @@ def _delete_matching(store: Backend, query: SearchQuery | None) -> set[str]:
             )
         store.delete(page)
         found.update(page)
+
+
+def requeue_dead_letters(
+    store: Backend, queue: Callable[[Sequence[Memory], bool], None], max_content_bytes: int
+) -> int:
+    """Queue every dead letter of the store again (forced past a full queue), and remove it
+    from the dead letters; how many were queued. Letters that are no valid memory (kept by an
+    older version) are left as they are."""
+    total = 0
+    invalid: set[str] = set()
+    while True:
+        letters = [d for d in store.dead_letters(1000 + len(invalid)) if d.memory.id not in invalid]
+        if not letters:
+            if invalid:
+                log.warning("%d dead letters are not valid memories: left as they are",
+                            len(invalid))  # fmt: skip
+            return total
+        memories = []
+        for letter in letters:
+            try:
+                memories.append(check_memory(letter.memory, max_content_bytes))
+            except ValidationError:
+                invalid.add(letter.memory.id)
+        if memories:
+            queue(memories, True)
+            store.remove_dead_letters([m.id for m in memories])
+            total += len(memories)

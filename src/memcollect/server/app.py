@@ -21,6 +21,37 @@ __all__ = ["DEFAULT_PORT", "create_app", "serve"]
 DEFAULT_PORT = 8765
 
 
+class _CollectorHolder:
+    """The app's collector: the one given, or one it builds at startup and closes at
+    shutdown."""
+
+    def __init__(self, given: MemoryCollector | None, fields: dict[str, Any]) -> None:
+        self.collector = given
+        self.owned = given is None
+        self.fields = fields
+
+    @asynccontextmanager
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        """Build the collector at startup (if the app owns it); close it at shutdown."""
+        if self.owned and (self.collector is None or self.collector.closed):
+            self.collector = await run_in_threadpool(lambda: MemoryCollector(**self.fields))
+        try:
+            yield
+        finally:
+            if self.owned and self.collector is not None:
+                # Requests have finished by now: what they handed in is stored, or left in
+                # the spool for the next start if the store stays down past the timeout.
+                await run_in_threadpool(self.collector.close)
+
+    def current(self) -> MemoryCollector:
+        """The collector requests use."""
+        found = self.collector
+        if found is None or (self.owned and found.closed):
+            # Only reachable when the app is driven without its lifespan.
+            self.collector = found = MemoryCollector(**self.fields)
+        return found
+
+
 def create_app(
     collector: MemoryCollector | None = None,
     *,
@@ -33,39 +64,13 @@ def create_app(
     unless given one. `token` defaults to $MEMCOLLECT_TOKEN; empty means no auth."""
     if token is None:
         token = os.environ.get("MEMCOLLECT_TOKEN", "")
-    owned = collector is None
-    state: dict[str, MemoryCollector] = {}
-    if collector is not None:
-        state["collector"] = collector
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if owned:
-            previous = state.get("collector")
-            if previous is None or previous.closed:
-                state["collector"] = await run_in_threadpool(
-                    lambda: MemoryCollector(**collector_fields)
-                )
-        try:
-            yield
-        finally:
-            if owned:
-                # Requests have finished by now: what they handed in is stored, or left in
-                # the spool for the next start if the store stays down past the timeout.
-                await run_in_threadpool(state["collector"].close)
-
-    def current() -> MemoryCollector:
-        found = state.get("collector")
-        if found is None or (owned and found.closed):
-            # Only reachable when the app is driven without its lifespan.
-            state["collector"] = found = MemoryCollector(**collector_fields)
-        return found
-
+    holder = _CollectorHolder(collector, collector_fields)
+    current = holder.current
     app = FastAPI(
         title="memcollect",
         summary="Collect memories for AI agents; recall them by search.",
         version=_version(),
-        lifespan=lifespan,
+        lifespan=holder.lifespan,
         docs_url=None,  # Swagger UI would load from a CDN; /openapi.json is served.
         redoc_url=None,
     )

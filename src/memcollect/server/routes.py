@@ -98,6 +98,43 @@ def _dashboard_html() -> bytes:
     return resources.files(__package__).joinpath("dashboard.html").read_bytes()
 
 
+def _decode_memories(
+    body: bytes, max_batch: int, max_bytes: int
+) -> tuple[int, list[Memory], list[Rejection]] | Response:
+    """The memories of an ingest body and the items rejected (with why), or the error
+    answer for a body that holds none; and how many items it held."""
+    items: list[Any]
+    try:
+        # The common case: well-formed records, typed and checked by msgspec in C.
+        records = _records_decoder.decode(body)
+        items = records if isinstance(records, list) else [records]
+        typed = True
+    except msgspec.ValidationError:
+        # Something is off: go item by item, to name each bad one and keep the rest.
+        items = _decoder.decode(body)
+        items = items if isinstance(items, list) else [items]
+        typed = False
+    except msgspec.DecodeError as exc:
+        return error_response(400, f"the body is not valid JSON ({exc}): send a memory or a list")
+    if len(items) > max_batch:
+        return error_response(
+            422,
+            f"{len(items)} memories in one request is over the limit of {max_batch}: "
+            "send smaller batches",
+        )
+    if not items:
+        return error_response(422, "the request holds no memories: send a memory or a list")
+    build = memory_from_in if typed else memory_from_record
+    memories: list[Memory] = []
+    rejected: list[Rejection] = []
+    for index, item in enumerate(items):
+        try:
+            memories.append(build(item, max_bytes))
+        except ValidationError as exc:
+            rejected.append(Rejection(index, str(exc)))
+    return len(items), memories, rejected
+
+
 @router.post(
     "/v1/memories",
     status_code=202,
@@ -156,36 +193,10 @@ async def post_memories(
             413,
             f"the body is over the limit of {server.max_body_bytes} bytes: send smaller batches",
         )
-    max_bytes = collector.config.max_content_bytes
-    memories: list[Memory] = []
-    rejected: list[Rejection] = []
-    items: list[Any]
-    try:
-        # The common case: well-formed records, typed and checked by msgspec in C.
-        records = _records_decoder.decode(body)
-        items = records if isinstance(records, list) else [records]
-        typed = True
-    except msgspec.ValidationError:
-        # Something is off: go item by item, to name each bad one and keep the rest.
-        items = _decoder.decode(body)
-        items = items if isinstance(items, list) else [items]
-        typed = False
-    except msgspec.DecodeError as exc:
-        return error_response(400, f"the body is not valid JSON ({exc}): send a memory or a list")
-    if len(items) > server.max_batch:
-        return error_response(
-            422,
-            f"{len(items)} memories in one request is over the limit of {server.max_batch}: "
-            "send smaller batches",
-        )
-    if not items:
-        return error_response(422, "the request holds no memories: send a memory or a list")
-    build = memory_from_in if typed else memory_from_record
-    for index, item in enumerate(items):
-        try:
-            memories.append(build(item, max_bytes))
-        except ValidationError as exc:
-            rejected.append(Rejection(index, str(exc)))
+    decoded = _decode_memories(body, server.max_batch, collector.config.max_content_bytes)
+    if isinstance(decoded, Response):
+        return decoded
+    items, memories, rejected = decoded
     stored = False
     if sync and memories:
         # The client keeps its copy until we answer: store now, skip the queue and spool.
@@ -204,7 +215,7 @@ async def post_memories(
             return error_response(503, str(exc), {"Retry-After": "1"})
     if rejected:
         error = (
-            f"{len(rejected)} of {len(items)} memories were rejected "
+            f"{len(rejected)} of {items} memories were rejected "
             f"(first: item {rejected[0].index}: {rejected[0].error}); "
             f"the other {len(memories)} were accepted"
         )
