@@ -20,7 +20,8 @@ from .cache import Cache
 from .config import Config, load_config
 from .errors import TransientBackendError, ValidationError
 from .model import DeadLetter, Memory
-from .pipelines import Parts, Pipeline, build_pipeline
+from .pipelines import Parts, Pipeline, RamPipeline
+from .spooling import SpoolPipeline
 from .query import SEARCH_MODES, check_limit, search_query
 from .reads import Reads
 from .retention import delete_flushed, delete_request, requeue_dead_letters
@@ -114,7 +115,7 @@ class MemoryCollector:
             on_change=self._cache.invalidate_searches,
             clock=self._clock,
         )
-        pipeline: Pipeline = build_pipeline(parts)
+        pipeline = _pipeline_for(parts)
         self._pipeline = pipeline
         self.breaker = pipeline.circuit()
         self._put = pipeline.put
@@ -445,6 +446,18 @@ class MemoryCollector:
 
     def __repr__(self) -> str:
         return f"<MemoryCollector {self._backend.url} queued={self._pipeline.queue_depth}>"
+
+
+def _pipeline_for(parts: Parts) -> Pipeline:
+    """The pipeline the configuration asks for."""
+    config = parts.config
+    if config.storer == "process":
+        from .storer import ProcessPipeline  # here: it costs `import subprocess`
+
+        return ProcessPipeline(parts)
+    if config.durability == "memory":
+        return RamPipeline(parts)
+    return SpoolPipeline(parts)
 
 
 def _close_at_exit(ref: weakref.ref[MemoryCollector]) -> None:

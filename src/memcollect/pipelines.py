@@ -29,7 +29,7 @@ from .stats import Counters, Latency
 from .storing import FailureCallback, Interruptible, StoredCallback, Storing, notify_failure
 from .worker import Worker
 
-__all__ = ["Parts", "Pipeline", "RamPipeline", "build_pipeline"]
+__all__ = ["Parts", "Pipeline", "RamPipeline", "describe"]
 
 log = logging.getLogger("memcollect")
 
@@ -440,20 +440,6 @@ class RamPipeline(Pipeline):
             if queued is not None:
                 found[memory_id] = queued
         return found
-
-
-def build_pipeline(parts: Parts) -> Pipeline:
-    """The pipeline the configuration asks for."""
-    config = parts.config
-    if config.storer == "process":
-        from .storer import ProcessPipeline  # here: it costs `import subprocess`
-
-        return ProcessPipeline(parts)
-    if config.durability == "memory":
-        return RamPipeline(parts)
-    from .spooling import SpoolPipeline
-
-    return SpoolPipeline(parts)
 
 
 def describe(pipeline: Pipeline) -> dict[str, Any]:
