@@ -21,10 +21,10 @@ from .config import Config, load_config
 from .errors import TransientBackendError, ValidationError
 from .model import DeadLetter, Memory
 from .pipelines import Parts, Pipeline, RamPipeline
-from .spooling import SpoolPipeline
 from .query import SEARCH_MODES, check_limit, search_query
 from .reads import Reads
 from .retention import delete_flushed, delete_request, requeue_dead_letters
+from .spooling import SpoolPipeline
 from .stats import Counters, Health, Stats
 from .storing import FailureCallback, StoredCallback
 from .validate import check_category, check_memory, make_memory, memory_from_dict
