@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -222,18 +224,20 @@ def stats(
             console.print(_stats_view(collector, None))
             return
         previous: tuple[float, int] | None = None
+        # Ctrl-C ends the loop between refreshes: as a KeyboardInterrupt it could land inside
+        # a read holding a lock, which closing the collector would then wait for forever.
+        stop = threading.Event()
+        interrupted = signal.signal(signal.SIGINT, lambda *_: stop.set())
         # A live view redraws a terminal in place; piped or logged, nothing would show until
         # the end, so there each refresh is printed in turn.
         with ExitStack() as stack:
+            stack.callback(signal.signal, signal.SIGINT, interrupted)
             show: Callable[[Any], None] = console.print
             if console.is_terminal:
                 live = stack.enter_context(Live(console=console, auto_refresh=False))
                 show = partial(live.update, refresh=True)
-            try:
-                while True:
-                    view = _stats_view(collector, previous)
-                    previous = (time.monotonic(), collector.count())
-                    show(view)
-                    time.sleep(interval)
-            except KeyboardInterrupt:
-                pass
+            while not stop.is_set():
+                view = _stats_view(collector, previous)
+                previous = (time.monotonic(), collector.count())
+                show(view)
+                stop.wait(interval)
