@@ -729,3 +729,24 @@ def test_vectors_deleted_by_another_process_leave_ram_too(
     assert searcher._vectors.deletions_seen == 1
     searcher.close()
     deleter.close()
+
+
+def test_scores_by_meaning_are_similarities_and_hybrid_says_how_each_hit_was_found(
+    store: mc.MemoryCollector,
+) -> None:
+    query = "cannot sign in on Apple's browser"
+    nearest = store.search_scored(query, mode="semantic", limit=5)
+    assert [h.memory.content for h in nearest][0] == MEMORIES[0][1]
+    scores = [h.score for h in nearest]
+    assert scores == sorted(scores, reverse=True)  # by meaning, rank is similarity
+    assert all(0.0 <= s <= 1.0 for s in scores) and scores[0] > scores[-1]
+    assert {h.found_by for h in nearest} == {"meaning"}
+    # Hybrid: a word match scores its share of the words, a paraphrase its similarity.
+    mixed = store.search_scored("checkout, or cannot sign in on Apple's browser", mode="hybrid")
+    assert {h.found_by for h in mixed} <= {"text", "meaning", "both", "session"}
+    by_content = {h.memory.content: h for h in mixed}
+    paraphrase = by_content[MEMORIES[0][1]]
+    assert paraphrase.found_by in ("meaning", "both") and paraphrase.score > 0.3
+    # A threshold keeps the strong and drops the filler.
+    strong = store.search(query, mode="semantic", limit=5, min_score=scores[0] - 1e-6)
+    assert [m.content for m in strong] == [MEMORIES[0][1]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .backends.base import Backend, DeadLetter, SearchQuery
+from .backends.base import Backend
 from .collector import MemoryCollector
 from .config import PROFILES, Config, load_config
 from .errors import (
@@ -14,7 +14,8 @@ from .errors import (
     TransientBackendError,
     ValidationError,
 )
-from .model import Category, Memory, Priority, id_time, new_id
+from .model import Category, DeadLetter, Memory, Priority, id_time, new_id
+from .query import Hit, SearchQuery
 from .stats import Health, Latency, Stats
 
 __version__ = "0.1.0"
@@ -28,6 +29,7 @@ __all__ = [
     "ConfigError",
     "DeadLetter",
     "Health",
+    "Hit",
     "Latency",
     "MemcollectError",
     "Memory",

@@ -21,7 +21,7 @@ from .config import Config, load_config
 from .errors import TransientBackendError, ValidationError
 from .model import DeadLetter, Memory
 from .pipelines import Parts, Pipeline, RamPipeline
-from .query import SEARCH_MODES, check_limit, search_query
+from .query import SEARCH_MODES, Hit, check_limit
 from .reads import Reads
 from .retention import delete_flushed, delete_request, requeue_dead_letters
 from .spooling import SpoolPipeline
@@ -317,27 +317,43 @@ class MemoryCollector:
         until: float | Any | None = None,
         limit: int = 10,
         mode: str | None = None,
+        min_score: float | None = None,
     ) -> list[Memory]:
         """Stored memories matching `query`, best first, with filters: by its words
         (mode="text"), by meaning (mode="semantic") or both (mode="hybrid"); by default
-        hybrid where the store has embeddings, text where it has none."""
-        if not isinstance(query, str):
-            raise ValidationError(f"query must be a str, not {type(query).__name__}")
-        check_limit(limit)
-        chosen_mode, chosen = self._reads.mode(mode)
-        request = search_query(
-            category=category,
-            tags=tags,
-            project=project,
-            agent=agent,
-            session=session,
-            since=since,
-            until=until,
-            limit=limit,
-            text=query,
-            mode=chosen_mode,
-        )
-        return self._reads.search(request, chosen)
+        hybrid where the store has embeddings, text where it has none. `min_score` (0 to 1)
+        drops weak hits (see search_scored)."""
+        request, chosen = self._reads.query(
+            query, mode, category=category, tags=tags, project=project, agent=agent,
+            session=session, since=since, until=until, limit=limit,
+        )  # fmt: skip
+        if min_score is None:
+            return self._reads.search(request, chosen)
+        return [hit.memory for hit in self._reads.hits(request, chosen, min_score)]
+
+    def search_scored(
+        self,
+        query: str = "",
+        *,
+        category: str | None = None,
+        tags: Sequence[str] | None = None,
+        project: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        since: float | Any | None = None,
+        until: float | Any | None = None,
+        limit: int = 10,
+        mode: str | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        """search(), each result a Hit: the memory, its score from 0 to 1 (the share of the
+        query's words it holds, or its similarity in meaning; in hybrid search the stronger),
+        and how it was found ("text", "meaning", "both", "session" or "filters")."""
+        request, chosen = self._reads.query(
+            query, mode, category=category, tags=tags, project=project, agent=agent,
+            session=session, since=since, until=until, limit=limit,
+        )  # fmt: skip
+        return self._reads.hits(request, chosen, min_score)
 
     def recent(self, limit: int = 20, category: str | None = None) -> list[Memory]:
         """The newest stored memories first."""

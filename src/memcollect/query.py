@@ -11,7 +11,16 @@ from .errors import ValidationError
 from .model import Memory
 from .validate import check_category, check_labels, check_tags
 
-__all__ = ["SEARCH_MODES", "SearchQuery", "check_ids", "check_limit", "search_query"]
+__all__ = [
+    "FOUND_BY",
+    "SEARCH_MODES",
+    "Hit",
+    "SearchQuery",
+    "check_ids",
+    "check_limit",
+    "check_min_score",
+    "search_query",
+]
 
 SEARCH_MODES = ("text", "semantic", "hybrid")
 
@@ -43,6 +52,36 @@ class SearchQuery(msgspec.Struct, frozen=True, kw_only=True):
             and (self.until is None or memory.created_at < self.until)
             and all(tag in memory.tags for tag in self.tags)
         )
+
+
+#: How a hit was found: by its words, its meaning, both, as a neighbour in the session of
+#: a hit, or (a query with no words) by the filters alone.
+FOUND_BY = ("text", "meaning", "both", "session", "filters")
+
+
+class Hit(msgspec.Struct, frozen=True):
+    """A search result: the memory, how strongly it answers the query, and how it was found.
+
+    `score` is from 0 to 1 on every store: by words, the share of the query's words the
+    memory holds (longer words weigh more); by meaning, the cosine similarity of the two
+    embeddings; in hybrid search, the stronger of the two. Hits stay in rank order, which
+    weighs more than the score (BM25, the fusion of both lists).
+    """
+
+    memory: Memory
+    score: float
+    found_by: str
+
+
+def check_min_score(min_score: object) -> float | None:
+    """A threshold is a number from 0 to 1 (None: keep every hit)."""
+    if min_score is None:
+        return None
+    if isinstance(min_score, bool) or not isinstance(min_score, (int, float)):
+        raise ValidationError(f"min_score must be a number from 0 to 1, not {min_score!r}")
+    if not 0.0 <= min_score <= 1.0:
+        raise ValidationError(f"min_score must be from 0 to 1, not {min_score!r}")
+    return float(min_score)
 
 
 def search_query(

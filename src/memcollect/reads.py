@@ -13,7 +13,15 @@ from .cache import Cache
 from .errors import TransientBackendError, ValidationError
 from .model import Memory
 from .pipelines import Pipeline
-from .query import SEARCH_MODES, SearchQuery, check_ids
+from .query import (
+    SEARCH_MODES,
+    Hit,
+    SearchQuery,
+    check_ids,
+    check_limit,
+    check_min_score,
+    search_query,
+)
 
 __all__ = ["Reads", "footprint"]
 
@@ -87,26 +95,44 @@ class Reads:
         missed = [memory_id for memory_id in ids if memory_id not in held]
         return found + fallback.get_many(missed) if missed else found
 
+    def query(self, text: object, mode: str | None, **filters: Any) -> tuple[SearchQuery, bool]:
+        """A search's arguments, checked, as a query; and whether the store chose its mode."""
+        if not isinstance(text, str):
+            raise ValidationError(f"query must be a str, not {type(text).__name__}")
+        check_limit(filters["limit"])
+        chosen_mode, chosen = self.mode(mode)
+        return search_query(**filters, text=text, mode=chosen_mode), chosen
+
     def search(self, request: SearchQuery, chosen: bool) -> list[Memory]:
         """The store's answer to a checked query, cached until the next write; a default
         hybrid search answers by words when meaning cannot be had."""
+        return [hit.memory for hit in self.hits(request, chosen, None)]
+
+    def hits(self, request: SearchQuery, chosen: bool, min_score: object) -> list[Hit]:
+        """search() with each hit's score and how it was found; those scoring under
+        `min_score` left out."""
+        threshold = check_min_score(min_score)
         key = ("search", request)
         cached = self.cache.get(key)
         if cached is not Cache.MISSING:
-            return list(cached)
-        generation = self.cache.generation
-        try:
-            hits = self.backend.search(request)
-        except TransientBackendError as exc:
-            if not chosen or request.mode != "hybrid":
-                raise
-            # Meaning is not to be had now (a model that cannot load; health says why):
-            # the default search still answers by words.
-            log.debug("hybrid search failed (%s): searching by words", exc)
-            return self.backend.search(msgspec.structs.replace(request, mode="text"))
-        size = sum(map(footprint, hits)) + 64
-        self.cache.put(key, tuple(hits), size, search_generation=generation)
-        return hits
+            found = list(cached)
+        else:
+            generation = self.cache.generation
+            try:
+                found = self.backend.search_hits(request)
+            except TransientBackendError as exc:
+                if not chosen or request.mode != "hybrid":
+                    raise
+                # Meaning is not to be had now (a model that cannot load; health says why):
+                # the default search still answers by words, and that answer is not kept.
+                log.debug("hybrid search failed (%s): searching by words", exc)
+                found = self.backend.search_hits(msgspec.structs.replace(request, mode="text"))
+            else:
+                size = sum(footprint(hit.memory) for hit in found) + 64
+                self.cache.put(key, tuple(found), size, search_generation=generation)
+        if threshold is None:
+            return found
+        return [hit for hit in found if hit.score >= threshold]
 
     def mode(self, mode: str | None) -> tuple[str, bool]:
         """The search mode to use, and whether the store chose it."""

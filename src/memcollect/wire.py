@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from .model import DeadLetter, Memory
+from .query import Hit
 from .stats import Health, Stats
 from .validate import CATEGORY_PATTERN, MAX_LABEL, MAX_TAG, make_memory
 
@@ -208,6 +209,7 @@ class DeleteResult(msgspec.Struct):
 _TYPES: tuple[Any, ...] = (
     MemoryIn,
     Memory,
+    Hit,
     IngestResult,
     ErrorBody,
     Counts,

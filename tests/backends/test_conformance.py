@@ -320,3 +320,20 @@ def test_common_words_alone_find_nothing_on_any_backend(backend: Backend) -> Non
     backend.write_batch([mem("login fails on the safari browser")])
     assert backend.search(SearchQuery(text="cannot sign in on the Apple phone")) == []
     assert len(backend.search(SearchQuery(text="the safari"))) == 1
+
+
+def test_hits_say_how_strongly_and_how_they_were_found(backend: Backend) -> None:
+    """The same scale on every store: the share of the query's words a hit holds."""
+    full, part = mem("login fails on safari after reset"), mem("safari crashes at start")
+    backend.write_batch([full, part, mem("unrelated note about lunch")])
+    query = SearchQuery(text="login safari reset?", limit=10, mode="text")
+    hits = backend.search_hits(query)
+    by_id = {hit.memory.id: hit for hit in hits}
+    assert set(by_id) == {full.id, part.id}
+    assert by_id[full.id].score == 1.0
+    assert by_id[part.id].score == pytest.approx(6 / 16)  # "safari" of login+safari+reset
+    assert {hit.found_by for hit in hits} == {"text"}
+    # The hits are search()'s results, in its order.
+    assert [hit.memory.id for hit in hits] == [m.id for m in backend.search(query)]
+    listing = backend.search_hits(SearchQuery(limit=10))
+    assert len(listing) == 3 and {(h.score, h.found_by) for h in listing} == {(1.0, "filters")}

@@ -11,7 +11,7 @@ import msgspec
 
 from ..errors import PermanentBackendError, TransientBackendError
 from ..model import DeadLetter, Memory
-from ..query import SearchQuery
+from ..query import Hit, SearchQuery
 from ..retry import ErrorKind
 
 __all__ = [
@@ -168,6 +168,13 @@ class Backend(ABC):
     @abstractmethod
     def search(self, query: SearchQuery) -> list[Memory]:
         """Memories matching the text and filters, best first."""
+
+    def search_hits(self, query: SearchQuery) -> list[Hit]:
+        """search(), each result with its score and how it was found (by its words, unless
+        the store says more)."""
+        from .scoring import text_hits
+
+        return text_hits(query, self.search(query))
 
     @abstractmethod
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:

@@ -22,8 +22,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ValidationError
 from ..model import Memory
+from ..query import Hit
 from ..semantic import fuse, quiet_model_loading
 from .base import Backend, DeadLetter, SearchQuery, content_terms
+from .scoring import query_stems, text_hits, word_share
 
 __all__ = ["Mem0Backend"]
 
@@ -251,30 +253,57 @@ class Mem0Backend(Backend):
     def search(self, query: SearchQuery) -> list[Memory]:
         """Ranked by meaning. mode="text" keeps memories holding a word of the query;
         "semantic" keeps the nearest; "hybrid" fuses those holding a word with them."""
+        return [hit.memory for hit in self.search_hits(query)]
+
+    def search_hits(self, query: SearchQuery) -> list[Hit]:
+        """search(), each hit scored by its share of the query's words, its cosine
+        similarity, or in hybrid search the stronger of the two."""
         text = query.text.strip()
         if not text:
             found = self._all(_filter(query))
             found.sort(key=lambda m: m.id, reverse=True)
-            return found[: query.limit]
+            return text_hits(query, found[: query.limit])
         words = content_terms(text)
         if query.mode == "semantic":
-            return self._nearest(text, query, None, query.limit)
+            return [Hit(m, s, "meaning") for m, s in self._nearest(text, query, None, query.limit)]
         if query.mode == "hybrid":
-            # Every memory holding a word of the query, not only those holding them all: a
-            # question almost never has all its words in one memory.
-            depth = max(50, query.limit * 5)
-            some = self._nearest(text, query, ("should", words), depth) if words else []
-            near = self._nearest(text, query, None, depth)
-            by_id = {m.id: m for m in (*some, *near)}
-            fused = fuse([[m.id for m in some], [m.id for m in near]])
-            return [by_id[i] for i in fused[: query.limit]]
+            return self._hybrid_hits(text, words, query)
         if not words:
             return []
-        return self._nearest(text, query, ("should", words), query.limit)
+        return text_hits(
+            query, [m for m, _ in self._nearest(text, query, ("should", words), query.limit)]
+        )
+
+    def _hybrid_hits(self, text: str, words: list[str], query: SearchQuery) -> list[Hit]:
+        # Every memory holding a word of the query, not only those holding them all: a
+        # question almost never has all its words in one memory.
+        depth = max(50, query.limit * 5)
+        some = self._nearest(text, query, ("should", words), depth) if words else []
+        near = self._nearest(text, query, None, depth)
+        cosine = {m.id: score for m, score in (*some, *near)}
+        by_id = {m.id: m for m, _ in (*some, *near)}
+        texts, meanings = {m.id for m, _ in some}, {m.id for m, _ in near}
+        fused = fuse([[m.id for m, _ in some], [m.id for m, _ in near]])
+        stems = query_stems(text)
+        hits = []
+        for memory_id in fused[: query.limit]:
+            memory = by_id[memory_id]
+            found_by = (
+                "both"
+                if memory_id in texts and memory_id in meanings
+                else ("text" if memory_id in texts else "meaning")
+            )
+            score = (
+                max(word_share(stems, memory), cosine[memory_id])
+                if memory_id in texts
+                else cosine[memory_id]
+            )
+            hits.append(Hit(memory, score, found_by))
+        return hits
 
     def _nearest(
         self, text: str, query: SearchQuery, words: tuple[str, list[str]] | None, limit: int
-    ) -> list[Memory]:
+    ) -> list[tuple[Memory, float]]:
         vector = self._mem0().embedding_model.embed(text, "search")
         result = self._local(
             "query_points",
@@ -284,7 +313,7 @@ class Mem0Backend(Backend):
             limit=limit,
             with_payload=True,
         )
-        return [_memory(p.payload) for p in result.points]
+        return [(_memory(p.payload), min(1.0, max(0.0, float(p.score)))) for p in result.points]
 
     # --- lifecycle -----------------------------------------------------------------------
 

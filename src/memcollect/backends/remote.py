@@ -23,6 +23,7 @@ from ..errors import (
     ValidationError,
 )
 from ..model import Memory
+from ..query import Hit
 from ..retry import ErrorKind
 from ..wire import LOOKUP_MAX_IDS, Counts, IngestResult
 from .base import Backend, DeadLetter, SearchQuery
@@ -40,6 +41,7 @@ _encoder = msgspec.json.Encoder()
 _memory = msgspec.json.Decoder(Memory)
 _memories = msgspec.json.Decoder(list[Memory])
 _letters = msgspec.json.Decoder(list[DeadLetter])
+_hits = msgspec.json.Decoder(list[Hit])
 _any: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 _GZIP_FROM = 2048
 _PARAMS = {"timeout", "sync", "gzip"}
@@ -224,15 +226,12 @@ class RemoteBackend(Backend):
 
     def search(self, query: SearchQuery) -> list[Memory]:
         """Memories matching the text and filters, best first, as the server ranks them."""
-        params: list[tuple[str, Any]] = [("q", query.text), ("limit", query.limit)]
-        if query.mode != "default":
-            params.append(("mode", query.mode))
-        for key in ("category", "project", "agent", "session", "since", "until"):
-            value = getattr(query, key)
-            if value is not None:
-                params.append((key, value))
-        params.extend(("tags", tag) for tag in query.tags)
-        return self._decode(_memories, self._request("GET", "/v1/search", params=params))
+        return self._decode(_memories, self._request("GET", "/v1/search", params=_params(query)))
+
+    def search_hits(self, query: SearchQuery) -> list[Hit]:
+        """search(), each hit with the score and the way the server's store found it."""
+        response = self._request("GET", "/v1/search/scored", params=_params(query))
+        return self._decode(_hits, response)
 
     def scan(self, after: str | None, limit: int) -> list[Memory]:
         """The server's memories in id order, after the id `after`."""
@@ -306,3 +305,16 @@ def _retry_after(response: httpx.Response) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _params(query: SearchQuery) -> list[tuple[str, Any]]:
+    """A search's query string for the server."""
+    params: list[tuple[str, Any]] = [("q", query.text), ("limit", query.limit)]
+    if query.mode != "default":
+        params.append(("mode", query.mode))
+    for key in ("category", "project", "agent", "session", "since", "until"):
+        value = getattr(query, key)
+        if value is not None:
+            params.append((key, value))
+    params.extend(("tags", tag) for tag in query.tags)
+    return params

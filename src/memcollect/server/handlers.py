@@ -121,9 +121,10 @@ def install_openapi(
         ingest["application/json"]["schema"]["oneOf"][1]["maxItems"] = max_batch
         # The search modes this store answers: semantic ones need its embeddings.
         modes = ["text", "semantic", "hybrid"] if semantic() else ["text"]
-        for parameter in spec["paths"]["/v1/search"]["get"]["parameters"]:
-            if parameter["name"] == "mode":
-                parameter["schema"] = {"enum": modes, "default": "text"}
+        for path in ("/v1/search", "/v1/search/scored"):
+            for parameter in spec["paths"][path]["get"]["parameters"]:
+                if parameter["name"] == "mode":
+                    parameter["schema"] = {"enum": modes, "default": "text"}
         if auth:
             components["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer"},

@@ -46,6 +46,10 @@ Mode = Annotated[
         "by default hybrid where the store has embeddings, else text."
     ),
 ]
+MinScore = Annotated[
+    float | None,
+    Query(ge=0.0, le=1.0, description="Drop hits scoring below this (0 to 1)."),
+]
 Since = Annotated[float | None, Query(description="Created at or after (epoch seconds).")]
 Until = Annotated[float | None, Query(description="Created before (epoch seconds).")]
 

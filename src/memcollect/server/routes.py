@@ -38,6 +38,7 @@ from .http import (
     CategoryParam,
     LabelParam,
     ListLimit,
+    MinScore,
     Mode,
     Since,
     Sync,
@@ -265,39 +266,53 @@ def recent(server: Server, category: CategoryParam = None, limit: ListLimit = 20
     return json_response(server.collector().recent(limit, category))
 
 
+class SearchArgs:
+    """The query and filters of a search request."""
+
+    def __init__(
+        self,
+        *,
+        q: str = "",
+        category: CategoryParam = None,
+        tags: Tags = None,
+        project: LabelParam = None,
+        agent: LabelParam = None,
+        session: LabelParam = None,
+        since: Since = None,
+        until: Until = None,
+        limit: ListLimit = 10,
+        mode: Mode = None,
+        min_score: MinScore = None,
+    ) -> None:
+        self.query = q
+        self.options: dict[str, Any] = {
+            "category": category, "tags": tags, "project": project, "agent": agent,
+            "session": session, "since": since, "until": until, "limit": limit, "mode": mode,
+            "min_score": min_score,
+        }  # fmt: skip
+
+
+Search = Annotated[SearchArgs, Depends()]
+
+
 @router.get(
     "/v1/search",
-    summary="Full-text search with filters, best first",
+    summary="Search by words, meaning or both, with filters; best first",
     response_model=None,
     responses=responses(_200=schema("Memory", "Best match first.", array=True)),
 )
-def search(
-    server: Server,
-    *,
-    q: str = "",
-    category: CategoryParam = None,
-    tags: Tags = None,
-    project: LabelParam = None,
-    agent: LabelParam = None,
-    session: LabelParam = None,
-    since: Since = None,
-    until: Until = None,
-    limit: ListLimit = 10,
-    mode: Mode = None,
-) -> Response:
-    hits = server.collector().search(
-        q,
-        mode=mode,
-        category=category,
-        tags=tags,
-        project=project,
-        agent=agent,
-        session=session,
-        since=since,
-        until=until,
-        limit=limit,
-    )
-    return json_response(hits)
+def search(server: Server, args: Search) -> Response:
+    return json_response(server.collector().search(args.query, **args.options))
+
+
+@router.get(
+    "/v1/search/scored",
+    summary="The same search, each hit with its score (0 to 1) and how it was found",
+    response_model=None,
+    responses=responses(_200=schema("Hit", "Best match first.", array=True)),
+)
+def search_scored(server: Server, args: Search) -> Response:
+    return json_response(server.collector().search_scored(args.query, **args.options))
 
 
 @router.get(

@@ -1,6 +1,7 @@
 """sqlite:// — the embedded default: one file, WAL, FTS5 search ranked by BM25."""
 
-from .fts import COVERAGE_POWER, fts_all_words, fts_query, query_stems, word_coverage
+from ..scoring import query_stems
+from .fts import COVERAGE_POWER, fts_all_words, fts_query, word_coverage
 from .schema import MIGRATIONS, SCHEMA_VERSION, parse_sqlite_url
 from .store import SQLiteBackend
 

@@ -12,46 +12,24 @@ from ..base import (
     content_terms,
     delete_page_order,
     every_word_first,
-    plain_terms,
 )
+from ..scoring import word_share
 from .connection import SQLiteConnection
 from .schema import _COLUMNS, _from_row
 
 log = logging.getLogger("memcollect")
 
 
-def query_stems(text: str) -> list[tuple[str, int]]:
-    """Each distinct word of a query as its stem and its weight (its length, a rough
-    stand-in for rarity), for word_coverage."""
-    return [(_stem(t), len(t)) for t in set(content_terms(text))]
-
-
 def word_coverage(stems: list[tuple[str, int]], memory: Memory) -> float:
-    """How much of a query's words (query_stems) a memory holds, 0 to 1, squared: a memory
-    that shares one word of a question is weak evidence beside its meaning, one that holds
-    most of them is strong."""
-    if not stems:
-        return 0.0
-    # Its words, tags and who recorded it: a question about Caroline is answered by what
-    # she said, which never names her (the agent is embedded with the content too).
-    said = " ".join([memory.content, *memory.tags, memory.agent or ""])
-    held = {_stem(w) for w in plain_terms(said)}
-    share = sum(w for stem, w in stems if stem in held) / sum(w for _, w in stems)
-    return share**COVERAGE_POWER
+    """word_share, squared: a memory that shares one word of a question is weak evidence
+    beside its meaning, one that holds most of them is strong."""
+    return word_share(stems, memory) ** COVERAGE_POWER
 
 
 # Squared: on LoCoMo's dev set hybrid recall@10 was 0.68 unweighted but the paraphrase set
 # of bench/recall.py fell from 0.97 to 0.87; squared, hybrid is no worse than its better
 # half on either (0.60 on LoCoMo, text 0.55; 0.97 on the paraphrases, semantic 0.97).
 COVERAGE_POWER = 2
-
-
-def _stem(word: str) -> str:
-    """A crude stem, to tell "group" and "groups" alike (the index stems with Porter)."""
-    for suffix in ("ing", "ed", "es", "s"):
-        if len(word) > len(suffix) + 2 and word.endswith(suffix):
-            return word[: -len(suffix)]
-    return word
 
 
 _TAG_CLAUSE = "EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)"

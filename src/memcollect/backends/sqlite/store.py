@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from ...errors import ValidationError
 from ...model import Memory
+from ...query import Hit
 from ..base import (
     DeadLetter,
     SearchQuery,
@@ -205,18 +206,28 @@ class SQLiteBackend(SemanticSearch):
     def search(self, query: SearchQuery) -> list[Memory]:
         """Full-text search ranked by BM25 (memories holding every word first), with filters;
         or by meaning (mode="semantic"), or both fused by reciprocal rank (mode="hybrid")."""
-        if query.mode != "text" and query.text.strip():
-            if not self.supports_semantic:
-                raise ValidationError(
-                    f"search mode {query.mode!r} needs embeddings: open the store with "
-                    "?semantic=1 (e.g. sqlite:///memories.db?semantic=1), which needs "
-                    "pip install 'memcollect[semantic]'"
-                )
-            if query.mode == "semantic":
-                return self._semantic(query)
-            return self._hybrid(query)
+        if self._by_meaning(query):
+            return [hit.memory for hit in self.search_hits(query)]
         return self._text(query)
 
-    # --- semantic recall -----------------------------------------------------------------
+    def search_hits(self, query: SearchQuery) -> list[Hit]:
+        """search(), with each hit's score: its share of the query's words, its cosine
+        similarity, or in hybrid search the stronger of the two."""
+        if not self._by_meaning(query):
+            return super().search_hits(query)
+        if query.mode == "semantic":
+            return self._semantic_hits(query)
+        return self._hybrid_hits(query)
+
+    def _by_meaning(self, query: SearchQuery) -> bool:
+        if query.mode == "text" or not query.text.strip():
+            return False
+        if not self.supports_semantic:
+            raise ValidationError(
+                f"search mode {query.mode!r} needs embeddings: open the store with "
+                "?semantic=1 (e.g. sqlite:///memories.db?semantic=1), which needs "
+                "pip install 'memcollect[semantic]'"
+            )
+        return True
 
     # --- lifecycle -----------------------------------------------------------------------

@@ -13,10 +13,12 @@ import msgspec
 
 from ...errors import TransientBackendError, ValidationError
 from ...model import Memory
+from ...query import Hit
 from ..base import (
     SearchQuery,
 )
-from .fts import TextSearch, _filters, query_stems, word_coverage
+from ..scoring import query_stems, word_share
+from .fts import TextSearch, _filters, word_coverage
 from .schema import _COLUMNS, _DELETIONS, _from_row
 
 log = logging.getLogger("memcollect")
@@ -244,14 +246,19 @@ class SemanticSearch(TextSearch):
             matrix = np.vstack(vectors) if vectors else None
             self._vectors.add_synced([seq for seq, _ in rows], matrix, checked=upto)
 
-    def _semantic_seqs(self, query: SearchQuery, want: int) -> list[int]:
-        """Row seqs passing the filters, nearest in meaning first."""
-        np = numpy()
+    def _similarities(self, text: str) -> tuple[Any, Any]:
+        """Every embedded row's seq, and its cosine similarity to `text`."""
         self._sync_vectors()
         seqs, matrix = self._vectors.snapshot()
         if not len(seqs):
+            return seqs, seqs
+        return seqs, matrix @ self._embed([text])[0]
+
+    def _semantic_seqs(self, query: SearchQuery, want: int, seqs: Any, scores: Any) -> list[int]:
+        """Row seqs passing the filters, nearest in meaning first."""
+        np = numpy()
+        if not len(seqs):
             return []
-        scores = matrix @ self._embed([query.text])[0]
         where, params = _filters(query)
         found: list[int] = []
         pool = min(len(seqs), max(want * 20, 200))
@@ -277,18 +284,21 @@ class SemanticSearch(TextSearch):
                 return found[:want]
             pool = min(len(seqs), pool * 4)
 
-    def _rows_by_seq(self, seqs: Sequence[int]) -> list[Memory]:
+    def _rows_by_seq(self, seqs: Sequence[int]) -> list[tuple[int, Memory]]:
         if not seqs:
             return []
         marks = ",".join("?" * len(seqs))
         rows = self._read(f"SELECT seq, {_COLUMNS} FROM memories WHERE seq IN ({marks})", seqs)
         by_seq = {r[0]: _from_row(r[1:]) for r in rows}
-        return [by_seq[seq] for seq in seqs if seq in by_seq]
+        return [(seq, by_seq[seq]) for seq in seqs if seq in by_seq]
 
-    def _semantic(self, query: SearchQuery) -> list[Memory]:
-        return self._rows_by_seq(self._semantic_seqs(query, query.limit))
+    def _semantic_hits(self, query: SearchQuery) -> list[Hit]:
+        seqs, scores = self._similarities(query.text)
+        nearest = self._semantic_seqs(query, query.limit, seqs, scores)
+        cosine = _cosines(seqs, scores, nearest)
+        return [Hit(m, cosine[seq], "meaning") for seq, m in self._rows_by_seq(nearest)]
 
-    def _hybrid(self, query: SearchQuery) -> list[Memory]:
+    def _hybrid_hits(self, query: SearchQuery) -> list[Hit]:
         """Both halves ranked in full (text: any word, by BM25; meaning: by cosine), fused
         by reciprocal rank, each hit lending weight to its session's neighbours."""
         from ...semantic import fuse
@@ -297,7 +307,8 @@ class SemanticSearch(TextSearch):
         wide = msgspec.structs.replace(query, limit=depth)
         text_hits = self._text(wide)
         by_text = self._seqs_of(text_hits)
-        by_meaning = self._semantic_seqs(wide, depth)
+        seqs, scores = self._similarities(query.text)
+        by_meaning = self._semantic_seqs(wide, depth, seqs, scores)
         near = self._session_neighbours({*by_text, *by_meaning})
         stems = query_stems(query.text)
         coverage = [word_coverage(stems, m) for m in text_hits]
@@ -305,8 +316,21 @@ class SemanticSearch(TextSearch):
             [by_text, by_meaning], lambda seq: near.get(seq, ()), strengths=[coverage, None]
         )
         # Neighbours were found by session alone: they must pass the other filters too.
-        hits = [m for m in self._rows_by_seq(fused[: depth * 2]) if query.matches(m)]
-        return hits[: query.limit]
+        rows = [(s, m) for s, m in self._rows_by_seq(fused[: depth * 2]) if query.matches(m)]
+        rows = rows[: query.limit]
+        cosine = _cosines(seqs, scores, [s for s, _ in rows])
+        texts, meanings = set(by_text), set(by_meaning)
+        hits = []
+        for seq, memory in rows:
+            found_by = (
+                "both" if seq in texts and seq in meanings
+                else "text" if seq in texts
+                else "meaning" if seq in meanings
+                else "session"
+            )  # fmt: skip
+            score = max(word_share(stems, memory), cosine.get(seq, 0.0))
+            hits.append(Hit(memory, score, found_by))
+        return hits
 
     def _seqs_of(self, memories: Sequence[Memory]) -> list[int]:
         """The row seqs of memories, in their order."""
@@ -333,3 +357,12 @@ class SemanticSearch(TextSearch):
             list(seqs),
         )
         return {seq: [n for n in (before, after) if n is not None] for seq, before, after in rows}
+
+
+def _cosines(seqs: Any, scores: Any, wanted: Sequence[int]) -> dict[int, float]:
+    """The similarity of each wanted row that has a vector, clipped to 0..1."""
+    if not len(seqs) or not wanted:
+        return {}
+    np = numpy()
+    positions = np.flatnonzero(np.isin(seqs, np.asarray(wanted, dtype=seqs.dtype)))
+    return {int(seqs[i]): min(1.0, max(0.0, float(scores[i]))) for i in positions}
