@@ -736,7 +736,7 @@ def test_scores_by_meaning_are_similarities_and_hybrid_says_how_each_hit_was_fou
 ) -> None:
     query = "cannot sign in on Apple's browser"
     nearest = store.search_scored(query, mode="semantic", limit=5)
-    assert [h.memory.content for h in nearest][0] == MEMORIES[0][1]
+    assert nearest[0].memory.content == MEMORIES[0][1]
     scores = [h.score for h in nearest]
     assert scores == sorted(scores, reverse=True)  # by meaning, rank is similarity
     assert all(0.0 <= s <= 1.0 for s in scores) and scores[0] > scores[-1]
