@@ -120,6 +120,42 @@ def dead_letters(
 
 @cli.command()
 @_store_options
+@click.option("--http", is_flag=True, help="Serve streamable HTTP instead of stdio.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (--http).")
+@click.option("--port", default=8766, show_default=True, type=int, help="Port (--http).")
+def mcp(*, backend: str | None, data_dir: str | None, http: bool, host: str, port: int) -> None:
+    """Serve the Model Context Protocol: tools to remember, recall, get, forget and more.
+
+    Over stdio by default, which MCP clients launch; over streamable HTTP at /mcp with
+    --http, where MEMCOLLECT_TOKEN, if set, is required as a Bearer token.
+    """
+    try:
+        from ..integrations.mcp import serve_mcp
+    except ImportError:
+        raise click.ClickException(
+            "the MCP server needs the mcp extra: pip install 'memcollect[mcp]'"
+        ) from None
+    fields: dict[str, Any] = {}
+    if backend:
+        fields["backend"] = backend
+    if data_dir:
+        fields["data_dir"] = data_dir
+    token = os.environ.get("MEMCOLLECT_TOKEN", "")
+    if http and host not in ("127.0.0.1", "localhost", "::1") and not token:
+        raise click.ClickException(
+            f"serving MCP on {host} needs MEMCOLLECT_TOKEN: without it anyone who reaches "
+            "the port could read and delete memories"
+        )
+    with _errors():
+        from ..collector import MemoryCollector
+
+        # A long-running server keeps the spool (the default durability), as `serve` does.
+        with MemoryCollector(**fields) as collector:
+            serve_mcp(collector, http=http, host=host, port=port, token=token)
+
+
+@cli.command()
+@_store_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--max-body-bytes", default=8 << 20, show_default=True, type=int)

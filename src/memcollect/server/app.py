@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -105,28 +105,8 @@ def serve(
     **create_args: Any,
 ) -> None:
     """Run the server until SIGTERM or SIGINT, then flush and return."""
-    import uvicorn
+    from .running import run_until_stopped
 
-    class GracefulServer(uvicorn.Server):
-        @contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # uvicorn re-raises SIGTERM after its graceful shutdown, so the process would end
-            # "killed by SIGTERM"; a shutdown that stored everything is a success: exit 0.
-            with super().capture_signals():
-                try:
-                    yield
-                finally:
-                    captured = getattr(self, "_captured_signals", None)
-                    if isinstance(captured, list):
-                        captured.clear()
-
-    config = uvicorn.Config(
-        create_app(**create_args),
-        host=host,
-        port=port,
-        log_level=log_level,
-        # Sockets the server keeps open for clients' keep-alive batches.
-        timeout_keep_alive=30,
-        server_header=False,
-    )
-    GracefulServer(config).run()
+    # Sockets the server keeps open for clients' keep-alive batches.
+    app = create_app(**create_args)
+    run_until_stopped(app, host, port, log_level, timeout_keep_alive=30)

@@ -1,4 +1,4 @@
-"""Token auth for every route but /healthz."""
+"""Token auth for every route but /healthz (plain ASGI: the MCP server uses it too)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import base64
 import binascii
 import hmac
 
+import msgspec
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .http import error_response
+from ..wire import ErrorBody
 
 __all__ = ["TokenAuth"]
 
@@ -46,10 +48,15 @@ class TokenAuth:
             await self.app(scope, receive, send)
             return
         challenge = 'Basic realm="memcollect"' if scope["path"] == "/" else "Bearer"
-        response = error_response(
+        response = _error(
             401,
             "this server needs a token: send 'Authorization: Bearer <token>' with the value of "
             "its MEMCOLLECT_TOKEN",
             {"WWW-Authenticate": challenge},
         )
         await response(scope, receive, send)
+
+
+def _error(status: int, message: str, headers: dict[str, str]) -> Response:
+    body = msgspec.json.encode(ErrorBody(message))
+    return Response(body, status, headers, media_type="application/json")
