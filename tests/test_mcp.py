@@ -68,8 +68,8 @@ def test_the_tools_remember_recall_get_forget_and_say_what_they_do(tmp_path: Pat
             "category": "bug", "content": "Login fails on Safari after a password reset",
             "tags": ["auth"], "agent": "qa", "metadata": {"build": 142},
         }))  # fmt: skip
-        crash = result(await client.call_tool("remember", {"category": "bug",
-                                                           "content": "Safari crashes at start"}))  # fmt: skip
+        crash_args = {"category": "bug", "content": "Safari crashes at start"}
+        crash = result(await client.call_tool("remember", crash_args))
         hits = result(await client.call_tool("recall", {"query": "safari login reset?"}))
         assert [h["id"] for h in hits] == [login, crash]
         assert hits[0]["score"] == 1.0 and hits[0]["found_by"] == "text"
@@ -150,16 +150,18 @@ def test_over_http_a_token_is_required_and_sigterm_stores_and_exits_cleanly(
         ids: list[str] = []
 
         async def session(client: Client) -> None:
-            ids.append(result(await client.call_tool("remember", {"category": "note",
-                                                                  "content": "over http"})))  # fmt: skip
+            note = {"category": "note", "content": "over http"}
+            ids.append(result(await client.call_tool("remember", note)))
             hits = result(await client.call_tool("recall", {"query": "http"}))
             assert [h["id"] for h in hits] == ids
 
         async def over_http() -> None:
             headers = {"Authorization": "Bearer mcp-secret"}
-            async with httpx2.AsyncClient(headers=headers) as http:
-                async with Client(streamable_http_client(url, http_client=http)) as client:
-                    await session(client)
+            async with (
+                httpx2.AsyncClient(headers=headers) as http,
+                Client(streamable_http_client(url, http_client=http)) as client,
+            ):
+                await session(client)
 
         asyncio.run(over_http())
         server.send_signal(signal.SIGTERM)
