@@ -47,6 +47,10 @@ EXPECTED = {
         "left: ['Keep memories 90 days']",
         "older than 90 days: 0",
     ],
+    "langgraph_memory.py": [
+        "run 1: new problem, noted",
+        "run 2: seen before: Checkout times out on Safari",
+    ],
     "recall.py": [
         "seen before: True",
         "closest: Login fails on Safari 17 after password reset: session cookie is dropped",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-USER_CODE = '''
+USER_CODE = """
 import memcollect as mc
 from memcollect.logging import MemoryHandler
 from memcollect.testing import FakeClock, memory_collector
@@ -25,14 +25,14 @@ with memory_collector(clock=clock) as c:
     handler = MemoryHandler(c)
     stats: mc.Stats = c.stats()
     print(remember(c), strongest(c), stats.accepted, handler.dropped)
-'''
+"""
 
-WRONG = '''
+WRONG = """
 import memcollect as mc
 
 def remember(c: mc.MemoryCollector) -> int:
     return c.collect("bug", 42)
-'''
+"""
 
 
 @pytest.mark.timeout(300)
@@ -52,5 +52,22 @@ def test_mypy_strict_checks_user_code_against_memcollects_types(tmp_path: Path) 
     # Not Any: wrong types are caught, in both directions.
     caught = mypy(bad)
     assert caught.returncode == 1
-    assert 'Argument 2 to "collect" of "MemoryCollector" has incompatible type "int"' in caught.stdout
+    assert (
+        'Argument 2 to "collect" of "MemoryCollector" has incompatible type "int"' in caught.stdout
+    )
     assert 'Incompatible return value type (got "str", expected "int")' in caught.stdout
+
+
+def test_import_memcollect_loads_none_of_the_extras() -> None:
+    """The integrations are imported when used, never by `import memcollect`."""
+    probe = (
+        "import sys, memcollect\n"
+        "heavy = ['mcp', 'langgraph', 'structlog', 'fastapi', 'httpx', 'numpy', 'click', "
+        "'rich', 'psycopg', 'opentelemetry', 'memcollect.integrations', 'asyncio', "
+        "'subprocess']\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
