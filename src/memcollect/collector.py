@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 import warnings
@@ -27,6 +28,7 @@ from .retention import delete_flushed, delete_request, requeue_dead_letters
 from .spooling import SpoolPipeline
 from .stats import Counters, Health, Stats
 from .storing import FailureCallback, StoredCallback
+from .tracing import current_span_ids, link_span
 from .validate import check_category, check_memory, make_memory, memory_from_dict
 
 __all__ = ["SEARCH_MODES", "MemoryCollector"]
@@ -34,6 +36,8 @@ __all__ = ["SEARCH_MODES", "MemoryCollector"]
 log = logging.getLogger("memcollect")
 
 Clock = Callable[[], float]
+
+_modules = sys.modules
 
 
 class _Process:
@@ -120,7 +124,8 @@ class MemoryCollector:
         self.breaker = pipeline.circuit()
         self._put = pipeline.put
         self._writes = parts.write_through()
-        self._reads = Reads(pipeline, self._cache, self._backend, self._fallback)
+        self._spans = parts.spans
+        self._reads = Reads(pipeline, self._cache, self._backend, self._fallback, parts.spans)
         self._view = _health.View(
             pipeline,
             self.counters,
@@ -168,6 +173,8 @@ class MemoryCollector:
         memory = make_memory(
             category, content, metadata, priority, tags, project, agent, session, self._max_bytes
         )
+        if _modules.get("opentelemetry.trace") is not None:  # one lookup when it is not in use
+            link_span(memory)
         self._put(memory)
         return memory.id
 
@@ -188,6 +195,7 @@ class MemoryCollector:
         memory = make_memory(
             category, content, metadata, priority, tags, project, agent, session, self._max_bytes
         )
+        link_span(memory)
         await self._pipeline.put_async(memory)
         return memory.id
 
@@ -199,6 +207,9 @@ class MemoryCollector:
                 memories.append(memory_from_dict(item, self._max_bytes))
             except ValidationError as exc:
                 raise ValidationError(f"item {index}: {exc}") from None
+        if current_span_ids() is not None:
+            for memory in memories:
+                link_span(memory)
         return self.collect_checked(memories)
 
     def collect_memories(self, memories: Sequence[Memory]) -> list[str]:
@@ -396,8 +407,9 @@ class MemoryCollector:
             )
         stores = [s for s in (self._fallback, self._backend) if s is not None]
         return delete_flushed(
-            self._pipeline, stores, self.counters, self._cache, ids=id_list, query=query
-        )
+            self._pipeline, stores, self.counters, self._cache, ids=id_list, query=query,
+            spans=self._spans,
+        )  # fmt: skip
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Memories the backend refused for good, with their errors, oldest first."""

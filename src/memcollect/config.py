@@ -53,6 +53,9 @@ class Config(msgspec.Struct, kw_only=True):
     # Where memories are stored from: a thread of this process, or a process of their own
     # that reads them from the spool (collecting and storing then use a core each).
     storer: Storer = "thread"
+    # Spans for memory operations (create, search, delete) after OpenTelemetry's GenAI
+    # conventions, emitted per batch, never from collect(); needs opentelemetry-api.
+    otel: bool = False
 
     def __post_init__(self) -> None:
         for name, (kind, low) in _LIMITS.items():

@@ -27,6 +27,7 @@ from .retry import CircuitBreaker, RetryPolicy
 from .spool import Spool
 from .stats import Counters, Latency
 from .storing import FailureCallback, Interruptible, StoredCallback, Storing, notify_failure
+from .tracing import Spans
 from .worker import Worker
 
 __all__ = ["Parts", "Pipeline", "RamPipeline", "describe"]
@@ -65,6 +66,7 @@ class Parts:
         self.breaker = CircuitBreaker(
             config.max_retries, config.retry_max, clock, config.circuit_open_after
         )
+        self.spans = Spans(config.otel, backend.url)
 
     def write_through(self) -> Storing:
         """The storing engine for write-through (store_now): the same one, tried once."""
@@ -77,6 +79,7 @@ class Parts:
             on_stored=self.on_stored,
             on_done=lambda memories: self.on_change(),
             clock=self.clock,
+            spans=self.spans,
         )
 
 
@@ -245,6 +248,7 @@ class RamPipeline(Pipeline):
             batch_size=config.batch_size,
             clock=parts.clock,
             wait=self.wait,
+            spans=parts.spans,
         )
         self.worker = Worker(
             self.inbox,

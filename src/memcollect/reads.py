@@ -22,6 +22,7 @@ from .query import (
     check_min_score,
     search_query,
 )
+from .tracing import Spans
 
 __all__ = ["Reads", "footprint"]
 
@@ -41,8 +42,14 @@ class Reads:
     """
 
     def __init__(
-        self, pipeline: Pipeline, cache: Cache, backend: Backend, fallback: Backend | None
+        self,
+        pipeline: Pipeline,
+        cache: Cache,
+        backend: Backend,
+        fallback: Backend | None,
+        spans: Spans,
     ) -> None:
+        self.spans = spans
         self.pipeline = pipeline
         self.cache = cache
         self.backend = backend
@@ -119,7 +126,9 @@ class Reads:
         else:
             generation = self.cache.generation
             try:
-                found = self.backend.search_hits(request)
+                with self.spans("search_memory") as span:
+                    found = self.backend.search_hits(request)
+                    span.set_attribute("gen_ai.memory.record.count", len(found))
             except TransientBackendError as exc:
                 if not chosen or request.mode != "hybrid":
                     raise

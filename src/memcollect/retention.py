@@ -13,6 +13,7 @@ from .model import Memory
 from .pipelines import Pipeline
 from .query import SearchQuery, check_ids, search_query
 from .stats import Counters
+from .tracing import Spans
 from .validate import check_memory
 
 __all__ = ["delete_flushed", "delete_from", "delete_request", "requeue_dead_letters"]
@@ -51,6 +52,7 @@ def delete_flushed(
     *,
     ids: list[str] | None,
     query: SearchQuery | None,
+    spans: Spans,
 ) -> int:
     """delete() once what was collected before it is stored: from every store, with no move
     from the fallback meanwhile; how many were deleted."""
@@ -60,7 +62,9 @@ def delete_flushed(
     deleted: set[str] = set()
     with pipeline.moving:  # one delete at a time, and no move from the fallback
         try:
-            deleted = delete_from(stores, ids, query)
+            with spans("delete_memory") as span:
+                deleted = delete_from(stores, ids, query)
+                span.set_attribute("gen_ai.memory.record.count", len(deleted))
         finally:
             # Also after a failure part way: nothing deleted may be read from the cache.
             counters.deleted += len(deleted)

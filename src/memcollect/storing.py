@@ -21,6 +21,7 @@ from .locks import SharedLock, shared_lock
 from .model import DeadLetter, Memory
 from .retry import CircuitBreaker, RetryPolicy, retry_after
 from .stats import Counters
+from .tracing import Spans
 
 __all__ = [
     "FailureCallback",
@@ -119,6 +120,7 @@ class Storing:
         clock: Clock = time.monotonic,
         wait: Wait = _wait_with_sleep,
         wall_clock: Clock = time.time,
+        spans: Spans | None = None,
     ) -> None:
         self.backend = backend
         self.counters = counters
@@ -135,6 +137,7 @@ class Storing:
         self.clock = clock
         self.wait = wait
         self.wall_clock = wall_clock
+        self.spans = spans or Spans(False, backend.url)
         self.fallback_pending = False
         # Held while a batch moves from the fallback to the primary: a delete() holds it too,
         # so that a memory read from the fallback is not written back after it was deleted.
@@ -163,7 +166,9 @@ class Storing:
     def store(self, batch: list[Memory]) -> None:
         """Store one batch, retrying, bisecting and dead-lettering as needed."""
         hash_contents(batch)
-        self._write(batch)
+        with self.spans("create_memory") as span:
+            span.set_attribute("gen_ai.memory.record.count", len(batch))
+            self._write(batch)
 
     def store_now(self, memories: Sequence[Memory]) -> None:
         """Write-through: store in this thread once, counted; raises what the store raised."""
