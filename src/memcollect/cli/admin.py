@@ -135,11 +135,7 @@ def mcp(*, backend: str | None, data_dir: str | None, http: bool, host: str, por
         raise click.ClickException(
             "the MCP server needs the mcp extra: pip install 'memcollect[mcp]'"
         ) from None
-    fields: dict[str, Any] = {}
-    if backend:
-        fields["backend"] = backend
-    if data_dir:
-        fields["data_dir"] = data_dir
+    fields = _store_fields(backend, data_dir)
     token = os.environ.get("MEMCOLLECT_TOKEN", "")
     if http and host not in ("127.0.0.1", "localhost", "::1") and not token:
         raise click.ClickException(
@@ -182,11 +178,7 @@ def serve(
         raise click.ClickException(
             "the server needs the server extra: pip install 'memcollect[server]'"
         ) from None
-    fields: dict[str, Any] = {}
-    if backend:
-        fields["backend"] = backend
-    if data_dir:
-        fields["data_dir"] = data_dir
+    fields = _store_fields(backend, data_dir)
     with _errors():
         from ..config import load_config
 
@@ -237,11 +229,17 @@ def show_config(backend: str | None, data_dir: str | None) -> None:
     """Print the configuration in force (profile, file, environment)."""
     from ..config import load_config
 
+    fields = _store_fields(backend, data_dir)
+    with _errors():
+        config = load_config(**fields)
+    click.echo(json.dumps({"backend_url": config.backend_url} | _builtins(config), indent=2))
+
+
+def _store_fields(backend: str | None, data_dir: str | None) -> dict[str, Any]:
+    """The collector fields the --backend and --data-dir options name."""
     fields: dict[str, Any] = {}
     if backend:
         fields["backend"] = backend
     if data_dir:
         fields["data_dir"] = data_dir
-    with _errors():
-        config = load_config(**fields)
-    click.echo(json.dumps({"backend_url": config.backend_url} | _builtins(config), indent=2))
+    return fields

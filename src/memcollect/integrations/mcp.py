@@ -78,8 +78,16 @@ def _answer(call: Callable[[], T]) -> T:
 
 def build_server(collector: MemoryCollector) -> MCPServer[Any]:
     """An MCP server whose tools and resources read and write `collector`."""
-    server: MCPServer[Any] = MCPServer("memcollect", instructions=INSTRUCTIONS, version=__version__)
+    server: MCPServer[Any] = MCPServer(
+        "memcollect", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING"
+    )
+    _add_writes(server, collector)
+    _add_reads(server, collector)
+    _add_resources(server, collector)
+    return server
 
+
+def _add_writes(server: MCPServer[Any], collector: MemoryCollector) -> None:
     @server.tool(description="Remember something for later; returns its id at once.")
     def remember(
         *,
@@ -105,6 +113,36 @@ def build_server(collector: MemoryCollector) -> MCPServer[Any]:
             )
         )
 
+    @server.tool(
+        description="Delete memories for good, by ids and/or filters (never everything); "
+        "returns how many were deleted."
+    )
+    def forget(
+        *,
+        ids: list[str] | None = None,
+        category: str | None = None,
+        tags: Tags = None,
+        project: Label = None,
+        agent: Label = None,
+        session: Label = None,
+        since: Seconds = None,
+        until: Seconds = None,
+    ) -> int:
+        return _answer(
+            lambda: collector.delete(
+                ids,
+                category=category,
+                tags=tags,
+                project=project,
+                agent=agent,
+                session=session,
+                since=since,
+                until=until,
+            )
+        )
+
+
+def _add_reads(server: MCPServer[Any], collector: MemoryCollector) -> None:
     @server.tool(
         description="Recall memories for a question in plain words, best first, each with "
         "its score (0 to 1) and how it was found (text, meaning, both, session, filters)."
@@ -152,34 +190,6 @@ def build_server(collector: MemoryCollector) -> MCPServer[Any]:
         collector.flush(SETTLE_S)
         return [_memory(m) for m in _answer(lambda: collector.recent(limit, category))]
 
-    @server.tool(
-        description="Delete memories for good, by ids and/or filters (never everything); "
-        "returns how many were deleted."
-    )
-    def forget(
-        *,
-        ids: list[str] | None = None,
-        category: str | None = None,
-        tags: Tags = None,
-        project: Label = None,
-        agent: Label = None,
-        session: Label = None,
-        since: Seconds = None,
-        until: Seconds = None,
-    ) -> int:
-        return _answer(
-            lambda: collector.delete(
-                ids,
-                category=category,
-                tags=tags,
-                project=project,
-                agent=agent,
-                session=session,
-                since=since,
-                until=until,
-            )
-        )
-
     @server.tool(description="What the memory store holds and how it is doing.")
     def stats() -> dict[str, Any]:
         collector.flush(SETTLE_S)
@@ -195,9 +205,6 @@ def build_server(collector: MemoryCollector) -> MCPServer[Any]:
             "dead_lettered": snapshot.dead_lettered,
             "dropped": snapshot.dropped,
         }
-
-    _add_resources(server, collector)
-    return server
 
 
 def _add_resources(server: MCPServer[Any], collector: MemoryCollector) -> None:
