@@ -116,3 +116,11 @@ def test_a_value_none_put_deletes_and_searches_see_only_live_items(store: BaseSt
     store.put(("n",), "k", {"text": "alpha"})
     store.put(("n",), "k", None)  # type: ignore[arg-type]
     assert store.get(("n",), "k") is None and store.search(("n",)) == []
+
+
+def test_namespaces_are_checked_as_langgraph_checks_them(store: BaseStore) -> None:
+    from langgraph.store.base import InvalidNamespaceError
+
+    for bad in [(), ("a.b",), ("langgraph",)]:
+        with pytest.raises(InvalidNamespaceError):
+            store.put(bad, "k", {"v": 1})
