@@ -194,11 +194,11 @@ class TextSearch(SQLiteConnection):
         inner = f"SELECT f.rowid AS seq, bm25(memories_fts, 1.0, 1.0, 0.0) AS score {matches}"
         args: list[Any] = [match, *params]
         if window:
-            inner += (
-                " AND f.rowid >= (SELECT coalesce(min(seq), 0) FROM "
-                f"(SELECT f.rowid AS seq {matches} ORDER BY f.rowid DESC LIMIT ?))"
-            )
-            args += [match, *params, max(window, limit)]
+            # The newest matches and their scores in one pass of the index, which walks them
+            # newest first and stops at the window (a bound found first, then a second pass
+            # ranking what is above it, evaluated the match twice).
+            inner = f"SELECT seq, score FROM ({inner} ORDER BY f.rowid DESC LIMIT ?)"
+            args.append(max(window, limit))
         columns = ", ".join("m." + c for c in _COLUMNS.split(", "))
         sql = (
             f"SELECT {columns} FROM ({inner} ORDER BY score, seq DESC LIMIT ?) hits "
