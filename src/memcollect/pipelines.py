@@ -235,17 +235,16 @@ class RamPipeline(Pipeline):
         config = parts.config
         self.inbox = Inbox(config.max_queue_size, config.batch_size, self._evicted, parts.clock)
         self.wait = Interruptible(parts.clock)
-        self.storing = Storing(
+        self.storing = Storing.configured(
+            config,
             parts.backend,
             parts.counters,
             parts.breaker,
-            RetryPolicy(config.retry_base, config.retry_max, config.max_retries),
             fallback=parts.fallback,
             on_stored=parts.on_stored,
             on_failure=parts.on_failure,
             on_done=self._done,
             durable=self.durable,
-            batch_size=config.batch_size,
             clock=parts.clock,
             wait=self.wait,
             spans=parts.spans,
@@ -256,7 +255,6 @@ class RamPipeline(Pipeline):
             self.wait,
             batch_size=config.batch_size,
             batch_timeout=config.batch_timeout,
-            refill=self._refill if self.durable else None,
             clock=parts.clock,
         )
 
@@ -371,9 +369,6 @@ class RamPipeline(Pipeline):
     def _done(self, memories: Sequence[Memory]) -> None:
         """Memories were stored or dead-lettered."""
         self.parts.on_change()
-
-    def _refill(self) -> int:
-        return 0
 
     def flush(self, timeout: float | None) -> bool:
         """Wait until everything queued before this call is stored or dead-lettered."""

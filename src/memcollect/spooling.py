@@ -80,6 +80,7 @@ class SpoolPipeline(RamPipeline):
     waits on disk; the worker thread stores from RAM and reads the rest back from disk."""
 
     durable = True
+    spool: Spool
 
     def __init__(self, parts: Parts) -> None:
         super().__init__(parts)
@@ -89,11 +90,12 @@ class SpoolPipeline(RamPipeline):
         self._trouble = SpoolTrouble(
             self.spool, parts.clock, "memories are kept in RAM only until the disk takes them again"
         )
+        # What spilled to disk is read back into RAM by the worker, oldest first.
+        self.worker.refill = self._refill
 
     def put(self, memory: Memory) -> None:
         """Append one memory to the spool, and queue it in RAM while there is room."""
         spool = self.spool
-        assert spool is not None
         payload = encode_record(memory)
         crc = _crc32(payload)
         inbox = self.inbox
@@ -130,7 +132,6 @@ class SpoolPipeline(RamPipeline):
     def _append(self, memories: list[Memory], force: bool) -> bool:
         """The spool part of put_many(); False when the spool refused the records."""
         spool = self.spool
-        assert spool is not None
         frames = [encode_frame(m) for m in memories]
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         inbox = self.inbox
@@ -165,7 +166,6 @@ class SpoolPipeline(RamPipeline):
     def _refill(self) -> int:
         """Worker: read records waiting on disk back into RAM, oldest first."""
         spool = self.spool
-        assert spool is not None
         if not spool.backlog:
             return 0
         inbox = self.inbox
@@ -187,13 +187,11 @@ class SpoolPipeline(RamPipeline):
         pop = self._segment_of.pop
         segments = [seg for seg in (pop(m.id, None) for m in memories) if seg is not None]
         if segments:
-            assert self.spool is not None
             self.spool.ack(segments)
 
     def flush(self, timeout: float | None) -> bool:
         """Wait until what is queued before this call, in RAM and on disk, is stored."""
         spool = self.spool
-        assert spool is not None
         self._check_not_on_worker()
         deadline = deadline_after(self.clock, timeout)
         # Memories waiting on disk only (a backlog) are not in the RAM queue's marks: then the
@@ -223,17 +221,14 @@ class SpoolPipeline(RamPipeline):
         # Always, even if the worker outlived the deadline: the lock must be free for the
         # next owner. A late worker's acks are then ignored; what it stores is replayed
         # once more by the next owner, and idempotent writes make that harmless.
-        assert self.spool is not None
         self.spool.close()
 
     def pending(self, ids: list[str]) -> dict[str, Memory]:
         """Memories on disk only, then queued or in flight, by id."""
-        assert self.spool is not None
         found = self.spool.find_many(ids, everything=False) if self.spool.spilling else {}
         found.update(super().pending([i for i in ids if i not in found]))
         return found
 
     def rotate(self) -> None:
         """Start a new segment, so that the full one's stored bytes can go."""
-        assert self.spool is not None
         self.spool.rotate()

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 try:  # hashlib would also load OpenSSL: ~5 ms of `import memcollect` for one function
     from _blake2 import blake2b
@@ -17,6 +18,7 @@ except ImportError:  # pragma: no cover - an interpreter built without it
     from hashlib import blake2b
 
 from .backends.base import Backend
+from .config import Config
 from .locks import SharedLock, shared_lock
 from .model import DeadLetter, Memory
 from .retry import CircuitBreaker, RetryPolicy, retry_after
@@ -151,6 +153,20 @@ class Storing:
         # When the write under way began (None between writes): a write that hangs shows.
         self.writing_since: float | None = None
 
+    @classmethod
+    def configured(
+        cls,
+        config: Config,
+        backend: Backend,
+        counters: Counters,
+        breaker: CircuitBreaker,
+        **options: Any,
+    ) -> Storing:
+        """An engine retrying and batching its moves as `config` says; `options` as for
+        Storing()."""
+        policy = RetryPolicy(config.retry_base, config.retry_max, config.max_retries)
+        return cls(backend, counters, breaker, policy, batch_size=config.batch_size, **options)
+
     def check_fallback(self) -> None:
         """Note what an earlier run left in the fallback, to move it on."""
         if self.fallback is not None:
@@ -179,9 +195,7 @@ class Storing:
         except Exception:
             self.counters.failed += 1
             raise
-        self.counters.record_stored(len(memories), self.clock() - started, latency_sample(memories))
-        self.on_done(memories)
-        notify_stored(self.on_stored, list(memories))
+        self._count_stored(list(memories), started)
 
     def _write(self, batch: list[Memory], patience: int | None = None) -> None:
         """Store a batch, retrying what may pass; an error that cannot be told is retried
@@ -229,6 +243,10 @@ class Storing:
 
     def _stored(self, batch: list[Memory], started: float) -> None:
         self.idle_due = True
+        self._count_stored(batch, started)
+
+    def _count_stored(self, batch: Sequence[Memory], started: float) -> None:
+        """A batch is stored (in the store or the fallback): count it, release it, tell."""
         self.counters.record_stored(len(batch), self.clock() - started, latency_sample(batch))
         self.on_done(batch)
         notify_stored(self.on_stored, batch)
@@ -244,9 +262,7 @@ class Storing:
             return False
         self.fallback_pending = True
         self.counters.stored_in_fallback += len(batch)
-        self.counters.record_stored(len(batch), self.clock() - started, latency_sample(batch))
-        self.on_done(batch)
-        notify_stored(self.on_stored, batch)
+        self._count_stored(batch, started)
         return True
 
     def _split(self, batch: list[Memory], exc: BaseException, kind: str | None) -> None:

@@ -16,7 +16,7 @@ import msgspec
 from ..backends import open_backend
 from ..config import Config
 from ..frames import read_memories
-from ..retry import CircuitBreaker, RetryPolicy
+from ..retry import CircuitBreaker
 from ..stats import Counters
 from ..storing import Storing
 from .protocol import COUNTED, PROTOCOL, Done, Range, decode_range, encode
@@ -44,14 +44,8 @@ class Child:
         self.breaker = CircuitBreaker(
             config.max_retries, config.retry_max, open_after=config.circuit_open_after
         )
-        self.storing = Storing(
-            self.backend,
-            self.counters,
-            self.breaker,
-            RetryPolicy(config.retry_base, config.retry_max, config.max_retries),
-            fallback=self.fallback,
-            durable=True,
-            batch_size=config.batch_size,
+        self.storing = Storing.configured(
+            config, self.backend, self.counters, self.breaker, fallback=self.fallback, durable=True
         )
         self.storing.check_fallback()
         self.ranges: deque[Range] = deque()
