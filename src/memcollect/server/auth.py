@@ -6,11 +6,9 @@ import base64
 import binascii
 import hmac
 
-import msgspec
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..wire import ErrorBody
+from .answers import error_response
 
 __all__ = ["TokenAuth"]
 
@@ -48,15 +46,10 @@ class TokenAuth:
             await self.app(scope, receive, send)
             return
         challenge = 'Basic realm="memcollect"' if scope["path"] == "/" else "Bearer"
-        response = _error(
+        response = error_response(
             401,
             "this server needs a token: send 'Authorization: Bearer <token>' with the value of "
             "its MEMCOLLECT_TOKEN",
             {"WWW-Authenticate": challenge},
         )
         await response(scope, receive, send)
-
-
-def _error(status: int, message: str, headers: dict[str, str]) -> Response:
-    body = msgspec.json.encode(ErrorBody(message))
-    return Response(body, status, headers, media_type="application/json")

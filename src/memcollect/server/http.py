@@ -6,20 +6,16 @@ from __future__ import annotations
 import zlib
 from typing import Annotated, Any, Literal
 
-import msgspec
 from fastapi import Query, Request
-from fastapi.responses import Response
 from pydantic import Field
 from starlette.requests import ClientDisconnect
 
 from ..errors import ValidationError
 from ..validate import MAX_LABEL, MAX_TAG
-from ..wire import CATEGORY_PATTERN, NO_NUL, ErrorBody
+from ..wire import CATEGORY_PATTERN, NO_NUL
+from .answers import error_response, json_response
 
 __all__ = ["BodyTooLarge", "ClientGone", "error_response", "json_response", "read_body"]
-
-_encoder = msgspec.json.Encoder()
-
 
 ListLimit = Annotated[int, Query(ge=1, le=1000, description="How many to return.")]
 Sync = Annotated[
@@ -60,14 +56,6 @@ class BodyTooLarge(Exception):
 
 class ClientGone(Exception):
     """The client disconnected before its whole body arrived."""
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_encoder.encode(body), status, headers, media_type="application/json")
-
-
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return json_response(ErrorBody(message), status, headers)
 
 
 def schema(name: str, description: str, array: bool = False) -> dict[str, Any]:
