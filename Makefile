@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run serve test lint typecheck bench clean
+.PHONY: run serve test lint typecheck docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +36,13 @@ typecheck: $(VENV)/.dev-installed
 test: lint typecheck
 	$(BIN)/python -m pytest -n 2
 
+# The documentation site, into site/; `make test` builds it too (tests/test_docs.py).
+docs: $(VENV)/.dev-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/collect.py
 	$(BIN)/python bench/remote.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .memcollect
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .memcollect site

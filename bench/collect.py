@@ -368,7 +368,7 @@ def rate(r: dict[str, Any], key: str) -> str:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    """The README table."""
+    """The results table."""
     lat = r["latency_memory"]
     rows = [
         ("collect() p50, memory mode, SQLite", f"{lat['p50_us']:.2f} µs", "≤ 3 µs"),

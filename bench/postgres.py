@@ -221,7 +221,7 @@ def main() -> None:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    """The README table."""
+    """The results table."""
     rows = [
         (
             "stored/s, one collector into PostgreSQL (median of 3)",

@@ -4,7 +4,7 @@ Run: .venv/bin/python bench/recall.py   (needs the semantic extra; make test ins
 200 memories: 30 targets, each with a query that paraphrases it (few words in common), and 170
 distractors (real technical English and the demo's agent memories). Reports recall@5 and MRR
 per mode, with the model (?semantic=1) and with static token vectors (?semantic=static),
-prints the README table and writes bench/results-recall.json.
+prints the recall table and writes bench/results-recall.json.
 `--scale N [static]`: stored/s and search p50 on N memories.
 """
 
@@ -304,7 +304,7 @@ def main() -> None:
 
 
 def print_table(r: dict[str, object]) -> None:
-    """The README table."""
+    """The results table."""
     print(
         f"{r['command']}, {r['date']}: {r['queries']} paraphrased queries, {r['memories']} memories"
     )

@@ -132,7 +132,7 @@ def main() -> None:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    """The README table."""
+    """The results table."""
     print(f"{r['command']}, {r['date']}, {r['memories']:,} memories, median of runs")
     print("| remote collector → memcollect serve (SQLite) on loopback | stored/s | target |")
     print("|---|---|---|")

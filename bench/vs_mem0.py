@@ -6,7 +6,7 @@ Run: .venv/bin/python bench/vs_mem0.py   (needs the mem0 extra; make test instal
   memory. Both embed with the same packaged all-MiniLM-L6-v2 on the CPU.
 - the same rate into a SQLite store with semantic recall: the model (?semantic=1) and static
   token vectors distilled from it (?semantic=static).
-Prints the README tables and writes bench/results-mem0.json.
+Prints the results tables and writes bench/results-mem0.json.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def sqlite_rate(path: str, items: list[dict[str, Any]]) -> float:
 
 
 def print_table(r: dict[str, object]) -> None:
-    """The README table."""
+    """The results table."""
     print(f"{r['command']}, {r['date']}")
     print("| measure | memcollect → mem0:// | mem0 add(infer=False) | target |")
     print("|---|---|---|---|")

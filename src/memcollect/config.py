@@ -28,34 +28,61 @@ class Config(msgspec.Struct, kw_only=True):
     """Everything a MemoryCollector can be tuned by; invalid values fail with the field named."""
 
     backend: str = ""
+    """Where memories are stored: a store URL (`sqlite:///`, `postgresql://`, `http://`,
+    `memory://`, `mem0://`); empty means `sqlite:///<data_dir>/memories.db`."""
     profile: str = "default"
+    """Named defaults to start from: default, development, production, high_performance,
+    low_resource."""
     durability: Durability = "spool"
+    """What collect() writes before it returns: RAM only (memory), RAM and the spool on disk
+    (spool: survives kill -9), or the spool with group fsync (fsync: survives power loss)."""
     data_dir: str = "./.memcollect"
+    """The directory of the spool and of the default SQLite store."""
     batch_size: int = 256
+    """Most memories written to the store in one batch."""
     batch_timeout: float = 0.05
+    """Seconds a batch's first memory waits for more before the batch is written."""
     max_queue_size: int = 50_000
+    """Memories held in RAM; with the spool, more wait on disk."""
     on_full: OnFull = "drop_lowest"
+    """What happens at the bound: drop the oldest of the lowest priority, block, or raise."""
     block_timeout: float = 1.0
+    """Seconds `on_full="block"` waits for room before it drops the memory."""
     max_retries: int = 5
+    """Failed writes in a row after which the circuit opens."""
     retry_base: float = 0.05
+    """Seconds of the first retry's backoff (exponential, full jitter)."""
     retry_max: float = 10.0  # _DEFAULT_RETRY_MAX
+    """Longest backoff in seconds, and how often an open circuit probes the store."""
     fsync_interval: float = 0.02
+    """Seconds between the spool's group fsyncs in fsync mode."""
     max_spool_bytes: int = 1 << 30
+    """Bytes the spool may hold on disk before `on_full` applies."""
     fallback: str | None = None
+    """A second store URL that takes the writes while the primary is down."""
     cache_size: int = 1024
+    """Entries of the read cache for get() and search(); 0 turns it off."""
     cache_ttl: float = 60.0
+    """Seconds a cached read is kept."""
     cache_bytes: int = 32 << 20
+    """Bytes the read cache may hold."""
     max_content_bytes: int = 64 * 1024
+    """Largest content, in UTF-8 bytes."""
     exit_timeout: float = 5.0
+    """Seconds the at-exit flush may take."""
     # Writes failing for this long open the circuit, as max_retries failures in a row do:
     # health then says failing, and a fallback takes the writes.
     circuit_open_after: float = 5.0
+    """Seconds of failing writes after which the circuit opens."""
     # Where memories are stored from: a thread of this process, or a process of their own
     # that reads them from the spool (collecting and storing then use a core each).
     storer: Storer = "thread"
+    """Where memories are stored from: a thread of this process, or a storing process fed by
+    the spool."""
     # Spans for memory operations (create, search, delete) after OpenTelemetry's GenAI
     # conventions, emitted per batch, never from collect(); needs opentelemetry-api.
     otel: bool = False
+    """Emit OpenTelemetry spans for memory operations (needs the otel extra)."""
 
     def __post_init__(self) -> None:
         for name, (kind, low) in _LIMITS.items():

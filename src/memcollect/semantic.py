@@ -155,7 +155,7 @@ class StaticEmbedder:
     beside the ONNX export) and its output vector kept, weighted down the more common the
     token; a text's embedding is the mean of its tokens' vectors. No forward pass per text:
     tens of thousands of memories a second instead of hundreds, and words still meet their
-    synonyms, though less exactly than the model itself (see the README's recall table).
+    synonyms, though less exactly than the model itself (see the recall table in docs/search.md).
     """
 
     kind = "static"

@@ -86,7 +86,7 @@ def import_memories(backend: str | None, data_dir: str | None, source: Any) -> N
 @cli.command("dead-letters")
 @_store_options
 @click.option("--retry", is_flag=True, help="Queue them all again and store them.")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, help="Most to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 def dead_letters(
     backend: str | None, data_dir: str | None, retry: bool, limit: int, as_json: bool
@@ -153,10 +153,20 @@ def mcp(*, backend: str | None, data_dir: str | None, http: bool, host: str, por
 @cli.command()
 @_store_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8765, show_default=True, type=int)
-@click.option("--max-body-bytes", default=8 << 20, show_default=True, type=int)
-@click.option("--max-batch", default=5000, show_default=True, type=int)
-@click.option("--log-level", default="info", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--max-body-bytes",
+    default=8 << 20,
+    show_default=True,
+    type=int,
+    help="Largest request body, also after gzip inflation.",
+)
+@click.option(
+    "--max-batch", default=5000, show_default=True, type=int, help="Most memories a request holds."
+)
+@click.option(
+    "--log-level", default="info", show_default=True, help="The access and error log's level."
+)
 def serve(
     *,
     backend: str | None,

@@ -85,9 +85,9 @@ def demo(backend: str | None, data_dir: str | None, count: int) -> None:
 @click.argument("content")
 @click.option("--priority", help="low, medium, high or critical.")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
-@click.option("--project")
-@click.option("--agent")
-@click.option("--session")
+@click.option("--project", help="The project it belongs to.")
+@click.option("--agent", help="The agent that recorded it.")
+@click.option("--session", help="The session it belongs to.")
 @click.option("--metadata", help="A JSON object.")
 def add(
     backend: str | None,
@@ -143,7 +143,7 @@ def get(backend: str | None, data_dir: str | None, memory_id: str) -> None:
     help="By words, by meaning, or both (semantic and hybrid need ?semantic=1); "
     "by default hybrid where the store has embeddings, else text.",
 )
-@click.option("--limit", default=10, show_default=True)
+@click.option("--limit", default=10, show_default=True, help="Most memories to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 def search(
     backend: str | None,
@@ -197,8 +197,8 @@ def delete(
 
 @cli.command()
 @_store_options
-@click.option("--category")
-@click.option("--limit", default=20, show_default=True)
+@click.option("--category", help="Only this category.")
+@click.option("--limit", default=20, show_default=True, help="Most memories to show.")
 def recent(backend: str | None, data_dir: str | None, category: str | None, limit: int) -> None:
     """Show the newest stored memories."""
     with _errors(), _collector(backend, data_dir, existing=True) as collector:

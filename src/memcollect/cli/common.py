@@ -138,11 +138,11 @@ def _store_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def _filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The filters of search() and delete(), as options."""
     options = [
-        click.option("--category"),
+        click.option("--category", help="Only this category."),
         click.option("--tag", "tags", multiple=True, help="A tag the memories hold (repeatable)."),
-        click.option("--project"),
-        click.option("--agent"),
-        click.option("--session"),
+        click.option("--project", help="Only this project."),
+        click.option("--agent", help="Only this agent."),
+        click.option("--session", help="Only this session."),
         click.option("--since", help=_TIME_HELP.format("from")),
         click.option("--until", help=_TIME_HELP.format("before")),
     ]

@@ -1,7 +1,7 @@
 """The service layer of the framework design memcollect grew out of, on the real engine.
 
 Code written against that design runs with only its imports changed. What differs is
-listed in the README ("Coming from the framework design").
+listed in the docs (docs/migrating.md).
 """
 
 from .collecting import (
