@@ -1,6 +1,6 @@
 """Recall on LoCoMo's dev conversations: text, semantic and hybrid search, side by side.
 
-Run: .venv/bin/python bench/recall_locomo.py [--mem0] [--data DIR] [--json FILE]
+Run: .venv/bin/python bench/recall_locomo.py [--mem0] [--postgres URL] [--data DIR] [--json FILE]
 (needs the semantic extra; make test installs it; --mem0 needs the mem0 extra)
 
 The rules of ../shared/datasets/README.md: every turn of a conversation is one memory (its
@@ -9,7 +9,8 @@ dia_id in metadata); every question (category 5, the adversarial ones, left out)
 over its conversation's memories; recall@k is the share of the question's evidence turns
 among the top k results, averaged over questions. Prints recall@5, recall@10 and search p50 per
 mode, and writes bench/results-locomo.json. With --mem0, the same turns go through mem0's own
-`add(infer=False)` and `search`, with the same embedding model, in the same run.
+`add(infer=False)` and `search`, with the same embedding model, in the same run; with
+--postgres URL, the same questions on PostgreSQL stores (a schema a conversation).
 """
 
 from __future__ import annotations
@@ -75,10 +76,18 @@ def memories_of(turns: list[tuple[str, str, str, float]]) -> list[mc.Memory]:
     return out
 
 
-def run_memcollect(conversations: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
+def run_memcollect(
+    conversations: list[dict[str, Any]], workdir: Path, postgres: str | None = None
+) -> dict[str, Any]:
+    """Every question in each mode, on SQLite (a file a conversation) or PostgreSQL (a
+    schema a conversation, dropped afterwards)."""
     scores = {m: {"r5": [], "r10": [], "ms": []} for m in MODES}
     for index, conversation in enumerate(conversations):
-        url = f"sqlite:///{workdir}/conv-{index}.db?semantic=1"
+        if postgres:
+            url = f"{postgres}{'&' if '?' in postgres else '?'}schema=locomo_{index}&semantic=1"
+            drop_schema(postgres, f"locomo_{index}")
+        else:
+            url = f"sqlite:///{workdir}/conv-{index}.db?semantic=1"
         with mc.MemoryCollector(url, durability="memory", data_dir=str(workdir)) as c:
             c.collect_memories(memories_of(turns_of(conversation)))
             assert c.flush(120)
@@ -92,7 +101,17 @@ def run_memcollect(conversations: list[dict[str, Any]], workdir: Path) -> dict[s
                     found = [h.metadata["dia_id"] for h in hits]
                     scores[mode]["r5"].append(recall(found, evidence, 5))
                     scores[mode]["r10"].append(recall(found, evidence, 10))
-    return {mode: summary(s) for mode, s in scores.items()}
+        if postgres:
+            drop_schema(postgres, f"locomo_{index}")
+    prefix = "postgresql " if postgres else ""
+    return {prefix + mode: summary(s) for mode, s in scores.items()}
+
+
+def drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url.split("?", maxsplit=1)[0], autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def run_mem0(conversations: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
@@ -148,12 +167,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--mem0", action="store_true", help="mem0 side by side")
+    parser.add_argument(
+        "--postgres", metavar="URL", help="the same questions on PostgreSQL stores too"
+    )
     parser.add_argument("--json", type=Path, default=HERE / "results-locomo.json")
     args = parser.parse_args()
     files = sorted(args.data.glob("*.json"))
     conversations = [json.loads(f.read_text()) for f in files]
     with tempfile.TemporaryDirectory() as tmp:
         results = run_memcollect(conversations, Path(tmp))
+        if args.postgres:
+            results.update(run_memcollect(conversations, Path(tmp), args.postgres))
         if args.mem0:
             results.update(run_mem0(conversations, Path(tmp)))
     print(f"LoCoMo {args.data.name}: {len(files)} conversations")

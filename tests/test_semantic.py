@@ -1,10 +1,12 @@
-"""Semantic recall on SQLite (?semantic=1): by meaning, hybrid, filters, persistence, errors."""
+"""Semantic recall (?semantic=1) on SQLite and PostgreSQL: by meaning, hybrid, filters,
+persistence, errors."""
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from memcollect.backends.sqlite import vectors as sqlite_vectors
 from memcollect.semantic import fuse
 
 from .conftest import wait_for
+from .services import drop_schema, require_postgres
 
 MEMORIES = [
     ("bug", "Login fails on Safari after resetting the password"),
@@ -38,10 +41,37 @@ def require_semantic() -> None:
     pytest.skip("!!! SKIPPED, NOT TESTED: " + message)
 
 
-@pytest.fixture
-def store(make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path) -> mc.MemoryCollector:
+SemanticUrl = Callable[..., str]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def semantic_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SemanticUrl]:
+    """URLs of stores of one kind (SQLite files, PostgreSQL schemas), by name: the same name
+    is the same store; `semantic=` as in the URL ("0" for a store without embeddings)."""
     require_semantic()
-    c = make_collector(f"sqlite:///{tmp_path}/semantic.db?semantic=1")
+    schemas: dict[str, str] = {}
+
+    def url(name: str, semantic: str = "1") -> str:
+        if request.param == "sqlite":
+            return f"sqlite:///{tmp_path}/{name}.db?semantic={semantic}"
+        schema = schemas.setdefault(name, f"sem_{name}_{uuid.uuid4().hex[:10]}")
+        return f"{require_postgres()}?schema={schema}&semantic={semantic}"
+
+    yield url
+    for schema in schemas.values():
+        drop_schema(schema)
+
+
+def vector_count(c: mc.MemoryCollector) -> int:
+    """How many vectors the store keeps."""
+    return int(c.backend._read("SELECT count(*) FROM embeddings", ())[0][0])  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def store(
+    make_collector: Callable[..., mc.MemoryCollector], semantic_url: SemanticUrl
+) -> mc.MemoryCollector:
+    c = make_collector(semantic_url("semantic"))
     for category, content in MEMORIES:
         c.collect(category, content)
     assert c.flush(120)
@@ -77,12 +107,11 @@ def test_the_default_mode_follows_the_store(
 
 
 def test_hybrid_finds_a_turn_through_its_neighbour_in_the_session(
-    make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path
+    make_collector: Callable[..., mc.MemoryCollector], semantic_url: SemanticUrl
 ) -> None:
     """The answer is often the reply to the turn that matches: a hit lends weight to the
     memories just before and after it in its session, and only there."""
-    require_semantic()
-    c = make_collector(f"sqlite:///{tmp_path}/talk.db?semantic=1")
+    c = make_collector(semantic_url("talk"))
     for session in ("s-1", "s-2"):
         c.collect("note", "What did you name the new puppy?", agent="ann", session=session)
         c.collect("note", "Biscuit, after my grandmother's dog", agent="bo", session=session)
@@ -108,48 +137,46 @@ def test_filters_apply_to_semantic_results(store: mc.MemoryCollector) -> None:
 
 
 def test_vectors_persist_and_new_rows_from_another_writer_are_seen(
-    store: mc.MemoryCollector, tmp_path: Path
+    store: mc.MemoryCollector,
+    make_collector: Callable[..., mc.MemoryCollector],
+    semantic_url: SemanticUrl,
+    tmp_path: Path,
 ) -> None:
-    url = f"sqlite:///{tmp_path}/semantic.db?semantic=1"
     assert contents(store.search("sign-in trouble", mode="semantic", limit=1)) == [MEMORIES[0][1]]
-    other = SQLiteBackend(url)  # another process's view of the same file
-    other.open()
-    rows = other._read("SELECT count(*) FROM embeddings")
-    assert rows[0][0] == len(MEMORIES)  # stored beside each memory, not recomputed
-    late = mc.Memory(
-        mc.new_id(),
-        "bug",
-        "Kafka consumer lag keeps growing",
-        {},
-        "high",
-        (),
-        None,
-        None,
-        None,
-        1.7e9,
-    )
-    other.write_batch([late])
-    other.close()
+    assert vector_count(store) == len(MEMORIES)  # stored beside each memory, not recomputed
+    # Another application writes to the same store, with no model of its own.
+    other = make_collector(semantic_url("semantic", semantic="0"), data_dir=str(tmp_path / "o"))
+    other.collect("bug", "Kafka consumer lag keeps growing")
+    assert other.flush(30)
     hits = store.search("message queue falling behind", mode="semantic", limit=1)
     assert contents(hits) == ["Kafka consumer lag keeps growing"]
+    assert vector_count(store) == len(MEMORIES) + 1
+
+
+def test_deleted_memories_take_their_vectors_with_them(store: mc.MemoryCollector) -> None:
+    store.search("anything", mode="semantic")  # every memory embedded
+    assert vector_count(store) == len(MEMORIES)
+    assert store.delete(category="feedback") == 2
+    assert vector_count(store) == len(MEMORIES) - 2
+    hits = store.search("people like the night theme", mode="semantic", limit=10)
+    assert "Users love the new dark mode" not in contents(hits)
+    assert len(hits) == len(MEMORIES) - 2
 
 
 def test_memories_stored_before_semantic_was_on_are_embedded_on_demand(
-    make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path
+    make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path, semantic_url: SemanticUrl
 ) -> None:
-    require_semantic()
-    plain = make_collector(f"sqlite:///{tmp_path}/later.db")
+    plain = make_collector(semantic_url("later", semantic="0"))
     for category, content in MEMORIES:
         plain.collect(category, content)
     assert plain.flush(30)
     with pytest.raises(mc.ValidationError, match=r"\?semantic=1"):
         plain.search("anything", mode="semantic")
-    later = make_collector(
-        f"sqlite:///{tmp_path}/later.db?semantic=1", data_dir=str(tmp_path / "l")
-    )
+    later = make_collector(semantic_url("later"), data_dir=str(tmp_path / "l"))
     hits = later.search("running out of memory", mode="semantic", limit=2)
     assert MEMORIES[4][1] in contents(hits)
-    assert later.backend._read("SELECT count(*) FROM embeddings")[0][0] == len(MEMORIES)  # type: ignore[attr-defined]
+    assert vector_count(later) == len(MEMORIES)
+    assert later.backend.pending_embeddings() == 0
 
 
 def test_without_the_extra_the_error_names_it(
@@ -181,10 +208,9 @@ def test_reciprocal_rank_fusion() -> None:
 
 
 def test_hybrid_puts_exact_keyword_matches_first(
-    make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path
+    make_collector: Callable[..., mc.MemoryCollector], semantic_url: SemanticUrl
 ) -> None:
-    require_semantic()
-    c = make_collector(f"sqlite:///{tmp_path}/kw.db?semantic=1")
+    c = make_collector(semantic_url("kw"))
     for content in (
         "TLS handshake with the payment provider fails intermittently",
         "Certificate chain is incomplete on the CDN edge",
@@ -413,10 +439,11 @@ def test_changing_the_embedder_embeds_the_store_again(
     make_collector: Callable[..., mc.MemoryCollector],
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    semantic_url: SemanticUrl,
 ) -> None:
-    require_semantic()
-    path = tmp_path / "switch.db"
-    first = make_collector(f"sqlite:///{path}?semantic=1", data_dir=str(tmp_path / "a"))
+    first = make_collector(semantic_url("switch"), data_dir=str(tmp_path / "a"))
+    # SQLite keys a vector by its row's seq, PostgreSQL by the memory's id.
+    key = "seq" if semantic_url("switch").startswith("sqlite") else "id"
     for category, content in MEMORIES:
         first.collect(category, content)
     assert first.flush(120)
@@ -424,12 +451,13 @@ def test_changing_the_embedder_embeds_the_store_again(
 
     def stored_vectors(c: mc.MemoryCollector) -> tuple[list[str], np.ndarray]:
         rows = c.backend._read(  # type: ignore[attr-defined]
-            "SELECT m.content, e.vector FROM memories m JOIN embeddings e ON e.seq = m.seq"
+            f"SELECT m.content, e.vector FROM memories m JOIN embeddings e ON e.{key} = m.{key}",
+            (),
         )
         return [r[0] for r in rows], np.vstack([np.frombuffer(r[1], np.float32) for r in rows])
 
     with caplog.at_level("WARNING", logger="memcollect"):
-        second = make_collector(f"sqlite:///{path}?semantic=static", data_dir=str(tmp_path / "b"))
+        second = make_collector(semantic_url("switch", "static"), data_dir=str(tmp_path / "b"))
         hits = second.search("cannot sign in on Apple's browser", mode="semantic", limit=1)
     assert contents(hits) == [MEMORIES[0][1]]
     assert "embedding model changed" in caplog.text
@@ -440,7 +468,7 @@ def test_changing_the_embedder_embeds_the_store_again(
     second.close()
     caplog.clear()
     with caplog.at_level("WARNING", logger="memcollect"):
-        third = make_collector(f"sqlite:///{path}?semantic=static", data_dir=str(tmp_path / "c"))
+        third = make_collector(semantic_url("switch", "static"), data_dir=str(tmp_path / "c"))
         third.search("anything", mode="semantic")
     assert "embedding model changed" not in caplog.text
     assert len(stored_vectors(third)[0]) == len(MEMORIES)
@@ -470,13 +498,12 @@ def test_a_model_option_that_names_no_model_is_refused_at_construction(
 
 
 def test_a_model_that_cannot_load_stores_memories_and_says_so(
-    make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path
+    make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path, semantic_url: SemanticUrl
 ) -> None:
-    require_semantic()
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{}")  # looks like a model, cannot be loaded
-    c = make_collector(f"sqlite:///{tmp_path}/b.db?semantic=1&model={broken}")
+    c = make_collector(f"{semantic_url('b')}&model={broken}")
     c.collect("bug", "stored while the model is broken")
     assert c.flush(30)
     # Searched by words when the default would be hybrid: meaning is not to be had.

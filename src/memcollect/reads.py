@@ -151,8 +151,8 @@ class Reads:
             raise ValidationError(f"mode must be 'text', 'semantic' or 'hybrid', not {mode!r}")
         if mode != "text" and not self.backend.supports_semantic:
             raise ValidationError(
-                f"search mode {mode!r} needs a store with embeddings: "
-                "sqlite:///memories.db?semantic=1 (pip install 'memcollect[semantic]')"
+                f"search mode {mode!r} needs a store with embeddings: add ?semantic=1 to a "
+                "sqlite:// or postgresql:// URL (pip install 'memcollect[semantic]')"
             )
         return mode, False
 

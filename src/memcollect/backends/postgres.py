@@ -16,17 +16,28 @@ from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, url
 import msgspec
 
 from ..errors import TransientBackendError, ValidationError
-from ..model import PRIORITIES, PRIORITY_RANK, Memory
+from ..model import Memory
+from ..query import Hit
 from ..retry import ErrorKind
-from ._sql import SqlStore, filter_clauses, run_migrations
+from ._sql import SqlStore, run_migrations
 from .base import (
     DeadLetter,
     SearchQuery,
-    content_terms,
     delete_page_order,
     every_word_first,
 )
+from .pgrows import (
+    COLUMNS,
+    from_row,
+    row_filters,
+    to_row,
+    websearch_all_words,
+    websearch_text,
+)
+from .pgrows import copy_rows as _copy
+from .pgvectors import PgSemantic
 from .pgwatch import PoolErrors, Watchdog, one_line
+from .vectors import semantic_options
 
 try:
     import psycopg
@@ -43,12 +54,7 @@ __all__ = ["PostgresBackend"]
 log = logging.getLogger("memcollect")
 
 _json_encode = msgspec.json.Encoder().encode
-_memory_decode = msgspec.json.Decoder(Memory).decode
 
-_COLUMNS = (
-    "id, category, content, metadata, priority, tags, project, agent, session, created_at, "
-    "content_hash"
-)
 _ADVISORY_KEY = 0x6D656D636F6C  # "memcol": serializes schema changes across processes
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 
@@ -97,6 +103,20 @@ MIGRATIONS: list[tuple[int, str]] = [
             ALTER COLUMN category TYPE text COLLATE "C";
         """,
     ),
+    (
+        3,
+        # Embeddings for semantic search (?semantic=1), kept beside the rows and gone with
+        # them. seq orders the vectors for the processes that hold them in RAM. The queue is
+        # filled by a trigger that only a store opened with ?semantic=1 creates (pgvectors).
+        """
+        CREATE TABLE IF NOT EXISTS embeddings (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id text COLLATE "C" NOT NULL UNIQUE REFERENCES memories (id) ON DELETE CASCADE,
+            vector bytea NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS embedding_queue (id text COLLATE "C" PRIMARY KEY);
+        """,
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 # A batch of at least this many memories is split over `writers` connections.
@@ -124,7 +144,7 @@ CREATE TEMP TABLE IF NOT EXISTS memcollect_incoming (
 ) ON COMMIT DELETE ROWS
 """
 _INSERT = (
-    f"INSERT INTO memories ({_COLUMNS}) SELECT {_COLUMNS} FROM memcollect_incoming "
+    f"INSERT INTO memories ({COLUMNS}) SELECT {COLUMNS} FROM memcollect_incoming "
     "ON CONFLICT (id) DO NOTHING"
 )
 
@@ -134,47 +154,6 @@ def _where(parts: SplitResult) -> str:
     host = parts.hostname or "localhost"
     port = f":{parts.port}" if parts.port else ""
     return f"{host}{port}{parts.path or ''}"
-
-
-def _to_row(m: Memory) -> tuple[Any, ...]:
-    return (
-        m.id,
-        m.category,
-        m.content,
-        m.metadata,  # encoded by the connection's JSON dumper (msgspec)
-        PRIORITY_RANK[m.priority],
-        list(m.tags),
-        m.project,
-        m.agent,
-        m.session,
-        m.created_at,
-        m.content_hash,
-    )
-
-
-_COPY_TYPES = [
-    "text", "text", "text", "jsonb", "int2", "text[]", "text", "text", "text", "float8", "text"
-]  # fmt: skip
-
-
-def _copy(conn: psycopg.Connection[Any], table: str, rows: list[tuple[Any, ...]]) -> None:
-    # Straight into the memories table, the server parses each row once and writes it once:
-    # a third less time a row than through the temporary table.
-    with (
-        conn.cursor() as cur,
-        cur.copy(f"COPY {table} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
-    ):
-        # Binary rows cost the collector a quarter to a half less CPU than text rows.
-        copy.set_types(_COPY_TYPES)
-        for row in rows:
-            copy.write_row(row)
-
-
-def _from_row(row: Sequence[Any]) -> Memory:
-    return Memory(
-        row[0], row[1], row[2], row[3], PRIORITIES[row[4]], tuple(row[5]),
-        row[6], row[7], row[8], row[9], row[10],
-    )  # fmt: skip
 
 
 class PostgresBackend(SqlStore):
@@ -199,6 +178,9 @@ class PostgresBackend(SqlStore):
         parts = urlsplit(url)
         options = dict(parse_qsl(parts.query))
         self.schema = options.pop("schema", None)
+        self.supports_semantic, kind, model_dir = semantic_options(options, url)
+        options.pop("semantic", None)
+        options.pop("model", None)
         if self.schema is not None and not _SCHEMA_NAME.match(self.schema):
             raise ValidationError(
                 f"schema {self.schema!r} in the backend URL must be a lowercase identifier"
@@ -241,6 +223,11 @@ class PostgresBackend(SqlStore):
         self.connect_error: str | None = None
         self._pool_name = PoolErrors.register(self, self._connect_failed)
         self._schema_lock = threading.Lock()
+        self._semantic = (
+            PgSemantic(kind, model_dir, self._read, self._connection)
+            if self.supports_semantic
+            else None
+        )
 
     # --- connections ---------------------------------------------------------------------
 
@@ -320,8 +307,14 @@ class PostgresBackend(SqlStore):
         )
 
     def health_reasons(self) -> list[str]:
-        """Whether the server could not be reached at the last try."""
-        return [self.unreachable()] if self.connect_error is not None else []
+        """Whether the server could not be reached at the last try, or memories wait for
+        their vectors because embedding fails."""
+        reasons = [self.unreachable()] if self.connect_error is not None else []
+        if self._semantic is not None and self._semantic.error is not None:
+            reasons.append(
+                f"memories are stored but not embedded, retrying: {self._semantic.error}"
+            )
+        return reasons
 
     def _ensure_schema(self) -> None:
         if self._migrated:
@@ -343,6 +336,8 @@ class PostgresBackend(SqlStore):
                 "INSERT INTO memcollect_meta VALUES ('schema_version', %s) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             )
+            if self._semantic is not None:
+                self._semantic.prepare(conn.execute)
         self._migrated = True
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -368,7 +363,7 @@ class PostgresBackend(SqlStore):
     def write_batch(self, batch: Sequence[Memory]) -> None:
         """COPY the batch into the table; a batch stored before goes in without duplicates."""
         self._ensure_schema()
-        rows = [_to_row(m) for m in batch]
+        rows = [to_row(m) for m in batch]
         if self.writers == 1 or len(rows) < WRITERS_SPLIT:
             self._store(rows)
             return
@@ -427,26 +422,28 @@ class PostgresBackend(SqlStore):
     def scan(self, after: str | None, limit: int) -> list[Memory]:
         """Stored memories in id order, after the id `after`."""
         rows = self._read(
-            f"SELECT {_COLUMNS} FROM memories WHERE id > %s ORDER BY id LIMIT %s",
+            f"SELECT {COLUMNS} FROM memories WHERE id > %s ORDER BY id LIMIT %s",
             (after or "", limit),
         )
-        return [_from_row(r) for r in rows]
+        return [from_row(r) for r in rows]
 
     def delete(self, ids: Sequence[str]) -> None:
-        """Remove memories (ids not stored are ignored)."""
+        """Remove memories (ids not stored are ignored), and their vectors."""
+        if self._semantic is not None:
+            self._semantic.forget(ids)
         self._write("DELETE FROM memories WHERE id = %s", [(i,) for i in ids])
 
     # --- reads ---------------------------------------------------------------------------
 
     def get(self, memory_id: str) -> Memory | None:
         """One memory by id."""
-        rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id = %s", (memory_id,))
-        return _from_row(rows[0]) if rows else None
+        rows = self._read(f"SELECT {COLUMNS} FROM memories WHERE id = %s", (memory_id,))
+        return from_row(rows[0]) if rows else None
 
     def get_many(self, ids: Sequence[str]) -> list[Memory]:
         """The memories with these ids, in the order asked; ids not stored are left out."""
-        rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id = ANY(%s)", (list(ids),))
-        found = {row[0]: _from_row(row) for row in rows}
+        rows = self._read(f"SELECT {COLUMNS} FROM memories WHERE id = ANY(%s)", (list(ids),))
+        found = {row[0]: from_row(row) for row in rows}
         return [found[i] for i in ids if i in found]
 
     def recent(self, limit: int, category: str | None = None) -> list[Memory]:
@@ -456,7 +453,7 @@ class PostgresBackend(SqlStore):
     def filtered_ids(self, query: SearchQuery) -> list[str]:
         """Ids of memories that pass the filters, in the order of delete_page_order (by the
         primary key, or the (category, id) index)."""
-        clauses, params = _filters(query)
+        clauses, params = row_filters(query)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         order = delete_page_order(query)
         sql = f"SELECT m.id FROM memories m{where} ORDER BY m.id {order} LIMIT %s"
@@ -464,13 +461,40 @@ class PostgresBackend(SqlStore):
 
     def search(self, query: SearchQuery) -> list[Memory]:
         """Full-text search ranked by ts_rank_cd (memories holding every word first), with
-        filters."""
-        clauses, params = _filters(query)
+        filters; or by meaning, or both, on a store with embeddings."""
+        if self._by_meaning(query):
+            return [hit.memory for hit in self.search_hits(query)]
+        return self._by_words(query)
+
+    def search_hits(self, query: SearchQuery) -> list[Hit]:
+        """search(), with each hit's score: its share of the query's words, its cosine
+        similarity, or in hybrid search the stronger of the two."""
+        if not self._by_meaning(query):
+            return super().search_hits(query)
+        assert self._semantic is not None  # _by_meaning says so
+        self._ensure_schema()
+        if query.mode == "semantic":
+            return self._semantic.semantic_hits(query)
+        return self._semantic.hybrid_hits(query, self._by_words)
+
+    def _by_meaning(self, query: SearchQuery) -> bool:
+        return self._semantic is not None and query.mode != "text" and bool(query.text.strip())
+
+    def idle_work(self) -> bool:
+        """Embed the next few queued memories (semantic search); True while more wait."""
+        return self._semantic is not None and self._semantic.idle_work()
+
+    def pending_embeddings(self) -> int:
+        """How many stored memories wait for their vector (0 without semantic search)."""
+        return 0 if self._semantic is None else self._semantic.pending()
+
+    def _by_words(self, query: SearchQuery) -> list[Memory]:
+        clauses, params = row_filters(query)
         text = query.text.strip()
         if not text:
             where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-            sql = f"SELECT {_COLUMNS} FROM memories m{where} ORDER BY m.id DESC LIMIT %s"
-            return [_from_row(r) for r in self._read(sql, [*params, query.limit])]
+            sql = f"SELECT {COLUMNS} FROM memories m{where} ORDER BY m.id DESC LIMIT %s"
+            return [from_row(r) for r in self._read(sql, [*params, query.limit])]
         some = websearch_text(text)
         if not some:
             return []
@@ -487,7 +511,7 @@ class PostgresBackend(SqlStore):
     ) -> list[Memory]:
         """The `limit` best memories for a websearch_to_tsquery text, by ts_rank_cd."""
         where = " AND ".join(["m.search @@ q", *clauses])
-        columns = ", ".join("c." + c for c in _COLUMNS.split(", "))
+        columns = ", ".join("c." + c for c in COLUMNS.split(", "))
         # ts_rank_cd costs ~30 ms over the tens of thousands of rows a common word matches in
         # a million; ts_rank a tenth of that. So ts_rank picks a pool, and ts_rank_cd orders
         # the pool: on 1,000,000 rows the top 10 were identical for 40 of 40 queries, and
@@ -499,7 +523,7 @@ class PostgresBackend(SqlStore):
             "ORDER BY ts_rank(m.search, q) DESC LIMIT %s) c "
             "ORDER BY ts_rank_cd(c.search, c.q) DESC, c.id DESC LIMIT %s"
         )
-        return [_from_row(r) for r in self._read(sql, [words, *params, pool, limit])]
+        return [from_row(r) for r in self._read(sql, [words, *params, pool, limit])]
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -535,6 +559,8 @@ class PostgresBackend(SqlStore):
         self._schema_lock = threading.Lock()
         self._helpers = None  # the parent's threads do not exist here
         self._watchdog = Watchdog()
+        if self._semantic is not None:
+            self._semantic.after_fork()
 
     def close(self) -> None:
         """Close the pool."""
@@ -586,18 +612,3 @@ class _Helpers:
 
 # Pools inherited across fork are kept referenced, never closed by the child.
 _ABANDONED: list[Any] = []
-
-
-def websearch_text(text: str) -> str:
-    """What to give websearch_to_tsquery for any text: its plain words, OR-ed (quotes, "-"
-    and "or" are just text here, as on every backend)."""
-    return " or ".join(dict.fromkeys(content_terms(text)))
-
-
-def websearch_all_words(text: str) -> str | None:
-    """What to give websearch_to_tsquery to require every plain word of a query."""
-    return " ".join(dict.fromkeys(content_terms(text))) or None
-
-
-def _filters(query: SearchQuery) -> tuple[list[str], list[Any]]:
-    return filter_clauses(query, "%s", lambda tags: (["m.tags @> %s"], [list(tags)]))

@@ -1,7 +1,8 @@
 """sqlite:// — the embedded default: one file, WAL, FTS5 search ranked by BM25."""
 
 from ..scoring import query_stems
-from .fts import COVERAGE_POWER, fts_all_words, fts_query, word_coverage
+from ..vectors import COVERAGE_POWER, word_coverage
+from .fts import fts_all_words, fts_query
 from .schema import MIGRATIONS, SCHEMA_VERSION, parse_sqlite_url
 from .store import SQLiteBackend
 

@@ -16,6 +16,7 @@ from typing import Any
 from ...errors import TransientBackendError, ValidationError
 from ...retry import ErrorKind
 from .._sql import SqlStore, run_migrations
+from ..vectors import semantic_options
 from .checkpoint import _Checkpointer
 from .schema import (
     _FTS_DDL,
@@ -57,21 +58,7 @@ class SQLiteConnection(SqlStore):
         checkpoint = options.get("checkpoint", "inline")
         if checkpoint not in ("inline", "background"):
             raise ValidationError(f"checkpoint in {url!r} must be inline or background")
-        semantic = options.get("semantic", "0").lower()
-        if semantic not in ("0", "false", "off", "no", "1", "true", "on", "yes", "static"):
-            raise ValidationError(
-                f"semantic in {url!r} must be 1 (the model), static (static token vectors, "
-                "faster and less exact) or 0"
-            )
-        self.supports_semantic = semantic not in ("0", "false", "off", "no")
-        self.embedder_kind = "static" if semantic == "static" else "model"
-        self.model_dir = options.get("model")
-        if self.supports_semantic:
-            from ...semantic import MISSING_EXTRA, available, check_model_dir
-
-            if not available():
-                raise ValidationError(MISSING_EXTRA)
-            check_model_dir(self.model_dir, url)
+        self.supports_semantic, self.embedder_kind, self.model_dir = semantic_options(options, url)
         self._embedded_upto = 0  # every stored row up to this seq has its vector
         self._embed_retry_at = 0.0
         self._embed_failures = 0

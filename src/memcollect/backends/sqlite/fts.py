@@ -15,7 +15,6 @@ from ..base import (
     delete_page_order,
     every_word_first,
 )
-from ..scoring import word_share
 from .connection import SQLiteConnection
 from .schema import _COLUMNS, _from_row
 
@@ -25,18 +24,6 @@ log = logging.getLogger("memcollect")
 # The window of the newest matches ranked for memories holding some word of a query, as a
 # multiple of rank_window (see TextSearch._window).
 ANY_WORD_WINDOW = 10
-
-
-def word_coverage(stems: list[tuple[str, int]], memory: Memory) -> float:
-    """word_share, squared: a memory that shares one word of a question is weak evidence
-    beside its meaning, one that holds most of them is strong."""
-    return word_share(stems, memory) ** COVERAGE_POWER
-
-
-# Squared: on LoCoMo's dev set hybrid recall@10 was 0.68 unweighted but the paraphrase set
-# of bench/recall.py fell from 0.97 to 0.87; squared, hybrid is no worse than its better
-# half on either (0.60 on LoCoMo, text 0.55; 0.97 on the paraphrases, semantic 0.97).
-COVERAGE_POWER = 2
 
 
 _TAG_CLAUSE = "EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)"

@@ -11,14 +11,14 @@ from typing import Any
 
 import msgspec
 
-from ...errors import TransientBackendError, ValidationError
 from ...model import Memory
 from ...query import Hit
 from ..base import (
     SearchQuery,
 )
 from ..scoring import query_stems, word_share
-from .fts import TextSearch, _filters, word_coverage
+from ..vectors import VectorMatrix, cosines, embed_texts, found_by, numpy, word_coverage
+from .fts import TextSearch, _filters
 from .schema import _COLUMNS, _DELETIONS, _from_row
 
 log = logging.getLogger("memcollect")
@@ -40,13 +40,6 @@ _SEARCH_EMBEDS_CHUNKS = 4
 _NEIGHBOUR_SPAN = 200
 
 
-def numpy() -> Any:
-    """numpy, imported as semantic recall imports it (one thread at a time)."""
-    from ...semantic import numpy as load  # here: stores without vectors never need it
-
-    return load()
-
-
 def _insert_vectors(conn: sqlite3.Connection, stored: list[tuple[bytes, int, str]]) -> None:
     # Only beside the memory that was embedded: not if it was deleted meanwhile, nor beside
     # a new row that took its seq.
@@ -56,135 +49,22 @@ def _insert_vectors(conn: sqlite3.Connection, stored: list[tuple[bytes, int, str
     )
 
 
-class _Vectors:
-    """The embeddings in RAM: a float32 matrix that grows as batches land (amortized), read
-    by searches on any thread from a consistent snapshot."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.loading = threading.Lock()  # one sync with the file at a time
-        self.checked_seq = 0  # every row up to here has been loaded from the file
-        self._size = 0
-        self._seqs: Any = None
-        self._matrix: Any = None
-        # Rows this process added after the last sync read the file: the next sync skips them.
-        self._written: set[int] = set()
-        # Rows deleted since the last compaction (their vectors are still in the matrix).
-        self._forgotten: set[int] = set()
-        # The file's count of deletes when this process last looked for rows deleted elsewhere.
-        self.deletions_seen: int | None = None
-
-    def add_written(self, seqs: Sequence[int], vectors: Any) -> None:
-        """Rows this process just stored (nothing to do until a search has loaded the file)."""
-        with self.lock:
-            if self._matrix is None:
-                return
-            keep = [i for i, seq in enumerate(seqs) if seq > self.checked_seq]
-            self._append([seqs[i] for i in keep], vectors[keep])
-            self._written.update(seqs[i] for i in keep)
-
-    def add_synced(self, seqs: Sequence[int], vectors: Any, checked: int) -> None:
-        """Rows read from the file, up to seq `checked`."""
-        with self.lock:
-            keep = [i for i, seq in enumerate(seqs) if seq not in self._written]
-            self._written = {seq for seq in self._written if seq > checked}
-            if keep:
-                self._append([seqs[i] for i in keep], vectors[keep])
-            self.checked_seq = max(self.checked_seq, checked)
-
-    def _append(self, seqs: Sequence[int], vectors: Any) -> None:
-        np = numpy()
-        need = self._size + len(seqs)
-        if self._matrix is None or need > len(self._matrix):
-            # Readers keep the arrays they took; the grown ones are published whole.
-            old = 0 if self._matrix is None else len(self._matrix)
-            capacity = max(need, old * 2, 1024)
-            matrix = np.empty((capacity, vectors.shape[1]), np.float32)
-            ids = np.empty(capacity, np.int64)
-            if self._matrix is not None:
-                matrix[: self._size] = self._matrix[: self._size]
-                ids[: self._size] = self._seqs[: self._size]
-            self._matrix, self._seqs = matrix, ids
-        self._matrix[self._size : need] = vectors
-        self._seqs[self._size : need] = seqs
-        self._size = need
-
-    def forget(self, seqs: Sequence[int]) -> None:
-        """Rows deleted from the file. Their vectors leave RAM once a quarter of the rows
-        are such: searches skip deleted rows anyway, and compacting costs a copy of all."""
-        with self.lock:
-            if self._matrix is None:
-                return  # no vectors loaded (and maybe no numpy installed): nothing to forget
-            np = numpy()
-            self._forgotten.update(seqs)
-            if len(self._forgotten) < max(1024, self._size // 4):
-                return
-            keep = ~np.isin(self._seqs[: self._size], np.fromiter(self._forgotten, np.int64))
-            # Published whole, as when growing: readers keep the arrays they took.
-            self._matrix, self._seqs = (
-                self._matrix[: self._size][keep],
-                self._seqs[: self._size][keep],
-            )
-            self._size = len(self._seqs)
-            self._forgotten = set()
-
-    def deleted_here(self, count: int) -> None:
-        """This process's delete made the file's count of deletes `count`; it has forgotten
-        those rows already, so when it had seen the count before, there is nothing to look
-        for at the next sync."""
-        with self.loading:
-            if self.deletions_seen == count - 1:
-                self.deletions_seen = count
-
-    def keep_only(self, held: set[int], upto: int) -> None:
-        """Forget the rows up to seq `upto` that are not in `held` (deleted elsewhere)."""
-        with self.lock:
-            if self._matrix is None:
-                return
-            np = numpy()
-            mine = self._seqs[: self._size]
-            mine = mine[mine <= upto]
-            gone = mine[~np.isin(mine, np.fromiter(held, np.int64, len(held)))]
-        if len(gone):
-            self.forget(gone.tolist())
-
-    def snapshot(self) -> tuple[Any, Any]:
-        """(seqs, matrix) as of now."""
-        with self.lock:
-            if self._matrix is None:
-                return (), None
-            return self._seqs[: self._size], self._matrix[: self._size]
-
-
 class SemanticSearch(TextSearch):
     """Search by meaning over the stored embeddings, and hybrid search fusing it with words."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        self._vectors = _Vectors()
+        self._vectors = VectorMatrix()
         self._embedding = threading.Lock()
 
     def after_fork(self) -> None:
         """Forget the parent's connections and vectors (they are read again here)."""
         super().after_fork()
-        self._vectors = _Vectors()
+        self._vectors = VectorMatrix()
         self._embedding = threading.Lock()
 
     def _embed(self, texts: Sequence[str]) -> Any:
-        from ...semantic import get_embedder
-
-        try:
-            embedder = get_embedder(self.model_dir, self.embedder_kind)
-        except ValidationError:
-            raise
-        except Exception as exc:
-            # The model, not any memory, is at fault: retried (health says why), never
-            # dead-lettered memory by memory.
-            raise TransientBackendError(
-                f"the embedding model could not be loaded ({type(exc).__name__}: {exc}); "
-                "fix or replace the model directory, and the memories waiting are stored"
-            ) from exc
-        return embedder.embed(texts)
+        return embed_texts(self.model_dir, self.embedder_kind, texts)
 
     def _embed_missing(self, limit: int) -> int:
         """Embed up to `limit` stored memories without a vector, oldest first (written since
@@ -295,7 +175,7 @@ class SemanticSearch(TextSearch):
     def _semantic_hits(self, query: SearchQuery) -> list[Hit]:
         seqs, scores = self._similarities(query.text)
         nearest = self._semantic_seqs(query, query.limit, seqs, scores)
-        cosine = _cosines(seqs, scores, nearest)
+        cosine = cosines(seqs, scores, nearest)
         return [Hit(m, cosine[seq], "meaning") for seq, m in self._rows_by_seq(nearest)]
 
     def _hybrid_hits(self, query: SearchQuery) -> list[Hit]:
@@ -318,18 +198,12 @@ class SemanticSearch(TextSearch):
         # Neighbours were found by session alone: they must pass the other filters too.
         rows = [(s, m) for s, m in self._rows_by_seq(fused[: depth * 2]) if query.matches(m)]
         rows = rows[: query.limit]
-        cosine = _cosines(seqs, scores, [s for s, _ in rows])
+        cosine = cosines(seqs, scores, [s for s, _ in rows])
         texts, meanings = set(by_text), set(by_meaning)
         hits = []
         for seq, memory in rows:
-            found_by = (
-                "both" if seq in texts and seq in meanings
-                else "text" if seq in texts
-                else "meaning" if seq in meanings
-                else "session"
-            )  # fmt: skip
             score = max(word_share(stems, memory), cosine.get(seq, 0.0))
-            hits.append(Hit(memory, score, found_by))
+            hits.append(Hit(memory, score, found_by(seq, texts, meanings)))
         return hits
 
     def _seqs_of(self, memories: Sequence[Memory]) -> list[int]:
@@ -357,12 +231,3 @@ class SemanticSearch(TextSearch):
             list(seqs),
         )
         return {seq: [n for n in (before, after) if n is not None] for seq, before, after in rows}
-
-
-def _cosines(seqs: Any, scores: Any, wanted: Sequence[int]) -> dict[int, float]:
-    """The similarity of each wanted row that has a vector, clipped to 0..1."""
-    if not len(seqs) or not wanted:
-        return {}
-    np = numpy()
-    positions = np.flatnonzero(np.isin(seqs, np.asarray(wanted, dtype=seqs.dtype)))
-    return {int(seqs[i]): min(1.0, max(0.0, float(scores[i]))) for i in positions}
