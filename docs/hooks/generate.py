@@ -493,7 +493,17 @@ def bench_mem0() -> str:
     )
 
 
+def fingerprints_table() -> str:
+    """The normalization's table, as memcollect.groups documents it."""
+    from memcollect import groups
+
+    doc = groups.__doc__ or ""
+    start = doc.index("| what |")
+    return doc[start : doc.index("\n\n", start)]
+
+
 PARTS: dict[str, Callable[[], str]] = {
+    "fingerprints": fingerprints_table,
     "config": config_table,
     "profiles": profiles_table,
     "openapi": openapi_markdown,

@@ -14,6 +14,7 @@ from .errors import (
     TransientBackendError,
     ValidationError,
 )
+from .groups import Group, GroupDetail
 from .model import Category, DeadLetter, Memory, Priority, id_time, new_id
 from .query import Hit, SearchQuery
 from .stats import Health, Latency, Stats
@@ -28,6 +29,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "DeadLetter",
+    "Group",
+    "GroupDetail",
     "Health",
     "Hit",
     "Latency",

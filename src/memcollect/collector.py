@@ -20,6 +20,7 @@ from .backends.base import Backend
 from .cache import Cache
 from .config import Config, load_config
 from .errors import TransientBackendError, ValidationError
+from .groups import Group, GroupDetail, group_query
 from .model import DeadLetter, Memory
 from .pipelines import Parts, Pipeline, RamPipeline
 from .query import SEARCH_MODES, Hit, check_limit
@@ -29,7 +30,13 @@ from .spooling import SpoolPipeline
 from .stats import Counters, Health, Stats
 from .storing import FailureCallback, StoredCallback
 from .tracing import current_span_ids, link_span
-from .validate import check_category, check_memory, make_memory, memory_from_dict
+from .validate import (
+    check_category,
+    check_fingerprint,
+    check_memory,
+    make_memory,
+    memory_from_dict,
+)
 
 __all__ = ["SEARCH_MODES", "MemoryCollector"]
 
@@ -166,6 +173,7 @@ class MemoryCollector:
         project: str | None = None,
         agent: str | None = None,
         session: str | None = None,
+        fingerprint: str | None = None,
     ) -> str:
         """Queue one memory and return its id at once; raises only ValidationError."""
         if self._pid != _Process.pid:
@@ -173,6 +181,8 @@ class MemoryCollector:
         memory = make_memory(
             category, content, metadata, priority, tags, project, agent, session, self._max_bytes
         )
+        if fingerprint is not None:
+            memory.fingerprint = check_fingerprint(fingerprint)
         if _modules.get("opentelemetry.trace") is not None:  # one lookup when it is not in use
             link_span(memory)
         self._put(memory)
@@ -189,12 +199,15 @@ class MemoryCollector:
         project: str | None = None,
         agent: str | None = None,
         session: str | None = None,
+        fingerprint: str | None = None,
     ) -> str:
         """collect() for coroutines: never awaits I/O; with on_full="block" it yields instead."""
         self._check_fork()
         memory = make_memory(
             category, content, metadata, priority, tags, project, agent, session, self._max_bytes
         )
+        if fingerprint is not None:
+            memory.fingerprint = check_fingerprint(fingerprint)
         link_span(memory)
         await self._pipeline.put_async(memory)
         return memory.id
@@ -377,6 +390,32 @@ class MemoryCollector:
     def count_by_category(self) -> dict[str, int]:
         """How many memories are stored, per category."""
         return self._backend.count_by_category()
+
+    def groups(
+        self,
+        *,
+        category: str | None = None,
+        project: str | None = None,
+        agent: str | None = None,
+        since: object = None,
+        until: object = None,
+        order: str = "count",
+        limit: int = 20,
+    ) -> list[Group]:
+        """What keeps happening: stored memories grouped by fingerprint, ordered by "count",
+        "last_seen", "new" (first seen in the period) or "rising" (against the period
+        before); `since`/`until` take an age ("7d"), an ISO time, a datetime or epoch seconds."""
+        query = group_query(category=category, project=project, agent=agent, since=since,
+                            until=until, order=order, limit=limit)  # fmt: skip
+        return self._backend.groups(query)
+
+    def group(
+        self, fingerprint: str, *, limit: int = 20, before: str | None = None
+    ) -> GroupDetail | None:
+        """One group: its newest members (a page, before the id `before`) and its memories
+        per day; None when no stored memory has the fingerprint."""
+        check_limit(limit)
+        return self._backend.group(check_fingerprint(fingerprint), limit, before)
 
     # --- delete, dead letters ------------------------------------------------------------
 

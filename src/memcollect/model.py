@@ -73,6 +73,9 @@ class Memory(msgspec.Struct, gc=False):
     created_at: float
     # Filled in by the worker, off the caller's hot path.
     content_hash: str = ""
+    #: What groups it with other occurrences of the same event (see memcollect.groups);
+    #: filled in by the worker unless the caller gave one.
+    fingerprint: str = ""
 
     @property
     def created(self) -> datetime:

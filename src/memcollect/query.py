@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Sequence
 
 import msgspec
@@ -134,11 +135,44 @@ def check_limit(limit: object) -> None:
         raise ValidationError(f"limit must be a whole number from 1 to 10000, not {limit!r}")
 
 
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def point_in_time(text: str, field: str, now: float | None = None) -> float:
+    """Epoch seconds for an age (30m, 2h, 7d: that long before now), an ISO date or time
+    (local time without an offset), or epoch seconds in a string."""
+    value = text.strip()
+    unit = _AGE_UNITS.get(value[-1:].lower())
+    try:
+        if unit is not None and value[:-1]:
+            age = float(value[:-1])
+            if math.isfinite(age):
+                return (time.time() if now is None else now) - age * unit
+        number = float(value)
+        if math.isfinite(number):
+            return number
+    except ValueError:
+        pass
+    from datetime import datetime  # only for ISO times
+
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise ValidationError(
+            f"{field} {text!r} is not a time: give an age (30m, 2h, 7d), an ISO date or "
+            "time (2026-11-25T14:00:00), or epoch seconds"
+        ) from None
+
+
 def _timestamp(value: object, field: str) -> float | None:
     if value is None:
         return None
+    if isinstance(value, str):
+        return point_in_time(value, field)
     if isinstance(value, bool):
-        raise ValidationError(f"{field} must be a datetime or epoch seconds, not a bool")
+        raise ValidationError(
+            f"{field} must be a time (7d, an ISO date, epoch seconds), not a bool"
+        )
     if isinstance(value, (int, float)):
         if math.isnan(value):  # every comparison with NaN is false: nothing would match
             raise ValidationError(f"{field} is NaN: give a datetime or epoch seconds")
@@ -146,4 +180,6 @@ def _timestamp(value: object, field: str) -> float | None:
     timestamp = getattr(value, "timestamp", None)
     if callable(timestamp):
         return float(timestamp())
-    raise ValidationError(f"{field} must be a datetime or epoch seconds, not {value!r}")
+    raise ValidationError(
+        f"{field} must be an age (7d), an ISO date, a datetime or epoch seconds, not {value!r}"
+    )

@@ -355,6 +355,16 @@ def _empty_tags(tags: object) -> tuple[str, ...]:
     return () if tags is None else check_tags(tags)
 
 
+def check_fingerprint(value: object) -> str:
+    """A caller's own fingerprint: 1 to MAX_TAG characters, no NUL."""
+    if type(value) is not str or not 0 < len(value) <= MAX_TAG or "\x00" in value:
+        raise ValidationError(
+            f"fingerprint must be a str of 1 to {MAX_TAG} characters without NUL, not "
+            f"{value!r}: leave it out to have one made from the content"
+        )
+    return value
+
+
 def memory_from_dict(item: Mapping[str, Any], max_content_bytes: int) -> Memory:
     """Build a Memory from a dict with the keyword names of collect()."""
     if not isinstance(item, Mapping):
@@ -366,7 +376,7 @@ def memory_from_dict(item: Mapping[str, Any], max_content_bytes: int) -> Memory:
         )
     if "category" not in item or "content" not in item:
         raise ValidationError("each item needs 'category' and 'content'")
-    return make_memory(
+    memory = make_memory(
         item["category"],
         item["content"],
         item.get("metadata"),
@@ -377,10 +387,23 @@ def memory_from_dict(item: Mapping[str, Any], max_content_bytes: int) -> Memory:
         item.get("session"),
         max_content_bytes,
     )
+    if item.get("fingerprint") not in (None, ""):  # "": a Memory's own, not yet made
+        memory.fingerprint = check_fingerprint(item["fingerprint"])
+    return memory
 
 
 _ITEM_KEYS = frozenset(
-    {"category", "content", "metadata", "priority", "tags", "project", "agent", "session"}
+    {
+        "category",
+        "content",
+        "metadata",
+        "priority",
+        "tags",
+        "project",
+        "agent",
+        "session",
+        "fingerprint",
+    }
 )
 _RECORD_KEYS = _ITEM_KEYS | {"id", "created_at", "content_hash"}
 _ID_RE = re.compile(r"[0-9a-hjkmnp-tv-z]{26}\Z")

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .groups import Group, GroupDetail
 from .model import DeadLetter, Memory
 from .query import Hit
 from .stats import Health, Stats
@@ -75,6 +76,8 @@ class MemoryIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     id: MemoryId | None = None
     created_at: CreatedAt | None = None
     content_hash: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    # "" (or none): the store's worker makes one from the content.
+    fingerprint: Annotated[str, msgspec.Meta(max_length=MAX_TAG, pattern=NO_NUL)] | None = None
 
 
 class DeadLetterIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -113,6 +116,8 @@ def memory_from_in(record: MemoryIn, max_content_bytes: int) -> Memory:
         memory.created_at = record.created_at
     if record.content_hash is not None:
         memory.content_hash = record.content_hash
+    if record.fingerprint:
+        memory.fingerprint = record.fingerprint
     return memory
 
 
@@ -221,6 +226,8 @@ _TYPES: tuple[Any, ...] = (
     DeleteResult,
     DeadLetter,
     DeadLetterIn,
+    Group,
+    GroupDetail,
 )
 
 

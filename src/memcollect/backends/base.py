@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import msgspec
 
@@ -13,6 +13,9 @@ from ..errors import PermanentBackendError, TransientBackendError
 from ..model import DeadLetter, Memory
 from ..query import Hit, SearchQuery
 from ..retry import ErrorKind
+
+if TYPE_CHECKING:
+    from ..groups import Group, GroupDetail, GroupQuery
 
 __all__ = [
     "STOPWORDS",
@@ -191,6 +194,28 @@ class Backend(ABC):
     def scan(self, after: str | None, limit: int) -> list[Memory]:
         """Stored memories in id (time) order, from just after the id `after` (for export)."""
         raise NotImplementedError(f"{type(self).__name__} cannot list every memory")
+
+    def groups(self, query: GroupQuery) -> list[Group]:
+        """Groups of memories sharing a fingerprint, by the query's order; computed from
+        every stored memory unless the store keeps them."""
+        from ..groups import groups_of
+
+        return groups_of(self._every_memory(), query)
+
+    def group(
+        self, fingerprint: str, limit: int = 20, before: str | None = None
+    ) -> GroupDetail | None:
+        """One group with a page of its members (newest first, before the id `before`) and
+        its memories per day; None when no memory has that fingerprint."""
+        from ..groups import group_of
+
+        return group_of(self._every_memory(), fingerprint, limit, before)
+
+    def _every_memory(self) -> Iterator[Memory]:
+        after = None
+        while page := self.scan(after, 1000):
+            yield from page
+            after = page[-1].id
 
     def filtered_ids(self, query: SearchQuery) -> list[str]:
         """Ids of up to `query.limit` memories that pass the query's filters, in whatever

@@ -360,6 +360,7 @@ def _payload(m: Memory, now: str) -> dict[str, Any]:
         "session": m.session,
         "memcollect_created": m.created_at,
         "content_hash": m.content_hash,
+        "fingerprint": m.fingerprint,
         "memcollect_metadata": m.metadata,
     }
     if m.agent is not None:
@@ -382,6 +383,7 @@ def _memory(payload: dict[str, Any]) -> Memory:
         session=payload.get("session"),
         created_at=float(payload["memcollect_created"]),
         content_hash=payload.get("content_hash", ""),
+        fingerprint=payload.get("fingerprint", ""),
     )
 
 

@@ -26,7 +26,7 @@ __all__ = [
 
 COLUMNS = (
     "id, category, content, metadata, priority, tags, project, agent, session, created_at, "
-    "content_hash"
+    "content_hash, fingerprint"
 )
 
 
@@ -43,11 +43,13 @@ def to_row(m: Memory) -> tuple[Any, ...]:
         m.session,
         m.created_at,
         m.content_hash,
+        m.fingerprint,
     )
 
 
 _COPY_TYPES = [
-    "text", "text", "text", "jsonb", "int2", "text[]", "text", "text", "text", "float8", "text"
+    "text", "text", "text", "jsonb", "int2", "text[]", "text", "text", "text", "float8", "text",
+    "text",
 ]  # fmt: skip
 
 
@@ -67,7 +69,7 @@ def copy_rows(conn: psycopg.Connection[Any], table: str, rows: list[tuple[Any, .
 def from_row(row: Sequence[Any]) -> Memory:
     return Memory(
         row[0], row[1], row[2], row[3], PRIORITIES[row[4]], tuple(row[5]),
-        row[6], row[7], row[8], row[9], row[10],
+        row[6], row[7], row[8], row[9], row[10], row[11],
     )  # fmt: skip
 
 

@@ -117,6 +117,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE TABLE IF NOT EXISTS embedding_queue (id text COLLATE "C" PRIMARY KEY);
         """,
     ),
+    (
+        4,
+        # What groups a memory with other occurrences of the same event (memcollect.groups).
+        """
+        ALTER TABLE memories ADD COLUMN IF NOT EXISTS fingerprint text COLLATE "C"
+            NOT NULL DEFAULT '';
+        """,
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 # A batch of at least this many memories is split over `writers` connections.
@@ -140,7 +148,8 @@ _KEEPALIVES = {
 _INCOMING = """
 CREATE TEMP TABLE IF NOT EXISTS memcollect_incoming (
     id text, category text, content text, metadata jsonb, priority smallint, tags text[],
-    project text, agent text, session text, created_at double precision, content_hash text
+    project text, agent text, session text, created_at double precision, content_hash text,
+    fingerprint text
 ) ON COMMIT DELETE ROWS
 """
 _INSERT = (

@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import msgspec
 
@@ -22,6 +22,7 @@ from ..errors import (
     TransientBackendError,
     ValidationError,
 )
+from ..groups import Group, GroupDetail, GroupQuery
 from ..model import Memory
 from ..query import Hit
 from ..retry import ErrorKind
@@ -42,6 +43,8 @@ _memory = msgspec.json.Decoder(Memory)
 _memories = msgspec.json.Decoder(list[Memory])
 _letters = msgspec.json.Decoder(list[DeadLetter])
 _hits = msgspec.json.Decoder(list[Hit])
+_groups = msgspec.json.Decoder(list[Group])
+_group_detail = msgspec.json.Decoder(GroupDetail)
 _any: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 _GZIP_FROM = 2048
 _PARAMS = {"timeout", "sync", "gzip"}
@@ -233,6 +236,30 @@ class RemoteBackend(Backend):
         response = self._request("GET", "/v1/search/scored", params=_params(query))
         return self._decode(_hits, response)
 
+    def groups(self, query: GroupQuery) -> list[Group]:
+        """The server's groups, as its store keeps them."""
+        params: list[tuple[str, Any]] = [("order", query.order), ("limit", query.limit)]
+        for key in ("category", "project", "agent", "since", "until"):
+            value = getattr(query, key)
+            if value is not None:
+                params.append((key, _param(key, value)))
+        return self._decode(_groups, self._request("GET", "/v1/groups", params=params))
+
+    def group(
+        self, fingerprint: str, limit: int = 20, before: str | None = None
+    ) -> GroupDetail | None:
+        """One of the server's groups, with a page of its members."""
+        params: dict[str, Any] = {"limit": limit}
+        if before is not None:
+            params["before"] = before
+        try:
+            response = self._request(
+                "GET", f"/v1/groups/{quote(fingerprint, safe='')}", params=params
+            )
+        except _NotFound:
+            return None
+        return self._decode(_group_detail, response)
+
     def scan(self, after: str | None, limit: int) -> list[Memory]:
         """The server's memories in id order, after the id `after`."""
         params: dict[str, Any] = {"limit": min(limit, 1000)}
@@ -315,6 +342,11 @@ def _params(query: SearchQuery) -> list[tuple[str, Any]]:
     for key in ("category", "project", "agent", "session", "since", "until"):
         value = getattr(query, key)
         if value is not None:
-            params.append((key, value))
+            params.append((key, _param(key, value)))
     params.extend(("tags", tag) for tag in query.tags)
     return params
+
+
+def _param(key: str, value: Any) -> Any:
+    """A query parameter as the server takes it: times as epoch seconds to the microsecond."""
+    return f"{value:.6f}" if key in ("since", "until") else value

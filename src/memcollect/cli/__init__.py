@@ -12,7 +12,7 @@ def __getattr__(name: str) -> Any:
     # The click group, with every command on it; lazy, so that `main` can tell a missing
     # extra in one sentence instead of an ImportError.
     if name == "cli":
-        from . import admin, commands  # noqa: F401 - they add their commands to the group
+        from . import admin, commands, groups  # noqa: F401 - they add their commands to the group
         from .common import cli
 
         return cli
@@ -29,7 +29,7 @@ def main() -> None:
             "memcollect: the command line needs the cli extra: pip install 'memcollect[cli]'\n"
         )
         raise SystemExit(2) from None
-    from . import admin, commands  # noqa: F401 - they add their commands to the group
+    from . import admin, commands, groups  # noqa: F401 - they add their commands to the group
     from .common import cli
 
     cli()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
 import click
@@ -15,6 +13,7 @@ from rich.console import Console
 from ..collector import MemoryCollector
 from ..config import load_config
 from ..errors import MemcollectError, ValidationError
+from ..query import point_in_time
 
 _TIME_HELP = (
     "Only memories {} this time: an age (30m, 2h, 7d), an ISO date or time "
@@ -23,28 +22,10 @@ _TIME_HELP = (
 # Below this many columns, memories are listed one under another instead of in a table.
 _WIDE_TABLE = 100
 
-_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
 
 def _point_in_time(value: str | None, option: str) -> float | None:
     """Epoch seconds for a --since/--until value (see _TIME_HELP), or a one-line error."""
-    if value is None:
-        return None
-    text = value.strip()
-    unit = _AGE_UNITS.get(text[-1:].lower())
-    try:
-        if unit is not None and text[:-1]:
-            return time.time() - float(text[:-1]) * unit
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise ValidationError(
-            f"{option} {value!r} is not a time: give an age (30m, 2h, 7d), an ISO date or "
-            "time (2026-11-25T14:00:00), or epoch seconds"
-        ) from None
+    return None if value is None else point_in_time(value, option)
 
 
 console = Console()

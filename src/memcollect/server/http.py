@@ -46,8 +46,26 @@ MinScore = Annotated[
     float | None,
     Query(ge=0.0, le=1.0, description="Drop hits scoring below this (0 to 1)."),
 ]
-Since = Annotated[float | None, Query(description="Created at or after (epoch seconds).")]
-Until = Annotated[float | None, Query(description="Created before (epoch seconds).")]
+# The forms collect()'s readers take everywhere: an age, a UTC date or time, epoch seconds.
+# (Days up to 29 only, so that every string the pattern admits is a real date.)
+_TIME = (
+    r"^(\d{1,12}(\.\d{1,6})?[smhdw]?"
+    r"|\d{4}-(0[1-9]|1[0-2])-(0[1-9]|1\d|2[0-9])(T([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?)?)$"
+)
+_TIME_FORMS = "an age (30m, 2h, 7d), a date or time (2026-11-25T14:00) or epoch seconds"
+Since = Annotated[
+    str | None, Query(pattern=_TIME, description=f"Created at or after this: {_TIME_FORMS}.")
+]
+Until = Annotated[
+    str | None, Query(pattern=_TIME, description=f"Created before this: {_TIME_FORMS}.")
+]
+GroupOrder = Annotated[
+    Literal["count", "last_seen", "new", "rising"],
+    Query(
+        description="Most memories, newest occurrence, newest first occurrence (new in the "
+        "period), or most growth against the period before."
+    ),
+]
 
 
 class BodyTooLarge(Exception):

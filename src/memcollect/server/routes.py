@@ -36,6 +36,7 @@ from ..wire import (
 from .http import (
     BodyTooLarge,
     CategoryParam,
+    GroupOrder,
     LabelParam,
     ListLimit,
     MinScore,
@@ -325,6 +326,54 @@ def search_scored(server: Server, args: Search) -> Response:
 )
 def export(server: Server, after: str | None = None, limit: ListLimit = 1000) -> Response:
     return json_response(server.collector().backend.scan(after, limit))
+
+
+@router.get(
+    "/v1/groups",
+    summary="Stored memories grouped by fingerprint: what keeps happening",
+    response_model=None,
+    responses=responses(_200=schema("Group", "By the order asked.", array=True)),
+)
+def groups(
+    server: Server,
+    *,
+    category: CategoryParam = None,
+    project: LabelParam = None,
+    agent: LabelParam = None,
+    since: Since = None,
+    until: Until = None,
+    order: GroupOrder = "count",
+    limit: ListLimit = 20,
+) -> Response:
+    return json_response(
+        server.collector().groups(
+            category=category,
+            project=project,
+            agent=agent,
+            since=since,
+            until=until,
+            order=order,
+            limit=limit,
+        )
+    )
+
+
+@router.get(
+    "/v1/groups/{fingerprint}",
+    summary="One group: its newest members, a page at a time, and its memories per day",
+    response_model=None,
+    responses=responses(
+        _200=schema("GroupDetail", "The group."),
+        _404=schema("ErrorBody", "No stored memory has this fingerprint."),
+    ),
+)
+def group(
+    server: Server, fingerprint: str, limit: ListLimit = 20, before: str | None = None
+) -> Response:
+    found = server.collector().group(fingerprint, limit=limit, before=before)
+    if found is None:
+        return error_response(404, f"no stored memory has the fingerprint {fingerprint!r}")
+    return json_response(found)
 
 
 @router.get(

@@ -1,0 +1,287 @@
+"""Fingerprints and groups: what keeps happening, on every store alike."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import memcollect as mc
+from memcollect.groups import fingerprint_of, normalize
+
+from .services import ThreadedServer, drop_schema, require_postgres
+
+Make = Callable[..., mc.MemoryCollector]
+
+
+@pytest.mark.parametrize(
+    ("content", "normalized"),
+    [
+        (
+            "Timeout after 3000 ms calling https://pay.example/v2/charge for order 8812",
+            "timeout after <num> ms calling <url> for order <num>",
+        ),
+        (
+            "KeyError: 'user_id' in /srv/app/checkout.py line 42",
+            "keyerror: <str> in <path> line <num>",
+        ),
+        (
+            "User ann@example.com failed at 2026-12-01T12:30:01Z from 10.0.0.12:8080",
+            "user <email> failed at <time> from <ip>",
+        ),
+        (
+            "Request 1b4e28ba-2fa1-11d2-883f-0016d3cca427 took 1.5s, digest deadbeef12ab",
+            "request <uuid> took <num>s, digest <hex>",
+        ),
+        ("user_8812 retried 3 times (v2 API)", "<id> retried <num> times (<id> api)"),
+        ("see src/app.py and C:\\app\\x.py", "see <path> and <path>"),
+        ("  Love   the new UI ", "love the new ui"),
+    ],
+)
+def test_normalize_replaces_what_varies(content: str, normalized: str) -> None:
+    assert normalize(content) == normalized
+
+
+def test_occurrences_of_one_event_share_a_fingerprint_and_categories_do_not() -> None:
+    first = fingerprint_of("error", "Timeout after 3000 ms calling https://a/x for order 8812")
+    again = fingerprint_of("error", "Timeout after 5012 ms calling https://b/y for order 9120")
+    assert first == again and len(first) == 16
+    assert fingerprint_of("bug", "Timeout after 3000 ms") != fingerprint_of(
+        "error", "Timeout after 3000 ms"
+    )
+    assert fingerprint_of("bug", "Login fails on Safari") != fingerprint_of(
+        "bug", "Login works on Safari"
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_has_a_fingerprint_and_normalizing_is_stable(text: str) -> None:
+    once = normalize(text)
+    assert normalize(once) == once
+    assert len(fingerprint_of("note", text)) == 16
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql", "remote"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "memory":
+        yield "memory://"
+    elif request.param == "remote":
+        # A memcollect server over real HTTP, storing in SQLite: its groups, asked remotely.
+        with ThreadedServer(
+            backend=f"sqlite:///{tmp_path}/served.db",
+            data_dir=str(tmp_path / "server"),
+            batch_timeout=0.002,
+            token="",
+        ) as server:
+            yield server.url
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/groups.db"
+    else:
+        schema = f"groups_{uuid.uuid4().hex[:10]}"
+        yield f"{require_postgres()}?schema={schema}"
+        drop_schema(schema)
+
+
+def fill(c: mc.MemoryCollector) -> None:
+    for i in range(12):
+        c.collect("bug", f"Login fails on Safari {16 + i % 3}", project="web", agent="qa")
+    for i in range(5):
+        c.collect("error", f"Timeout after {i * 100 + 7} ms on order {i}", priority="critical")
+    c.collect("feedback", "Love the new UI", project="app")
+    c.collect("note", "release notes drafted", fingerprint="release-notes")
+    c.collect("note", "release notes for 1.4 reviewed", fingerprint="release-notes")
+    assert c.flush(30)
+
+
+def test_groups_count_what_keeps_happening(make_collector: Make, store_url: str) -> None:
+    c = make_collector(store_url)
+    fill(c)
+    groups = c.groups()
+    assert [(g.category, g.count) for g in groups] == [
+        ("bug", 12),
+        ("error", 5),
+        ("note", 2),
+        ("feedback", 1),
+    ]
+    bug = groups[0]
+    assert bug.priority == "high" and groups[1].priority == "critical"
+    assert bug.representative.content == "Login fails on Safari 16"  # the first stored
+    assert bug.first_seen <= bug.last_seen
+    assert sum(g.count for g in groups) == c.count()
+    assert groups[2].fingerprint == "release-notes"  # the caller's own
+    assert [g.count for g in c.groups(category="error")] == [5]
+    assert [g.count for g in c.groups(project="web")] == [12]
+    assert [g.count for g in c.groups(agent="nobody")] == []
+    assert len(c.groups(limit=2)) == 2
+    assert c.groups(order="last_seen")[0].category == "note"
+    assert c.groups(order="new")[0].category == "note"
+
+
+def test_a_period_counts_what_fell_in_it(make_collector: Make, store_url: str) -> None:
+    c = make_collector(store_url)
+    now = time.time()
+    old = [
+        mc.Memory(mc.new_id(), "bug", "Checkout fails", {}, "high", (), None, None, None, t)
+        for t in (now - 20 * 86400, now - 19 * 86400, now - 10 * 86400)
+    ]
+    c.collect_memories(old)
+    for _ in range(3):
+        c.collect("bug", "Search is slow")
+    c.collect("bug", "Checkout fails")
+    assert c.flush(30)
+    week = c.groups(since="7d")
+    assert {g.representative.content: (g.count, g.in_period) for g in week} == {
+        "Search is slow": (3, 3),
+        "Checkout fails": (4, 1),
+    }
+    # Rising: this week against the week before (which held one checkout failure).
+    rising = c.groups(order="rising", since="7d")
+    assert [(g.representative.content, g.in_period - g.before_period) for g in rising] == [
+        ("Search is slow", 3),
+        ("Checkout fails", 0),
+    ]
+    assert [g.representative.content for g in c.groups(order="new", since="7d")] == [
+        "Search is slow"
+    ]
+    assert c.groups(until=now - 30 * 86400) == []
+
+
+def test_a_group_shows_its_members_a_page_at_a_time_and_its_days(
+    make_collector: Make, store_url: str
+) -> None:
+    c = make_collector(store_url)
+    fill(c)
+    bug = c.groups()[0]
+    detail = c.group(bug.fingerprint, limit=5)
+    assert detail is not None and detail.group.count == 12
+    assert len(detail.members) == 5
+    ids = [m.id for m in detail.members]
+    assert ids == sorted(ids, reverse=True)  # newest first
+    seen = list(ids)
+    while True:
+        page = c.group(bug.fingerprint, limit=5, before=seen[-1])
+        assert page is not None
+        if not page.members:
+            break
+        seen += [m.id for m in page.members]
+    assert len(seen) == len(set(seen)) == 12
+    assert sum(n for _, n in detail.daily) == 12
+    assert all(day % 86400 == 0 for day, _ in detail.daily)
+    assert c.group("0000000000000000") is None
+
+
+def test_deletes_keep_groups_true(make_collector: Make, store_url: str) -> None:
+    c = make_collector(store_url)
+    fill(c)
+    bug = c.groups()[0]
+    first = bug.representative
+    assert c.delete(first.id) == 1
+    after = c.group(bug.fingerprint)
+    assert after is not None and after.group.count == 11
+    assert after.group.representative.id != first.id  # one still stored stands for it
+    assert c.delete(category="error") == 5
+    assert [g.category for g in c.groups()] == ["bug", "note", "feedback"]
+    assert c.group(c.groups()[0].fingerprint) is not None
+    assert sum(g.count for g in c.groups()) == c.count()
+
+
+def test_bad_arguments_are_one_sentence(make_collector: Make) -> None:
+    c = make_collector("memory://")
+    with pytest.raises(mc.ValidationError, match="order must be one of count, last_seen"):
+        c.groups(order="biggest")
+    with pytest.raises(mc.ValidationError, match="since '7x' is not a time"):
+        c.groups(since="7x")
+    with pytest.raises(mc.ValidationError, match="fingerprint must be a str"):
+        c.collect("bug", "x", fingerprint="")
+    with pytest.raises(mc.ValidationError, match="limit must be"):
+        c.groups(limit=0)
+
+
+def test_since_takes_the_same_forms_in_search(make_collector: Make) -> None:
+    c = make_collector("memory://")
+    c.collect("bug", "Login fails")
+    assert c.flush(10)
+    assert len(c.search("login", since="2h")) == 1
+    assert c.search("login", since="2026-01-01T00:00:00+00:00", until="2026-01-02") == []
+    assert len(c.search("login", since=str(time.time() - 60))) == 1
+
+
+def test_an_existing_store_gets_its_groups_from_its_rows(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    path = tmp_path / "old.db"
+    first = make_collector(f"sqlite:///{path}", data_dir=str(tmp_path / "a"))
+    fill(first)
+    first.close()
+    # As a store written before groups were kept: rows without fingerprints, no groups.
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE memories SET fingerprint = ''")
+        conn.execute("DELETE FROM groups")
+        conn.execute("DELETE FROM group_days")
+    again = make_collector(f"sqlite:///{path}", data_dir=str(tmp_path / "b"))
+    groups = again.groups()
+    # The caller's own fingerprints were not in the rows any more: those are made anew.
+    assert sorted((g.category, g.count) for g in groups) == [
+        ("bug", 12),
+        ("error", 5),
+        ("feedback", 1),
+        ("note", 1),
+        ("note", 1),
+    ]
+    assert sum(g.count for g in groups) == again.count()
+
+
+def test_the_command_line_shows_groups_and_one_group(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from memcollect.cli import cli
+
+    url = f"sqlite:///{tmp_path}/cli.db"
+    c = mc.MemoryCollector(url, data_dir=str(tmp_path / "w"))
+    fill(c)
+    c.close()
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["groups", "--backend", url, "--limit", "2"])
+    assert shown.exit_code == 0, shown.output
+    assert "12x" in shown.output and "Login fails on Safari 16" in shown.output
+    assert "Love the new UI" not in shown.output  # past the limit
+    lines = runner.invoke(cli, ["groups", "--backend", url, "--json", "--category", "error"])
+    assert [json.loads(line)["count"] for line in lines.output.splitlines()] == [5]
+    fingerprint = json.loads(lines.output.splitlines()[0])["fingerprint"]
+    one = runner.invoke(cli, ["groups", fingerprint, "--backend", url, "--limit", "2"])
+    assert one.exit_code == 0 and "per day (UTC)" in one.output
+    assert one.output.count("Timeout after") == 3  # the group's, then its two newest
+    missing = runner.invoke(cli, ["groups", "nope", "--backend", url])
+    assert missing.exit_code == 1 and "no stored memory has the fingerprint" in missing.output
+    bad = runner.invoke(cli, ["groups", "--backend", url, "--since", "7x"])
+    assert bad.exit_code == 1 and "Traceback" not in bad.output
+    assert "since" in bad.output and "is not a time" in bad.output
+
+
+def test_the_server_answers_groups_and_a_missing_one_is_404(tmp_path: Path) -> None:
+    import httpx
+
+    with ThreadedServer(
+        backend=f"sqlite:///{tmp_path}/s.db", data_dir=str(tmp_path / "s"), token=""
+    ) as server:
+        c = mc.MemoryCollector(server.url, data_dir=str(tmp_path / "c"))
+        fill(c)
+        c.close()
+        groups = httpx.get(f"{server.url}/v1/groups", params={"since": "1d"}).json()
+        assert [g["count"] for g in groups][:2] == [12, 5]
+        fingerprint = groups[0]["fingerprint"]
+        detail = httpx.get(f"{server.url}/v1/groups/{fingerprint}", params={"limit": 3}).json()
+        assert detail["group"]["count"] == 12 and len(detail["members"]) == 3
+        missing = httpx.get(f"{server.url}/v1/groups/nope")
+        assert missing.status_code == 404 and "nope" in missing.json()["error"]
+        bad = httpx.get(f"{server.url}/v1/groups", params={"order": "biggest"})
+        assert bad.status_code == 422
