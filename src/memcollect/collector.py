@@ -402,9 +402,7 @@ class MemoryCollector:
         order: str = "count",
         limit: int = 20,
     ) -> list[Group]:
-        """What keeps happening: stored memories grouped by fingerprint, ordered by "count",
-        "last_seen", "new" (first seen in the period) or "rising" (against the period
-        before); `since`/`until` take an age ("7d"), an ISO time, a datetime or epoch seconds."""
+        """What keeps happening: stored memories grouped by fingerprint (docs/groups.md)."""
         query = group_query(category=category, project=project, agent=agent, since=since,
                             until=until, order=order, limit=limit)  # fmt: skip
         return self._backend.groups(query)
@@ -412,8 +410,7 @@ class MemoryCollector:
     def group(
         self, fingerprint: str, *, limit: int = 20, before: str | None = None
     ) -> GroupDetail | None:
-        """One group: its newest members (a page, before the id `before`) and its memories
-        per day; None when no stored memory has the fingerprint."""
+        """One group, a page of its newest members and its count per day, or None."""
         check_limit(limit)
         return self._backend.group(check_fingerprint(fingerprint), limit, before)
 
