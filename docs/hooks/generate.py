@@ -502,6 +502,24 @@ def fingerprints_table() -> str:
     return doc[start : doc.index("\n\n", start)]
 
 
+def bench_groups() -> str:
+    """groups() and group() latency, counted from the rows (bench/groups.py)."""
+    data = _results("results-groups.json")
+    rows = [
+        f"SQLite with full-text search, {data['memories']:,} varied memories.\n",
+        "| call | p50 | p99 | target at 1,000,000 |",
+        "|---|---|---|---|",
+    ]
+    for name, result in data["reads"].items():
+        target = "≤ 20 ms" if name.startswith("groups(") else ""
+        rows.append(f"| `{name}` | {result['p50_ms']} ms | {result['p99_ms']} ms | {target} |")
+    return (
+        "\n".join(rows)
+        + "\n"
+        + _source("results-groups.json", ".venv/bin/python bench/groups.py", data)
+    )
+
+
 PARTS: dict[str, Callable[[], str]] = {
     "fingerprints": fingerprints_table,
     "config": config_table,
@@ -519,4 +537,5 @@ BENCHES: dict[str, Callable[[], str]] = {
     "handler": bench_handler,
     "otel": bench_otel,
     "mem0": bench_mem0,
+    "groups": bench_groups,
 }

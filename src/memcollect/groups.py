@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import msgspec
 
@@ -46,6 +46,7 @@ __all__ = [
     "Group",
     "GroupDetail",
     "GroupQuery",
+    "fingerprint",
     "fingerprint_of",
     "group_of",
     "group_query",
@@ -111,21 +112,20 @@ def fingerprint_of(category: str, content: str) -> str:
     return blake2b(text, digest_size=8).hexdigest()
 
 
-def fingerprint_batch(batch: Sequence[Memory]) -> None:
-    """Give every memory of a batch its fingerprint, where the caller gave none."""
-    cache = _CACHE
-    for memory in batch:
-        if not memory.fingerprint:
-            # Events repeat: the same content is fingerprinted once (the content hash, which
-            # the worker computed just before, keys it).
-            key = (memory.category, memory.content_hash)
-            found = cache.get(key) if memory.content_hash else None
-            if found is None:
-                found = fingerprint_of(memory.category, memory.content)
-                if len(cache) >= _CACHE_SIZE:
-                    cache.clear()
-                cache[key] = found
-            memory.fingerprint = found
+def fingerprint(memory: Memory) -> str:
+    """A memory's fingerprint: the caller's own, or made from its category and content."""
+    if memory.fingerprint:
+        return memory.fingerprint
+    # Events repeat: the same content is fingerprinted once (its content hash keys it).
+    key = (memory.category, memory.content_hash)
+    found = _CACHE.get(key) if memory.content_hash else None
+    if found is None:
+        found = fingerprint_of(memory.category, memory.content)
+        if memory.content_hash:
+            if len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.clear()
+            _CACHE[key] = found
+    return found
 
 
 _CACHE: dict[tuple[str, str], str] = {}
@@ -235,7 +235,7 @@ def _grouped(memories: Iterable[Memory], query: GroupQuery) -> list[tuple[Group,
             and (query.project is None or m.project == query.project)
             and (query.agent is None or m.agent == query.agent)
         ):
-            members.setdefault(m.fingerprint or fingerprint_of(m.category, m.content), []).append(m)
+            members.setdefault(fingerprint(m), []).append(m)
     before = query.before()
     out: list[tuple[Group, list[Memory]]] = []
     for fp, group in members.items():

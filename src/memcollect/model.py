@@ -73,8 +73,8 @@ class Memory(msgspec.Struct, gc=False):
     created_at: float
     # Filled in by the worker, off the caller's hot path.
     content_hash: str = ""
-    #: What groups it with other occurrences of the same event (see memcollect.groups);
-    #: filled in by the worker unless the caller gave one.
+    #: The caller's own key for grouping it with other occurrences of the same event (see
+    #: memcollect.groups); "" when groups make one from the category and content.
     fingerprint: str = ""
 
     @property

@@ -19,7 +19,6 @@ except ImportError:  # pragma: no cover - an interpreter built without it
 
 from .backends.base import Backend
 from .config import Config
-from .groups import fingerprint_batch
 from .locks import SharedLock, shared_lock
 from .model import DeadLetter, Memory
 from .retry import CircuitBreaker, RetryPolicy, retry_after
@@ -92,8 +91,7 @@ def _wait_with_sleep(seconds: float) -> bool:
 
 
 def hash_contents(batch: Sequence[Memory]) -> None:
-    """Give every memory of the batch its content hash and fingerprint, where it has none
-    yet."""
+    """Give every memory of the batch its content hash, where it has none yet."""
     blank = _BLANK_DIGEST.copy
     for memory in batch:
         if not memory.content_hash:
@@ -101,7 +99,6 @@ def hash_contents(batch: Sequence[Memory]) -> None:
             digest = blank()
             digest.update(memory.content.encode())
             memory.content_hash = digest.hexdigest()
-    fingerprint_batch(batch)
 
 
 class Storing:

@@ -60,8 +60,6 @@ class SQLiteConnection(SqlStore):
             raise ValidationError(f"checkpoint in {url!r} must be inline or background")
         self.supports_semantic, self.embedder_kind, self.model_dir = semantic_options(options, url)
         self._embedded_upto = 0  # every stored row up to this seq has its vector
-        # Rows may wait for a fingerprint (stored before groups were kept): looked at once.
-        self._ungrouped = True
         self._embed_retry_at = 0.0
         self._embed_failures = 0
         self._embed_error: str | None = None
@@ -147,12 +145,6 @@ class SQLiteConnection(SqlStore):
                     f"{self.path} is locked by another writer ({exc}), so its schema could "
                     "not be checked"
                 ) from None
-            # Whether rows wait for a fingerprint (stored before groups were kept): looked at
-            # here, once, so that a store with none never touches the file from idle time.
-            self._ungrouped = (
-                conn.execute("SELECT 1 FROM memories WHERE fingerprint = '' LIMIT 1").fetchone()
-                is not None
-            )
             if self.background_checkpoints:
                 conn.execute("PRAGMA wal_autocheckpoint=0")
                 self._checkpointer = _Checkpointer(self.path, self.busy_timeout)

@@ -98,35 +98,9 @@ MIGRATIONS.append(
     )
 )
 MIGRATIONS.append(
-    # Groups of memories sharing a fingerprint (memcollect.groups), kept with the rows in
-    # the same transaction; existing rows are fingerprinted and grouped in the writer's idle
-    # time (groups.fingerprint_backlog).
-    (
-        5,
-        """
-        ALTER TABLE memories ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
-        CREATE INDEX IF NOT EXISTS memories_fingerprint ON memories (fingerprint, seq);
-        CREATE TABLE IF NOT EXISTS groups (
-            fingerprint TEXT PRIMARY KEY,
-            category TEXT NOT NULL,
-            representative TEXT NOT NULL,
-            priority INTEGER NOT NULL,
-            count INTEGER NOT NULL,
-            first_seen REAL NOT NULL,
-            last_seen REAL NOT NULL
-        ) WITHOUT ROWID;
-        CREATE INDEX IF NOT EXISTS groups_count ON groups (count);
-        CREATE INDEX IF NOT EXISTS groups_last_seen ON groups (last_seen);
-        CREATE INDEX IF NOT EXISTS groups_first_seen ON groups (first_seen);
-        CREATE TABLE IF NOT EXISTS group_days (
-            day INTEGER NOT NULL,
-            fingerprint TEXT NOT NULL,
-            count INTEGER NOT NULL,
-            PRIMARY KEY (day, fingerprint)
-        ) WITHOUT ROWID;
-        CREATE INDEX IF NOT EXISTS group_days_fingerprint ON group_days (fingerprint, day)
-        """,
-    )
+    # A caller's own fingerprint (memcollect.groups); "" means one is made from the content
+    # when groups are counted, off the write path.
+    (5, "ALTER TABLE memories ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''"),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -182,7 +156,7 @@ def _from_row(row: Sequence[Any]) -> Memory:
 
 
 # The newest seq and the floor new seqs must stay above (set when rows were deleted).
-_SEQ_OF_ID = "SELECT seq, fingerprint FROM memories WHERE id = ?"
+_SEQ_OF_ID = "SELECT seq FROM memories WHERE id = ?"
 
 
 _TOP_AND_FLOOR = (

@@ -5,24 +5,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Sequence
 
-from ...errors import TransientBackendError, ValidationError
-from ...groups import Group, GroupDetail, GroupQuery, fingerprint_batch
+from ...errors import ValidationError
 from ...model import Memory
 from ...query import Hit
 from ..base import (
     DeadLetter,
     SearchQuery,
-)
-from .groups import (
-    BACKLOG_CHUNK,
-    add_groups,
-    fingerprint_backlog,
-    read_group,
-    read_groups,
-    refresh_groups,
 )
 from .schema import (
     _COLUMNS,
@@ -37,8 +27,6 @@ from .schema import (
     _json_encode,
 )
 from .vectors import _EMBED_CHUNK, SemanticSearch
-
-T = TypeVar("T")
 
 log = logging.getLogger("memcollect")
 
@@ -72,8 +60,6 @@ class SQLiteBackend(SemanticSearch):
         next semantic search): the model never holds storing back.
         """
 
-        fingerprint_batch(batch)  # the worker made them; a caller of the store may not have
-
         def insert(conn: sqlite3.Connection) -> None:
             top, floor = conn.execute(_TOP_AND_FLOOR).fetchone()
             if floor is not None and int(floor) > top:
@@ -89,53 +75,12 @@ class SQLiteBackend(SemanticSearch):
             if self.has_fts:
                 # Index only the rows this batch really added (not the ignored duplicates).
                 conn.execute(f"{_FTS_FILL} WHERE seq > ?", (top,))
-            add_groups(conn, "seq > ?", (top,))
 
         self._write(insert)
 
-    # --- groups --------------------------------------------------------------------------
-
-    def groups(self, query: GroupQuery) -> list[Group]:
-        """Groups of memories sharing a fingerprint, kept with the rows."""
-        self._group_backlog()
-        return self._read_with(lambda conn: read_groups(conn, query))
-
-    def group(
-        self, fingerprint: str, limit: int = 20, before: str | None = None
-    ) -> GroupDetail | None:
-        """One group with a page of its members, newest first, and its memories per day."""
-        self._group_backlog()
-        return self._read_with(lambda conn: read_group(conn, fingerprint, limit, before))
-
-    def _group_backlog(self) -> None:
-        """Group the rows stored before groups were kept, before they are read."""
-        while self._ungrouped:
-            self._group_some()
-
-    def _group_some(self) -> None:
-        """Fingerprint and group one chunk of the rows that have none."""
-        done: list[int] = []
-        self._write(lambda conn: done.append(fingerprint_backlog(conn)))
-        self._ungrouped = done[0] == BACKLOG_CHUNK
-
-    def _read_with(self, read: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            conn = self._reader()
-            if self._memory_db:
-                with self._write_lock:
-                    return read(conn)
-            return read(conn)
-        except sqlite3.OperationalError as exc:
-            raise TransientBackendError(
-                f"{self.path} could not be read ({exc}): try again once it is readable"
-            ) from None
-
     def idle_work(self) -> bool:
-        """Group rows stored before groups were kept, and embed the next few stored memories
-        that have no vector yet (semantic recall); True while more are waiting."""
-        if self._ungrouped:
-            self._group_some()
-            return True
+        """Embed the next few stored memories that have no vector yet (semantic recall);
+        True while more are waiting."""
         if not self.supports_semantic or time.monotonic() < self._embed_retry_at:
             return False
         chunk = _EMBED_CHUNK[self.embedder_kind]
@@ -202,11 +147,8 @@ class SQLiteBackend(SemanticSearch):
                 (top,),
             )
             # The rows' seqs, looked up once: the index, the vectors and the rows go by them.
-            groups: set[str] = set()
             for memory_id in dict.fromkeys(ids):
-                for seq, fingerprint in conn.execute(_SEQ_OF_ID, (memory_id,)):
-                    gone.append(seq)
-                    groups.add(fingerprint)
+                gone.extend(seq for (seq,) in conn.execute(_SEQ_OF_ID, (memory_id,)))
             seqs = [(seq,) for seq in gone]
             if self.has_fts:
                 # An external-content index forgets a row only when told what it held.
@@ -219,7 +161,6 @@ class SQLiteBackend(SemanticSearch):
             # A seq can be given again to a new row: its vector must not outlive its memory.
             conn.executemany("DELETE FROM embeddings WHERE seq = ?", seqs)
             conn.executemany("DELETE FROM memories WHERE seq = ?", seqs)
-            refresh_groups(conn, groups - {""})
             if gone:
                 # A new count tells other processes that vectors they hold in RAM may be gone.
                 conn.execute(_COUNT_DELETION)
