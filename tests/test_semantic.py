@@ -260,11 +260,9 @@ def no_dns(host, *args, **kwargs):
         raise OSError(f"name lookup attempted: {host!r}")
     return real_getaddrinfo(host, *args, **kwargs)
 socket.getaddrinfo = no_dns
-from memcollect.semantic import Embedder, StaticEmbedder
+from memcollect.semantic import Embedder
 vectors = Embedder().embed(["offline check"])
 print(vectors.shape, attempts)
-if len(sys.argv) == 1:  # and static vectors, distilled here from the packaged model
-    print(StaticEmbedder().embed(["offline check"]).shape, attempts)
 if len(sys.argv) > 1:  # and a mem0 store: build, write, search
     from memcollect.backends.mem0 import Mem0Backend
     from memcollect.validate import make_memory
@@ -277,8 +275,9 @@ sys.exit(1 if attempts else 0)
 """
 
 
-# Exports the model and distils its static vectors in a fresh process: a minute of CPU,
-# several when the machine is busy. The guard is against a hang, not a speed.
+# Exports the model in a fresh process, with no cache: a minute of CPU when the machine is
+# busy. (Static vectors are distilled from that same export, by the same process's model: the
+# test of them below runs them.) The guard is against a hang, not a speed.
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("with_mem0", [False, True], ids=["embedder", "mem0"])
 def test_embeddings_never_touch_the_network(tmp_path: Path, with_mem0: bool) -> None:
@@ -306,7 +305,7 @@ def test_embeddings_never_touch_the_network(tmp_path: Path, with_mem0: bool) -> 
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    expected = "(1, 384) []\n" + ("1 []" if with_mem0 else "(1, 384) []")
+    expected = "(1, 384) []" + ("\n1 []" if with_mem0 else "")
     assert result.stdout.strip() == expected, result.stderr
 
 
