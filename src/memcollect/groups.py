@@ -39,7 +39,7 @@ try:  # the C module itself: OpenSSL's hashlib costs ~5 ms of import time
 except ImportError:  # pragma: no cover - other Pythons
     from hashlib import blake2b
 
-from .model import Memory
+from .model import PRIORITY_RANK, Memory
 
 __all__ = [
     "GROUP_ORDERS",
@@ -174,10 +174,6 @@ class GroupQuery(msgspec.Struct, frozen=True):
     order: str = "count"
     limit: int = 20
 
-    def member_filters(self) -> bool:
-        """Whether the members themselves are filtered (not only the groups' category)."""
-        return self.project is not None or self.agent is not None
-
     def before(self) -> tuple[float, float] | None:
         """For order="rising": the period of the same length just before this one."""
         if self.since is None:
@@ -268,8 +264,6 @@ def _grouped(memories: Iterable[Memory], query: GroupQuery) -> list[tuple[Group,
 
 
 def _rank(memory: Memory) -> int:
-    from .model import PRIORITY_RANK
-
     return PRIORITY_RANK[memory.priority]
 
 
@@ -288,21 +282,19 @@ def _order_key(group: Group, order: str) -> tuple[float, str]:
 
 
 def group_of(
-    memories: Iterable[Memory], fingerprint: str, limit: int = 20, before: str | None = None
+    memories: Iterable[Memory], key: str, limit: int = 20, before: str | None = None
 ) -> GroupDetail | None:
     """One group computed from the memories: newest members first (before the id `before`),
     and its daily counts."""
-    found = [
-        pair
-        for pair in _grouped(memories, GroupQuery(limit=1))
-        if pair[0].fingerprint == fingerprint
-    ]
+    # Only this group's memories are grouped: the others need no Group of their own.
+    found = _grouped((m for m in memories if fingerprint(m) == key), GroupQuery())
     if not found:
         return None
     group, members = found[0]
     days: dict[float, int] = {}
     for m in members:
-        days[_day(m.created_at)] = days.get(_day(m.created_at), 0) + 1
+        day = _day(m.created_at)
+        days[day] = days.get(day, 0) + 1
     newest = sorted((m for m in members if before is None or m.id < before), key=lambda m: m.id,
                     reverse=True)  # fmt: skip
     return GroupDetail(group, newest[:limit], sorted(days.items()))
