@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 import memcollect as mc
 from memcollect.testing import FaultyBackend
 
-from .services import wait_for
+from .services import ThreadedServer, drop_schema, require_postgres, wait_for
 
 __all__ = ["ROOT", "run_cli", "wait_for"]
 
@@ -86,3 +87,26 @@ def make_collector(tmp_path: Path) -> Iterator[Callable[..., mc.MemoryCollector]
     yield make
     for collector in made:
         collector.close(timeout=5)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql", "remote"])
+def store_url(  # every kind of store: in memory, SQLite, PostgreSQL, a server
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[str]:
+    if request.param == "memory":
+        yield "memory://"
+    elif request.param == "remote":
+        # A memcollect server over real HTTP, storing in SQLite: its groups, asked remotely.
+        with ThreadedServer(
+            backend=f"sqlite:///{tmp_path}/served.db",
+            data_dir=str(tmp_path / "server"),
+            batch_timeout=0.002,
+            token="",
+        ) as server:
+            yield server.url
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/groups.db"
+    else:
+        schema = f"groups_{uuid.uuid4().hex[:10]}"
+        yield f"{require_postgres()}?schema={schema}"
+        drop_schema(schema)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 import memcollect as mc
 from memcollect.groups import fingerprint_of, normalize
 
-from .services import ThreadedServer, drop_schema, require_postgres
+from .services import ThreadedServer
 
 Make = Callable[..., mc.MemoryCollector]
 
@@ -66,27 +65,6 @@ def test_any_text_has_a_fingerprint_and_normalizing_is_stable(text: str) -> None
     once = normalize(text)
     assert normalize(once) == once
     assert len(fingerprint_of("note", text)) == 16
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgresql", "remote"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "memory":
-        yield "memory://"
-    elif request.param == "remote":
-        # A memcollect server over real HTTP, storing in SQLite: its groups, asked remotely.
-        with ThreadedServer(
-            backend=f"sqlite:///{tmp_path}/served.db",
-            data_dir=str(tmp_path / "server"),
-            batch_timeout=0.002,
-            token="",
-        ) as server:
-            yield server.url
-    elif request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/groups.db"
-    else:
-        schema = f"groups_{uuid.uuid4().hex[:10]}"
-        yield f"{require_postgres()}?schema={schema}"
-        drop_schema(schema)
 
 
 def fill(c: mc.MemoryCollector) -> None:
@@ -284,3 +262,16 @@ def test_the_server_answers_groups_and_a_missing_one_is_404(tmp_path: Path) -> N
         assert missing.status_code == 404 and "nope" in missing.json()["error"]
         bad = httpx.get(f"{server.url}/v1/groups", params={"order": "biggest"})
         assert bad.status_code == 422
+
+
+def test_first_seen_is_the_earliest_even_when_imported_out_of_order(make_collector: Make) -> None:
+    c = make_collector("memory://")
+    now = time.time()
+    later = mc.Memory(mc.new_id(), "bug", "Cart empties", {}, "high", (), None, None, None, now)
+    earlier = mc.Memory(mc.new_id(), "bug", "Cart empties", {}, "high", (), None, None, None,
+                        now - 30 * 86400)  # fmt: skip
+    c.collect_memories([later, earlier])  # the older one gets the newer id
+    assert c.flush(30)
+    (group,) = c.groups()
+    assert (group.first_seen, group.last_seen) == (earlier.created_at, later.created_at)
+    assert c.groups(order="new", since="7d") == []  # it was first seen a month ago

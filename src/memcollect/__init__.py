@@ -17,6 +17,7 @@ from .errors import (
 from .groups import Group, GroupDetail
 from .model import Category, DeadLetter, Memory, Priority, id_time, new_id
 from .query import Hit, SearchQuery
+from .report import Report
 from .stats import Health, Latency, Stats
 
 __version__ = "0.1.0"
@@ -40,6 +41,7 @@ __all__ = [
     "PermanentBackendError",
     "Priority",
     "QueueFullError",
+    "Report",
     "SearchQuery",
     "Stats",
     "TransientBackendError",

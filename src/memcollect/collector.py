@@ -11,7 +11,6 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 from . import health as _health
@@ -25,6 +24,7 @@ from .model import DeadLetter, Memory
 from .pipelines import Parts, Pipeline, RamPipeline
 from .query import SEARCH_MODES, Hit, check_limit
 from .reads import Reads
+from .report import Report, build_report
 from .retention import delete_flushed, delete_request, requeue_dead_letters
 from .spooling import SpoolPipeline
 from .stats import Counters, Health, Stats
@@ -33,7 +33,7 @@ from .tracing import current_span_ids, link_span
 from .validate import (
     check_category,
     check_fingerprint,
-    check_memory,
+    check_memories,
     make_memory,
     memory_from_dict,
 )
@@ -228,17 +228,7 @@ class MemoryCollector:
     def collect_memories(self, memories: Sequence[Memory]) -> list[str]:
         """Queue Memory objects built elsewhere (a replay, another store), keeping their ids
         and times; each is checked as collect() checks its arguments: all valid or none."""
-        checked = []
-        for index, memory in enumerate(memories):
-            if not isinstance(memory, Memory):
-                raise ValidationError(
-                    f"memory {index} is a {type(memory).__name__}, not a memcollect Memory: "
-                    "use collect_batch() for dicts"
-                )
-            try:
-                checked.append(check_memory(memory, self._max_bytes))
-            except ValidationError as exc:
-                raise ValidationError(f"memory {index}: {exc}") from None
+        checked = check_memories(memories, self._max_bytes)
         return self.collect_checked(checked)
 
     def collect_checked(self, memories: Sequence[Memory]) -> list[str]:
@@ -296,23 +286,13 @@ class MemoryCollector:
     def __enter__(self) -> MemoryCollector:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     async def __aenter__(self) -> MemoryCollector:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     # --- read ----------------------------------------------------------------------------
@@ -413,6 +393,21 @@ class MemoryCollector:
         """One group, a page of its newest members and its count per day, or None."""
         check_limit(limit)
         return self._backend.group(check_fingerprint(fingerprint), limit, before)
+
+    def report(
+        self,
+        *,
+        since: object = "7d",
+        until: object = None,
+        category: str | None = None,
+        project: str | None = None,
+        agent: str | None = None,
+        limit: int = 10,
+    ) -> Report:
+        """A period in review: what recurred most, what is new, what is rising, by category,
+        project and agent, dead letters and health; .to_markdown(), .to_html(), .to_json()."""
+        return build_report(self, since=since, until=until, category=category,
+                            project=project, agent=agent, limit=limit)  # fmt: skip
 
     # --- delete, dead letters ------------------------------------------------------------
 

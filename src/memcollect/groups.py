@@ -50,6 +50,7 @@ __all__ = [
     "fingerprint_of",
     "group_of",
     "group_query",
+    "grouped",
     "groups_of",
     "normalize",
 ]
@@ -220,10 +221,12 @@ def _day(seconds: float) -> float:
 
 def groups_of(memories: Iterable[Memory], query: GroupQuery) -> list[Group]:
     """groups() computed from the memories themselves (stores that keep no groups)."""
-    return [g for g, _ in _grouped(memories, query)][: query.limit]
+    return [g for g, _ in grouped(memories, query)][: query.limit]
 
 
-def _grouped(memories: Iterable[Memory], query: GroupQuery) -> list[tuple[Group, list[Memory]]]:
+def grouped(memories: Iterable[Memory], query: GroupQuery) -> list[tuple[Group, list[Memory]]]:
+    """The groups of the memories that pass the query's filters, each with its members (in
+    id order), by the query's order."""
     members: dict[str, list[Memory]] = {}
     for m in memories:
         if (
@@ -236,7 +239,8 @@ def _grouped(memories: Iterable[Memory], query: GroupQuery) -> list[tuple[Group,
     out: list[tuple[Group, list[Memory]]] = []
     for fp, group in members.items():
         group.sort(key=lambda m: m.id)
-        first, last = group[0].created_at, max(m.created_at for m in group)
+        first = min(m.created_at for m in group)
+        last = max(m.created_at for m in group)
         inside = [m for m in group if _within(m.created_at, query.since, query.until)]
         earlier = [m for m in group if before and _within(m.created_at, *before)]
         if (query.since is not None or query.until is not None) and not inside:
@@ -287,7 +291,7 @@ def group_of(
     """One group computed from the memories: newest members first (before the id `before`),
     and its daily counts."""
     # Only this group's memories are grouped: the others need no Group of their own.
-    found = _grouped((m for m in memories if fingerprint(m) == key), GroupQuery())
+    found = grouped((m for m in memories if fingerprint(m) == key), GroupQuery())
     if not found:
         return None
     group, members = found[0]

@@ -18,6 +18,7 @@ __all__ = [
     "check_category",
     "check_content",
     "check_labels",
+    "check_memories",
     "check_memory",
     "check_metadata",
     "check_priority",
@@ -462,3 +463,19 @@ def check_memory(memory: object, max_content_bytes: int) -> Memory:
         )
     record = {field: getattr(memory, field) for field in Memory.__struct_fields__}
     return memory_from_record(record, max_content_bytes)
+
+
+def check_memories(memories: Iterable[object], max_content_bytes: int) -> list[Memory]:
+    """check_memory() for each, all valid or none; an error names the memory's index."""
+    checked = []
+    for index, memory in enumerate(memories):
+        if not isinstance(memory, Memory):
+            raise ValidationError(
+                f"memory {index} is a {type(memory).__name__}, not a memcollect Memory: "
+                "use collect_batch() for dicts"
+            )
+        try:
+            checked.append(check_memory(memory, max_content_bytes))
+        except ValidationError as exc:
+            raise ValidationError(f"memory {index}: {exc}") from None
+    return checked

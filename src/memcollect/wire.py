@@ -9,6 +9,7 @@ import msgspec
 from .groups import Group, GroupDetail
 from .model import DeadLetter, Memory
 from .query import Hit
+from .report import Report
 from .stats import Health, Stats
 from .validate import CATEGORY_PATTERN, MAX_LABEL, MAX_TAG, make_memory
 
@@ -228,6 +229,7 @@ _TYPES: tuple[Any, ...] = (
     DeadLetterIn,
     Group,
     GroupDetail,
+    Report,
 )
 
 

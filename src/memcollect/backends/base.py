@@ -16,6 +16,7 @@ from ..retry import ErrorKind
 
 if TYPE_CHECKING:
     from ..groups import Group, GroupDetail, GroupQuery
+    from ..report import Summary
 
 __all__ = [
     "STOPWORDS",
@@ -210,6 +211,13 @@ class Backend(ABC):
         from ..groups import group_of
 
         return group_of(self._every_memory(), fingerprint, limit, before)
+
+    def summary(self, query: GroupQuery) -> Summary:
+        """A period's totals, groups and breakdowns for a report (the query has since and
+        until), computed from every stored memory unless the store keeps them."""
+        from ..report import summary_of
+
+        return summary_of(self._every_memory(), query, query.limit)
 
     def _every_memory(self) -> Iterator[Memory]:
         after = None

@@ -25,6 +25,7 @@ from ..errors import (
 from ..groups import Group, GroupDetail, GroupQuery
 from ..model import Memory
 from ..query import Hit
+from ..report import Report, Summary
 from ..retry import ErrorKind
 from ..wire import LOOKUP_MAX_IDS, Counts, IngestResult
 from .base import Backend, DeadLetter, SearchQuery
@@ -45,6 +46,7 @@ _letters = msgspec.json.Decoder(list[DeadLetter])
 _hits = msgspec.json.Decoder(list[Hit])
 _groups = msgspec.json.Decoder(list[Group])
 _group_detail = msgspec.json.Decoder(GroupDetail)
+_report = msgspec.json.Decoder(Report)
 _any: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 _GZIP_FROM = 2048
 _PARAMS = {"timeout", "sync", "gzip"}
@@ -238,11 +240,7 @@ class RemoteBackend(Backend):
 
     def groups(self, query: GroupQuery) -> list[Group]:
         """The server's groups, as its store keeps them."""
-        params: list[tuple[str, Any]] = [("order", query.order), ("limit", query.limit)]
-        for key in ("category", "project", "agent", "since", "until"):
-            value = getattr(query, key)
-            if value is not None:
-                params.append((key, _param(key, value)))
+        params = _group_params(query, [("order", query.order)])
         return self._decode(_groups, self._request("GET", "/v1/groups", params=params))
 
     def group(
@@ -259,6 +257,11 @@ class RemoteBackend(Backend):
         except _NotFound:
             return None
         return self._decode(_group_detail, response)
+
+    def summary(self, query: GroupQuery) -> Summary:
+        """The summary part of the server's report for the period."""
+        response = self._request("GET", "/v1/report", params=_group_params(query, []))
+        return self._decode(_report, response).summary
 
     def scan(self, after: str | None, limit: int) -> list[Memory]:
         """The server's memories in id order, after the id `after`."""
@@ -344,6 +347,15 @@ def _params(query: SearchQuery) -> list[tuple[str, Any]]:
         if value is not None:
             params.append((key, _param(key, value)))
     params.extend(("tags", tag) for tag in query.tags)
+    return params
+
+
+def _group_params(query: GroupQuery, params: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    params = [*params, ("limit", query.limit)]
+    for key in ("category", "project", "agent", "since", "until"):
+        value = getattr(query, key)
+        if value is not None:
+            params.append((key, _param(key, value)))
     return params
 
 

@@ -114,3 +114,46 @@ def groups(
         filters["since"] is not None or filters["until"] is not None or filters["order"] == "rising"
     )
     console.print(_groups_table(found, f"groups by {filters['order']}", period))
+
+
+@cli.command()
+@_store_options
+@click.option("--since", default="7d", show_default=True, help=_TIME_HELP.format("from"))
+@click.option("--until", help=_TIME_HELP.format("before"))
+@click.option("--category", help="Only this category.")
+@click.option("--project", help="Only memories of this project.")
+@click.option("--agent", help="Only memories of this agent.")
+@click.option("--limit", default=10, show_default=True, help="Most groups per list.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["md", "html", "json"]),
+    default="md",
+    show_default=True,
+    help="Markdown, one self-contained HTML page with charts, or JSON.",
+)
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False), help="Write it to this file, not stdout."
+)
+def report(
+    backend: str | None,
+    data_dir: str | None,
+    fmt: str,
+    output: str | None,
+    limit: int,
+    **filters: str | None,
+) -> None:
+    """Write a report of a period: what recurred most, what is new, what is rising, by
+    category, project and agent, dead letters and the collector's health."""
+    with _errors(), _collector(backend, data_dir, existing=True) as collector:
+        found = collector.report(limit=limit, **filters)
+    text = {"md": found.to_markdown, "html": found.to_html, "json": found.to_json}[fmt]()
+    if output is None:
+        click.echo(text)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the report to {output}: {exc.strerror}") from None
+    click.echo(f"report written to {output}", err=True)

@@ -67,6 +67,12 @@ GroupOrder = Annotated[
     ),
 ]
 
+ReportLimit = Annotated[int, Query(ge=1, le=100, description="How many groups per list.")]
+ReportFormat = Annotated[
+    Literal["json", "md", "html"],
+    Query(description="JSON, Markdown, or one self-contained HTML page with its charts."),
+]
+
 
 class BodyTooLarge(Exception):
     pass

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
@@ -41,6 +41,8 @@ from .http import (
     ListLimit,
     MinScore,
     Mode,
+    ReportFormat,
+    ReportLimit,
     Since,
     Sync,
     Tags,
@@ -373,6 +375,40 @@ def group(
     found = server.collector().group(fingerprint, limit=limit, before=before)
     if found is None:
         return error_response(404, f"no stored memory has the fingerprint {fingerprint!r}")
+    return json_response(found)
+
+
+_REPORT_BODIES = schema("Report", "The report: JSON, or with ?format=md or html, a page.")
+_REPORT_BODIES["content"] |= {
+    "text/markdown": {"schema": {"type": "string"}},
+    "text/html": {"schema": {"type": "string"}},
+}
+
+
+@router.get(
+    "/v1/report",
+    summary="A period in review: top recurring, new, rising, breakdowns, dead letters, health",
+    response_model=None,
+    responses=responses(_200=_REPORT_BODIES),
+)
+def report(
+    server: Server,
+    *,
+    since: Since = "7d",
+    until: Until = None,
+    category: CategoryParam = None,
+    project: LabelParam = None,
+    agent: LabelParam = None,
+    limit: ReportLimit = 10,
+    format: ReportFormat = "json",
+) -> Response:
+    found = server.collector().report(
+        since=since, until=until, category=category, project=project, agent=agent, limit=limit
+    )
+    if format == "md":
+        return Response(found.to_markdown(), media_type="text/markdown; charset=utf-8")
+    if format == "html":
+        return HTMLResponse(found.to_html())
     return json_response(found)
 
 
