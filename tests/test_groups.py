@@ -275,3 +275,19 @@ def test_first_seen_is_the_earliest_even_when_imported_out_of_order(make_collect
     (group,) = c.groups()
     assert (group.first_seen, group.last_seen) == (earlier.created_at, later.created_at)
     assert c.groups(order="new", since="7d") == []  # it was first seen a month ago
+
+
+def test_a_collapsed_search_keeps_one_hit_per_group(make_collector: Make, store_url: str) -> None:
+    c = make_collector(store_url)
+    fill(c)
+    plain = c.search("Safari", limit=5)
+    assert len(plain) == 5 and len({m.content[:22] for m in plain}) == 1  # a wall of one
+    hits = c.search_scored("Safari OR timeout OR UI", limit=5, collapse=True, mode="text")
+    by_group = {h.fingerprint: h.matches for h in hits}
+    assert len(by_group) == len(hits)  # one hit per group
+    safari = c.groups(category="bug")[0].fingerprint
+    assert by_group[safari] == 12  # it stands for every matching memory of its group
+    assert len(c.search("Safari", collapse=True)) == 1
+    assert all(h.matches == 1 and h.fingerprint == "" for h in c.search_scored("Safari"))
+    with pytest.raises(mc.ValidationError, match="collapse must be True or False"):
+        c.search("Safari", collapse="yes")  # type: ignore[arg-type]

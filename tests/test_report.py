@@ -168,6 +168,9 @@ def test_the_command_line_writes_each_format(tmp_path: Path) -> None:
     bad = runner.invoke(cli, [*args, "--since", "7x"])
     assert bad.exit_code != 0 and "since '7x' is not a time" in bad.output
     assert "Traceback" not in bad.output
+    collapsed = runner.invoke(cli, ["search", "Checkout", "--collapse", "--json", *args[1:]])
+    lines = [json.loads(line) for line in collapsed.output.splitlines()]
+    assert [line["matches"] for line in lines] == [7], collapsed.output
     nowhere = runner.invoke(cli, [*args, "--output", str(tmp_path / "no" / "such" / "r.md")])
     assert nowhere.exit_code != 0 and "cannot write the report to" in nowhere.output
 
@@ -192,6 +195,8 @@ def test_the_server_answers_each_format(tmp_path: Path) -> None:
         assert "<svg" in page.text
         bad = httpx.get(base, params={"since": "7x"})
         assert bad.status_code == 422 and "since" in bad.json()["error"]
+        one = httpx.get(f"{server.url}/v1/search/scored", params={"q": "Checkout", "collapse": 1})
+        assert [(h["matches"], len(h["fingerprint"])) for h in one.json()] == [(7, 16)]
         spec = httpx.get(f"{server.url}/openapi.json").json()
         content = spec["paths"]["/v1/report"]["get"]["responses"]["200"]["content"]
         assert set(content) == {"application/json", "text/markdown", "text/html"}

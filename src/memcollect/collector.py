@@ -322,18 +322,19 @@ class MemoryCollector:
         limit: int = 10,
         mode: str | None = None,
         min_score: float | None = None,
+        collapse: bool = False,
     ) -> list[Memory]:
         """Stored memories matching `query`, best first, with filters: by its words
         (mode="text"), by meaning (mode="semantic") or both (mode="hybrid"); by default
         hybrid where the store has embeddings, text where it has none. `min_score` (0 to 1)
-        drops weak hits (see search_scored)."""
+        drops weak hits; `collapse` keeps one per group (see search_scored)."""
         request, chosen = self._reads.query(
             query, mode, category=category, tags=tags, project=project, agent=agent,
             session=session, since=since, until=until, limit=limit,
         )  # fmt: skip
-        if min_score is None:
+        if min_score is None and collapse is False:
             return self._reads.search(request, chosen)
-        return [hit.memory for hit in self._reads.hits(request, chosen, min_score)]
+        return [hit.memory for hit in self._reads.hits(request, chosen, min_score, collapse)]
 
     def search_scored(
         self,
@@ -349,15 +350,17 @@ class MemoryCollector:
         limit: int = 10,
         mode: str | None = None,
         min_score: float | None = None,
+        collapse: bool = False,
     ) -> list[Hit]:
         """search(), each result a Hit: the memory, its score from 0 to 1 (the share of the
         query's words it holds, or its similarity in meaning; in hybrid search the stronger),
-        and how it was found ("text", "meaning", "both", "session" or "filters")."""
+        how it was found ("text", "meaning", "both", "session" or "filters"); with
+        `collapse`, the best hit of each group with how many matches share it."""
         request, chosen = self._reads.query(
             query, mode, category=category, tags=tags, project=project, agent=agent,
             session=session, since=since, until=until, limit=limit,
         )  # fmt: skip
-        return self._reads.hits(request, chosen, min_score)
+        return self._reads.hits(request, chosen, min_score, collapse)
 
     def recent(self, limit: int = 20, category: str | None = None) -> list[Memory]:
         """The newest stored memories first."""

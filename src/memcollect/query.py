@@ -72,6 +72,10 @@ class Hit(msgspec.Struct, frozen=True):
     memory: Memory
     score: float
     found_by: str
+    #: With collapse=True: the hit's group, and how many of the matches looked at share it
+    #: (the hit stands for all of them); otherwise "" and 1.
+    fingerprint: str = ""
+    matches: int = 1
 
 
 def check_min_score(min_score: object) -> float | None:

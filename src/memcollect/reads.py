@@ -115,9 +115,15 @@ class Reads:
         hybrid search answers by words when meaning cannot be had."""
         return [hit.memory for hit in self.hits(request, chosen, None)]
 
-    def hits(self, request: SearchQuery, chosen: bool, min_score: object) -> list[Hit]:
+    def hits(
+        self, request: SearchQuery, chosen: bool, min_score: object, collapse: object = False
+    ) -> list[Hit]:
         """search() with each hit's score and how it was found; those scoring under
-        `min_score` left out."""
+        `min_score` left out; with `collapse`, one hit per group."""
+        if not isinstance(collapse, bool):
+            raise ValidationError(f"collapse must be True or False, not {collapse!r}")
+        if collapse:
+            return collapsed(self.hits(widened(request), chosen, min_score), request.limit)
         threshold = check_min_score(min_score)
         key = ("search", request)
         cached = self.cache.get(key)
@@ -155,6 +161,32 @@ class Reads:
                 "sqlite:// or postgresql:// URL (pip install 'memcollect[semantic]')"
             )
         return mode, False
+
+
+# A collapsed search looks at this many matches per group asked for (up to 1,000), so that a
+# group repeated many times still leaves room for the others.
+COLLAPSE_WIDTH = 10
+COLLAPSE_MOST = 1000
+
+
+def widened(request: SearchQuery) -> SearchQuery:
+    """The query a collapsed search asks the store: more matches than groups wanted."""
+    wider = max(request.limit, min(COLLAPSE_MOST, request.limit * COLLAPSE_WIDTH))
+    return msgspec.structs.replace(request, limit=wider)
+
+
+def collapsed(hits: list[Hit], limit: int) -> list[Hit]:
+    """The best hit of each group, in rank order, with how many of the hits share its group."""
+    from .groups import fingerprint
+
+    best: dict[str, Hit] = {}
+    counts: dict[str, int] = {}
+    for hit in hits:
+        key = fingerprint(hit.memory)
+        counts[key] = counts.get(key, 0) + 1
+        best.setdefault(key, hit)
+    kept = list(best.items())[:limit]
+    return [msgspec.structs.replace(h, fingerprint=k, matches=counts[k]) for k, h in kept]
 
 
 def _one(backend: Backend, memory_id: str) -> list[Memory]:

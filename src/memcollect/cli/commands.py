@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 import click
+import msgspec
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ..errors import ValidationError
@@ -144,25 +145,36 @@ def get(backend: str | None, data_dir: str | None, memory_id: str) -> None:
     "by default hybrid where the store has embeddings, else text.",
 )
 @click.option("--limit", default=10, show_default=True, help="Most memories to show.")
+@click.option(
+    "--collapse", is_flag=True, help="One memory per group, with how many matches share it."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 def search(
     backend: str | None,
     data_dir: str | None,
     query: str,
     tags: tuple[str, ...],
+    *,
     as_json: bool,
+    collapse: bool,
     **filters: Any,
 ) -> None:
     """Search stored memories."""
     with _errors(), _collector(backend, data_dir, existing=True) as collector:
         for bound in ("since", "until"):
             filters[bound] = _point_in_time(filters[bound], f"--{bound}")
-        hits = collector.search(query, tags=list(tags), **filters)
+        hits = collector.search_scored(query, tags=list(tags), collapse=collapse, **filters)
     if as_json:
-        for memory in hits:
-            click.echo(json.dumps(memory.to_dict(), ensure_ascii=False))
-    else:
-        console.print(_table(hits, f'search "{query}"'))
+        for hit in hits:
+            extra = {"fingerprint": hit.fingerprint, "matches": hit.matches} if collapse else {}
+            click.echo(json.dumps(hit.memory.to_dict() | extra, ensure_ascii=False))
+        return
+    shown = [
+        msgspec.structs.replace(h.memory, content=f"({h.matches}x) {h.memory.content}")
+        if collapse else h.memory
+        for h in hits
+    ]  # fmt: skip
+    console.print(_table(shown, f'search "{query}"' + (", one per group" if collapse else "")))
 
 
 @cli.command()

@@ -42,6 +42,10 @@ Mode = Annotated[
         "by default hybrid where the store has embeddings, else text."
     ),
 ]
+Collapse = Annotated[
+    bool,
+    Query(description="One hit per group (memories sharing a fingerprint), the best of each."),
+]
 MinScore = Annotated[
     float | None,
     Query(ge=0.0, le=1.0, description="Drop hits scoring below this (0 to 1)."),

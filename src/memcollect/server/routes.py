@@ -36,6 +36,7 @@ from ..wire import (
 from .http import (
     BodyTooLarge,
     CategoryParam,
+    Collapse,
     GroupOrder,
     LabelParam,
     ListLimit,
@@ -286,12 +287,13 @@ class SearchArgs:
         limit: ListLimit = 10,
         mode: Mode = None,
         min_score: MinScore = None,
+        collapse: Collapse = False,
     ) -> None:
         self.query = q
         self.options: dict[str, Any] = {
             "category": category, "tags": tags, "project": project, "agent": agent,
             "session": session, "since": since, "until": until, "limit": limit, "mode": mode,
-            "min_score": min_score,
+            "min_score": min_score, "collapse": collapse,
         }  # fmt: skip
 
 
