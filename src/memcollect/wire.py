@@ -153,10 +153,12 @@ class Counts(msgspec.Struct):
 
 
 class StatsBody(msgspec.Struct):
-    """The server's collector: its counters and its health."""
+    """The server's collector: its counters, its health, and the search modes its store
+    answers (the first is the default)."""
 
     stats: Stats
     health: Health
+    search_modes: list[str] = msgspec.field(default_factory=lambda: ["text"])
 
 
 class RetryResult(msgspec.Struct):
@@ -233,10 +235,11 @@ _TYPES: tuple[Any, ...] = (
 )
 
 
-def component_schemas() -> dict[str, Any]:
-    """JSON schemas of every body, keyed by name, for the OpenAPI document."""
+def component_schemas(*more: Any) -> dict[str, Any]:
+    """JSON schemas of every body (and of `more` types), keyed by name, for the OpenAPI
+    document."""
     _, components = msgspec.json.schema_components(
-        _TYPES, ref_template="#/components/schemas/{name}"
+        (*_TYPES, *more), ref_template="#/components/schemas/{name}"
     )
     # Ids or a filter: an empty body would ask to delete nothing or everything.
     components["DeleteRequest"]["minProperties"] = 1

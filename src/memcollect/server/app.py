@@ -13,8 +13,10 @@ from starlette.concurrency import run_in_threadpool
 from ..collector import MemoryCollector
 from .auth import TokenAuth
 from .handlers import install_error_handlers, install_openapi
+from .history import HISTORY_INTERVAL_S, History, Sampler
 from .metrics import metrics_registry
 from .routes import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, ServerState, router
+from .views import views
 
 __all__ = ["DEFAULT_PORT", "create_app", "serve"]
 
@@ -25,19 +27,25 @@ class _CollectorHolder:
     """The app's collector: the one given, or one it builds at startup and closes at
     shutdown."""
 
-    def __init__(self, given: MemoryCollector | None, fields: dict[str, Any]) -> None:
+    def __init__(
+        self, given: MemoryCollector | None, fields: dict[str, Any], history: History
+    ) -> None:
         self.collector = given
         self.owned = given is None
         self.fields = fields
+        self.history = history
 
     @asynccontextmanager
     async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
         """Build the collector at startup (if the app owns it); close it at shutdown."""
         if self.owned and (self.collector is None or self.collector.closed):
             self.collector = await run_in_threadpool(lambda: MemoryCollector(**self.fields))
+        sampler = Sampler(self.history, lambda: self.current().stats())
+        sampler.start()
         try:
             yield
         finally:
+            sampler.stop()
             if self.owned and self.collector is not None:
                 # Requests have finished by now: what they handed in is stored, or left in
                 # the spool for the next start if the store stays down past the timeout.
@@ -58,13 +66,16 @@ def create_app(
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_batch: int = DEFAULT_MAX_BATCH,
+    history_interval: float = HISTORY_INTERVAL_S,
     **collector_fields: Any,
 ) -> FastAPI:
     """An ASGI app serving a collector; it builds (and closes) one from `collector_fields`
-    unless given one. `token` defaults to $MEMCOLLECT_TOKEN; empty means no auth."""
+    unless given one. `token` defaults to $MEMCOLLECT_TOKEN; empty means no auth. The
+    server samples its counters every `history_interval` seconds for the dashboard."""
     if token is None:
         token = os.environ.get("MEMCOLLECT_TOKEN", "")
-    holder = _CollectorHolder(collector, collector_fields)
+    history = History(history_interval)
+    holder = _CollectorHolder(collector, collector_fields, history)
     current = holder.current
     app = FastAPI(
         title="memcollect",
@@ -85,9 +96,10 @@ def create_app(
         max_batch,
     )
     app.state.memcollect = ServerState(
-        current, metrics_registry(current), max_body_bytes, max_batch
+        current, metrics_registry(current), max_body_bytes, max_batch, history
     )
     app.include_router(router)
+    app.include_router(views)
     return app
 
 

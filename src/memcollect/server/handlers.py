@@ -15,6 +15,7 @@ from starlette.routing import Match
 
 from ..errors import BackendError, MemcollectError, ValidationError
 from ..wire import component_schemas
+from .history import HistoryBody
 from .http import BodyTooLarge, ClientGone, error_response
 
 __all__ = ["install_error_handlers", "install_openapi"]
@@ -115,7 +116,7 @@ def install_openapi(
         spec = build()
         components = spec.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
-        schemas.update(component_schemas())
+        schemas.update(component_schemas(HistoryBody))
         schemas["MemoryIn"]["properties"]["content"]["maxLength"] = max_content_bytes()
         ingest = spec["paths"]["/v1/memories"]["post"]["requestBody"]["content"]
         ingest["application/json"]["schema"]["oneOf"][1]["maxItems"] = max_batch

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from functools import cache
-from importlib import resources
 from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
@@ -33,6 +31,7 @@ from ..wire import (
     dead_letter_from_in,
     memory_from_in,
 )
+from .history import History
 from .http import (
     BodyTooLarge,
     CategoryParam,
@@ -42,8 +41,6 @@ from .http import (
     ListLimit,
     MinScore,
     Mode,
-    ReportFormat,
-    ReportLimit,
     Since,
     Sync,
     Tags,
@@ -72,7 +69,7 @@ _lookup_decoder = msgspec.json.Decoder(LookupRequest)
 
 
 class ServerState:
-    """What the routes of one app share: its collector and its limits."""
+    """What the routes of one app share: its collector, its limits, its history."""
 
     def __init__(
         self,
@@ -80,11 +77,13 @@ class ServerState:
         registry: CollectorRegistry,
         max_body_bytes: int,
         max_batch: int,
+        history: History,
     ) -> None:
         self.collector = collector
         self.registry = registry
         self.max_body_bytes = max_body_bytes
         self.max_batch = max_batch
+        self.history = history
 
 
 async def _state(request: Request) -> ServerState:
@@ -96,11 +95,6 @@ async def _state(request: Request) -> ServerState:
 Server = Annotated[ServerState, Depends(_state)]
 
 router = APIRouter()
-
-
-@cache
-def _dashboard_html() -> bytes:
-    return resources.files(__package__).joinpath("dashboard.html").read_bytes()
 
 
 def _decode_memories(
@@ -380,40 +374,6 @@ def group(
     return json_response(found)
 
 
-_REPORT_BODIES = schema("Report", "The report: JSON, or with ?format=md or html, a page.")
-_REPORT_BODIES["content"] |= {
-    "text/markdown": {"schema": {"type": "string"}},
-    "text/html": {"schema": {"type": "string"}},
-}
-
-
-@router.get(
-    "/v1/report",
-    summary="A period in review: top recurring, new, rising, breakdowns, dead letters, health",
-    response_model=None,
-    responses=responses(_200=_REPORT_BODIES),
-)
-def report(
-    server: Server,
-    *,
-    since: Since = "7d",
-    until: Until = None,
-    category: CategoryParam = None,
-    project: LabelParam = None,
-    agent: LabelParam = None,
-    limit: ReportLimit = 10,
-    format: ReportFormat = "json",
-) -> Response:
-    found = server.collector().report(
-        since=since, until=until, category=category, project=project, agent=agent, limit=limit
-    )
-    if format == "md":
-        return Response(found.to_markdown(), media_type="text/markdown; charset=utf-8")
-    if format == "html":
-        return HTMLResponse(found.to_html())
-    return json_response(found)
-
-
 @router.get(
     "/v1/counts",
     summary="How many memories are stored, in all and per category",
@@ -433,7 +393,8 @@ def counts(server: Server) -> Response:
 )
 def stats(server: Server) -> Response:
     collector = server.collector()
-    return json_response(StatsBody(collector.stats(), collector.health()))
+    modes = ["hybrid", "text", "semantic"] if collector.backend.supports_semantic else ["text"]
+    return json_response(StatsBody(collector.stats(), collector.health(), modes))
 
 
 @router.get(
@@ -554,24 +515,3 @@ def readyz(server: Server) -> Response:
 def metrics(server: Server) -> Response:
     body, content_type = metrics_text(server.registry)
     return Response(body, media_type=content_type)
-
-
-@router.get(
-    "/",
-    summary="The live dashboard",
-    response_model=None,
-    responses=responses(_200={"description": "HTML.", "content": {"text/html": {}}}),
-)
-async def dashboard(server: Server) -> Response:
-    return Response(
-        _dashboard_html(),
-        media_type="text/html; charset=utf-8",
-        headers={
-            # Nothing outside this server may be fetched or framed.
-            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
-            "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
-            "frame-ancestors 'none'",
-            "X-Content-Type-Options": "nosniff",
-            "Cache-Control": "no-store",
-        },
-    )

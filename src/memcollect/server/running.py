@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["run_until_stopped"]
+__all__ = ["run_until_stopped", "server_config"]
 
 
 def run_until_stopped(app: Any, host: str, port: int, log_level: str, **options: Any) -> None:
@@ -27,7 +27,22 @@ def run_until_stopped(app: Any, host: str, port: int, log_level: str, **options:
                     if isinstance(captured, list):
                         captured.clear()
 
+    GracefulServer(server_config(app, host, port, log_level, **options)).run()
+
+
+def server_config(app: Any, host: str, port: int, log_level: str, **options: Any) -> Any:
+    """uvicorn's configuration for `app`, with the dashboard's polling kept out of the access
+    log (a line a second per open tab would bury the requests worth reading)."""
+    import logging
+
+    import uvicorn
+
+    from .history import quiet_polling
+
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, server_header=False, **options
     )
-    GracefulServer(config).run()
+    access = logging.getLogger("uvicorn.access")
+    if quiet_polling not in access.filters:
+        access.addFilter(quiet_polling)
+    return config
