@@ -1,4 +1,5 @@
-"""Render docs/dashboard.png: a server, simulated agents posting for a while, then a search.
+"""Render docs/dashboard.png and docs/dashboard-recurring.png: a server, simulated agents
+posting for a while, then a search, and the recurring tab.
 
 Run: .venv/bin/python docs/screenshot.py   (needs Chromium at /usr/bin/chromium)
 """
@@ -19,11 +20,15 @@ from memcollect.demo import AGENTS, memories
 from memcollect.server import create_app
 
 OUT = Path(__file__).with_name("dashboard.png")
+RECURRING = Path(__file__).with_name("dashboard-recurring.png")
 
 
 def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="memcollect-shot-"))
-    app = create_app(token="", backend=f"sqlite:///{data}/memories.db", data_dir=str(data / "d"))
+    app = create_app(
+        token="", backend=f"sqlite:///{data}/memories.db", data_dir=str(data / "d"),
+        history_interval=1.0,
+    )  # fmt: skip
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
@@ -49,10 +54,16 @@ def main() -> None:
         page.locator("#search-form button").click()
         expect(page.locator("#list-title")).to_contain_text("search")
         time.sleep(1)
+        page.select_option("#chart-window", "300")
+        time.sleep(1)
         page.screenshot(path=str(OUT), full_page=False)
+        page.locator("#tab-recurring").click()
+        expect(page.locator("#groups tr").first).to_be_visible()
+        time.sleep(0.5)
+        page.screenshot(path=str(RECURRING), full_page=False)
         browser.close()
     server.should_exit = True
-    print(f"wrote {OUT}")
+    print(f"wrote {OUT} and {RECURRING}")
 
 
 if __name__ == "__main__":
