@@ -192,27 +192,65 @@ def test_since_takes_the_same_forms_in_search(make_collector: Make) -> None:
     assert len(c.search("login", since=str(time.time() - 60))) == 1
 
 
-def test_a_store_written_before_fingerprints_groups_its_rows(
+def test_a_store_written_before_groups_were_kept_folds_its_rows(
     make_collector: Make, tmp_path: Path
 ) -> None:
-    path = tmp_path / "old.db"
-    first = make_collector(f"sqlite:///{path}", data_dir=str(tmp_path / "a"))
-    fill(first)
-    first.close()
-    # As a store written by an older version: no fingerprint column was there to fill.
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE memories SET fingerprint = ''")
+    from memcollect.backends.sqlite import MIGRATIONS
+
+    path = tmp_path / "v5.db"
+    with sqlite3.connect(path) as conn:  # as version 5 wrote it: rows, no groups
+        conn.execute("CREATE TABLE memcollect_meta (key TEXT PRIMARY KEY, value TEXT)")
+        for number, ddl in MIGRATIONS:
+            if number <= 5:
+                conn.executescript(ddl)
+        conn.execute("INSERT INTO memcollect_meta VALUES ('schema_version', '5')")
+        rows = [(f"Login fails on Safari {16 + i % 3}", "bug", "") for i in range(12)]
+        rows += [(f"Timeout after {i * 100 + 7} ms", "error", "") for i in range(5)]
+        rows += [("release notes drafted", "note", "release-notes")] * 2
+        conn.executemany(
+            "INSERT INTO memories (id, category, content, priority, created_at, fingerprint) "
+            "VALUES (?, ?, ?, 2, ?, ?)",
+            [(mc.new_id(), cat, text, time.time(), own) for text, cat, own in rows],
+        )
     again = make_collector(f"sqlite:///{path}", data_dir=str(tmp_path / "b"))
     groups = again.groups()
-    # The caller's own fingerprints were not in the rows any more: those are made anew.
-    assert sorted((g.category, g.count) for g in groups) == [
-        ("bug", 12),
-        ("error", 5),
-        ("feedback", 1),
-        ("note", 1),
-        ("note", 1),
-    ]
-    assert sum(g.count for g in groups) == again.count()
+    assert [(g.category, g.count) for g in groups] == [("bug", 12), ("error", 5), ("note", 2)]
+    assert groups[2].fingerprint == "release-notes"  # a caller's own, kept in the row
+    assert sum(g.count for g in groups) == again.count() == 19
+    with sqlite3.connect(path) as conn:
+        kept = conn.execute("SELECT count(*), sum(count) FROM groups").fetchone()
+    assert kept == (3, 19)
+
+
+def test_groups_are_kept_off_the_write_path_and_folded_before_a_read(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    from memcollect.backends.sqlite import FOLD_CHUNK
+
+    path = tmp_path / "kept.db"
+    c = make_collector(f"sqlite:///{path}")
+    # More rows than one fold takes, written by another process's store directly: nothing
+    # folds them in this collector's quiet moments, so the read must.
+    other = mc.MemoryCollector(f"sqlite:///{path}", data_dir=str(tmp_path / "o"))
+    n = FOLD_CHUNK + 100
+    other.collect_batch(
+        [{"category": "error", "content": f"Disk full on db-{i % 7}"} for i in range(n)]
+    )
+    assert other.flush(60)
+    other.close()
+    (group,) = c.groups()
+    assert group.count == n and group.representative.content == "Disk full on db-0"
+    detail = c.group(group.fingerprint, limit=3)
+    assert detail is not None and len(detail.members) == 3 and sum(x for _, x in detail.daily) == n
+    with sqlite3.connect(path) as conn:
+        unfolded = conn.execute("SELECT count(*) FROM memories WHERE group_key = ''").fetchone()
+        upto = conn.execute("SELECT value FROM memcollect_meta WHERE key = 'groups_upto'")
+        top = conn.execute("SELECT max(seq) FROM memories").fetchone()[0]
+        assert unfolded == (0,) and int(upto.fetchone()[0]) == top
+    # A period reads the folded rows by time; a delete recounts its group at once.
+    assert [g.in_period for g in c.groups(since="1h")] == [n]
+    assert c.delete(category="error", timeout=30) == n
+    assert c.groups() == [] and c.group(group.fingerprint) is None
 
 
 def test_the_command_line_shows_groups_and_one_group(tmp_path: Path) -> None:

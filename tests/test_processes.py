@@ -114,3 +114,43 @@ def test_several_processes_write_one_sqlite_file(tmp_path: Path) -> None:
     store = SQLiteBackend(url)
     assert store.count() == 8000
     store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_during_a_write_transaction_leaves_the_child_a_writable_store(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    import threading
+
+    url = f"sqlite:///{tmp_path}/busy.db"
+    c = make_collector(url, durability="memory")
+    store = c.backend
+    entered, release = threading.Event(), threading.Event()
+
+    def long_write(conn: object) -> None:
+        conn.execute("INSERT OR REPLACE INTO memcollect_meta VALUES ('held', '1')")  # type: ignore[attr-defined]
+        entered.set()
+        release.wait(30)
+
+    holder = threading.Thread(target=lambda: store._write(long_write))  # type: ignore[attr-defined]
+    holder.start()
+    assert entered.wait(30)
+    # The transaction ends a moment after the fork begins: the fork waits for it.
+    threading.Timer(0.2, release.set).start()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            c.collect("note", "written by the child")
+            os.write(write, str(c.flush(timeout=20)).encode())
+            c.close(timeout=10)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    holder.join(30)
+    assert answer == "True"
+    assert [m.content for m in SQLiteBackend(url).recent(10)] == ["written by the child"]

@@ -288,8 +288,8 @@ def _order_key(group: Group, order: str) -> tuple[float, str]:
 def group_of(
     memories: Iterable[Memory], key: str, limit: int = 20, before: str | None = None
 ) -> GroupDetail | None:
-    """One group computed from the memories: newest members first (before the id `before`),
-    and its daily counts."""
+    """One group computed from the memories: newest members first (after the member with
+    the id `before`), and its daily counts."""
     # Only this group's memories are grouped: the others need no Group of their own.
     found = grouped((m for m in memories if fingerprint(m) == key), GroupQuery())
     if not found:
@@ -299,6 +299,9 @@ def group_of(
     for m in members:
         day = _day(m.created_at)
         days[day] = days.get(day, 0) + 1
-    newest = sorted((m for m in members if before is None or m.id < before), key=lambda m: m.id,
-                    reverse=True)  # fmt: skip
+    # Newest first by time (ids break ties), as the stores that keep groups page them.
+    newest = sorted(members, key=lambda m: (m.created_at, m.id), reverse=True)
+    if before is not None:
+        cut = next((i for i, m in enumerate(newest) if m.id == before), None)
+        newest = newest[cut + 1 :] if cut is not None else [m for m in newest if m.id < before]
     return GroupDetail(group, newest[:limit], sorted(days.items()))

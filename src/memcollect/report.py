@@ -4,12 +4,12 @@ and whether the collector is well; as a structure, JSON, Markdown or one HTML fi
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from .groups import Group, GroupQuery, grouped
+from .groups import Group, GroupQuery, fingerprint, grouped
 from .model import DeadLetter, Memory
 from .stats import Health, Stats
 
@@ -92,17 +92,14 @@ def _day(seconds: float) -> float:
     return float(int(seconds // 86400) * 86400)
 
 
+# A report's days are at most two years of them (the last): its charts show no more.
+_MOST_DAYS = 731
+
+
 def _days(start: float, end: float) -> list[float]:
     first, last = _day(start), _day(max(start, end - 1e-6))
+    first = max(first, last - 86400 * (_MOST_DAYS - 1))
     return [first + 86400 * i for i in range(int((last - first) // 86400) + 1)]
-
-
-def _series(times: Iterable[float], start: float, end: float) -> list[tuple[float, int]]:
-    counts = dict.fromkeys(_days(start, end), 0)
-    for at in times:
-        if start <= at < end:
-            counts[_day(at)] += 1
-    return list(counts.items())
 
 
 def _tallies(inside: dict[str, int], before: dict[str, int]) -> list[Tally]:
@@ -110,59 +107,96 @@ def _tallies(inside: dict[str, int], before: dict[str, int]) -> list[Tally]:
     return [Tally(n, inside.get(n, 0), before.get(n, 0)) for n in names]
 
 
-def summary_of(memories: Iterable[Memory], query: GroupQuery, limit: int) -> Summary:
-    """A period's summary computed from the memories themselves, in one pass."""
+#: A row of a period for a summary: (fingerprint, created_at, category, project, agent).
+PeriodRow = tuple[str, float, str, str | None, str | None]
+
+
+def summary_from_rows(
+    rows: Iterable[PeriodRow],
+    first_seen: dict[str, float],
+    query: GroupQuery,
+    groups_for: Callable[[list[str], dict[str, tuple[int, int]]], list[Group]],
+) -> Summary:
+    """A summary from the rows of the period and the one before it, the first time each
+    group was seen, and a way to get the Group of each fingerprint chosen (with its counts
+    in the period and the one before)."""
     since, until = query.since or 0.0, query.until or 0.0
     start = since - (until - since)
-    kept: list[Memory] = []
+    inside: dict[str, int] = {}
+    before: dict[str, int] = {}
+    days: dict[str, dict[float, int]] = {}
     now: dict[str, dict[str, int]] = {"category": {}, "project": {}, "agent": {}}
     then: dict[str, dict[str, int]] = {"category": {}, "project": {}, "agent": {}}
-    for m in memories:
-        if (
-            (query.category is not None and m.category != query.category)
-            or (query.project is not None and m.project != query.project)
-            or (query.agent is not None and m.agent != query.agent)
-        ):
+    for key, at, category, project, agent in rows:
+        if not start <= at < until:
             continue
-        kept.append(m)
-        if start <= m.created_at < until:
-            tally = now if m.created_at >= since else then
-            for key, name in (("category", m.category), ("project", m.project),
-                              ("agent", m.agent)):  # fmt: skip
-                if name:
-                    tally[key][name] = tally[key].get(name, 0) + 1
-    pairs = grouped(kept, query)
-    members = {g.fingerprint: ms for g, ms in pairs}
-
-    def with_series(groups: list[Group]) -> list[ReportGroup]:
-        return [
-            ReportGroup(g, _series((m.created_at for m in members[g.fingerprint]), start, until))
-            for g in groups[:limit]
-        ]
-
-    everyone = [g for g, _ in pairs]
-    top = sorted(everyone, key=lambda g: (-g.in_period, g.fingerprint))
-    new = sorted((g for g in everyone if g.first_seen >= since),
-                 key=lambda g: (-g.in_period, -g.first_seen, g.fingerprint))  # fmt: skip
+        counts, tally = (inside, now) if at >= since else (before, then)
+        counts[key] = counts.get(key, 0) + 1
+        per_day = days.setdefault(key, {})
+        per_day[_day(at)] = per_day.get(_day(at), 0) + 1
+        for field, name in (("category", category), ("project", project), ("agent", agent)):
+            if name:
+                tally[field][name] = tally[field].get(name, 0) + 1
+    top = sorted(inside, key=lambda k: (-inside[k], k))
+    new = sorted((k for k in top if first_seen[k] >= since),
+                 key=lambda k: (-inside[k], -first_seen[k], k))  # fmt: skip
     # Rising: seen before this period and more often in it than in the one before (a group
     # first seen in the period is "new", not rising).
-    rising = sorted((g for g in everyone
-                     if g.first_seen < since and g.in_period > g.before_period),
-                    key=lambda g: (g.before_period - g.in_period, g.fingerprint))  # fmt: skip
-    in_period = [m.created_at for m in kept if since <= m.created_at < until]
+    rising = sorted((k for k in top if first_seen[k] < since and inside[k] > before.get(k, 0)),
+                    key=lambda k: (before.get(k, 0) - inside[k], k))  # fmt: skip
+    limit = query.limit
+    chosen = list(dict.fromkeys([*top[:limit], *new[:limit], *rising[:limit]]))
+    made = {g.fingerprint: g for g in
+            groups_for(chosen, {k: (inside[k], before.get(k, 0)) for k in chosen})}  # fmt: skip
+    all_days = _days(start, until)
+
+    def listed(keys: list[str]) -> list[ReportGroup]:
+        return [
+            ReportGroup(made[k], [(d, days[k].get(d, 0)) for d in all_days])
+            for k in keys[:limit]
+            if k in made
+        ]
+
+    daily = dict.fromkeys(all_days, 0)
+    for per_day in days.values():
+        for d, n in per_day.items():
+            if d in daily:
+                daily[d] += n
     return Summary(
-        total=len(in_period),
-        total_before=sum(1 for m in kept if start <= m.created_at < since),
+        total=sum(inside.values()),
+        total_before=sum(before.values()),
         groups=len(top),
         new_groups=len(new),
-        daily=_series((m.created_at for m in kept), start, until),
-        top=with_series(top),
-        new=with_series(new),
-        rising=with_series(rising),
+        daily=list(daily.items()),
+        top=listed(top),
+        new=listed(new),
+        rising=listed(rising),
         by_category=_tallies(now["category"], then["category"]),
         by_project=_tallies(now["project"], then["project"]),
         by_agent=_tallies(now["agent"], then["agent"]),
     )
+
+
+def summary_of(memories: Iterable[Memory], query: GroupQuery, limit: int) -> Summary:
+    """A period's summary computed from the memories themselves, in one pass."""
+    kept = [
+        m for m in memories
+        if (query.category is None or m.category == query.category)
+        and (query.project is None or m.project == query.project)
+        and (query.agent is None or m.agent == query.agent)
+    ]  # fmt: skip
+    everyone = {g.fingerprint: g for g, _ in grouped(kept, GroupQuery(limit=limit))}
+    rows = [(fingerprint(m), m.created_at, m.category, m.project, m.agent) for m in kept]
+
+    def groups_for(keys: list[str], counts: dict[str, tuple[int, int]]) -> list[Group]:
+        return [
+            msgspec.structs.replace(everyone[k], in_period=counts[k][0],
+                                    before_period=counts[k][1])
+            for k in keys
+        ]  # fmt: skip
+
+    firsts = {k: g.first_seen for k, g in everyone.items()}
+    return summary_from_rows(rows, firsts, msgspec.structs.replace(query, limit=limit), groups_for)
 
 
 def build_report(

@@ -33,7 +33,7 @@ def test_a_version_1_database_gains_stemming_and_keeps_its_rows(tmp_path: Path) 
     store.close()
     with sqlite3.connect(path) as conn:
         version = conn.execute("SELECT value FROM memcollect_meta WHERE key='schema_version'")
-        assert int(version.fetchone()[0]) == SCHEMA_VERSION == 5
+        assert int(version.fetchone()[0]) == SCHEMA_VERSION == 6
         assert conn.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 0
 
 

@@ -3,11 +3,13 @@
 from ..scoring import query_stems
 from ..vectors import COVERAGE_POWER, word_coverage
 from .fts import fts_all_words, fts_query
+from .groups import FOLD_CHUNK
 from .schema import MIGRATIONS, SCHEMA_VERSION, parse_sqlite_url
 from .store import SQLiteBackend
 
 __all__ = [
     "COVERAGE_POWER",
+    "FOLD_CHUNK",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "SQLiteBackend",

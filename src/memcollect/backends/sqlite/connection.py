@@ -8,6 +8,7 @@ import random
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,29 @@ RANK_WINDOW = 1000
 # Connections inherited across fork are kept referenced, never closed: closing them in the
 # child could release or disturb the parent's locks on the same file.
 _ABANDONED: list[sqlite3.Connection] = []
+
+
+# Every open store's write lock is taken around a fork: a child forked while a thread of the
+# parent is inside a write transaction would find the file locked by its copy of SQLite's
+# state for as long as it runs. The fork waits for that transaction (a batch, a fold) instead.
+_OPEN_STORES: weakref.WeakSet[SQLiteConnection] = weakref.WeakSet()
+_HELD_AT_FORK: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    for store in list(_OPEN_STORES):
+        lock = store._write_lock
+        # Bounded: a thread forking from inside a write (a callback) must not wait forever.
+        if lock.acquire(timeout=store.busy_timeout):
+            _HELD_AT_FORK.append(lock)
+
+
+def _after_fork() -> None:
+    while _HELD_AT_FORK:
+        _HELD_AT_FORK.pop().release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
 
 
 class SQLiteConnection(SqlStore):
@@ -89,6 +113,7 @@ class SQLiteConnection(SqlStore):
         self.background_checkpoints = checkpoint == "background" and not self._memory_db
         self._checkpointer: _Checkpointer | None = None
         self._opened = False
+        _OPEN_STORES.add(self)
 
     def _connect(self) -> sqlite3.Connection:
         # An in-memory database lives in one connection: readers share the writer's.

@@ -102,6 +102,35 @@ MIGRATIONS.append(
     # when groups are counted, off the write path.
     (5, "ALTER TABLE memories ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''"),
 )
+MIGRATIONS.append(
+    # Groups kept in the file (backends/sqlite/groups.py): each folded row's fingerprint, the
+    # groups, and partial indexes that hold only folded rows (nothing on the write path).
+    # Rows stored before are folded on first use: the watermark starts at 0.
+    (
+        6,
+        """
+        ALTER TABLE memories ADD COLUMN group_key TEXT NOT NULL DEFAULT '';
+        CREATE TABLE IF NOT EXISTS groups (
+            fingerprint TEXT PRIMARY KEY,
+            category TEXT NOT NULL,
+            representative INTEGER NOT NULL,
+            priority INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS groups_by_count ON groups (count DESC, fingerprint);
+        CREATE INDEX IF NOT EXISTS groups_by_category ON groups (category, count DESC);
+        CREATE INDEX IF NOT EXISTS groups_by_last_seen ON groups (last_seen DESC);
+        CREATE INDEX IF NOT EXISTS groups_by_first_seen ON groups (first_seen DESC);
+        CREATE INDEX IF NOT EXISTS memories_by_group ON memories (group_key, created_at)
+            WHERE group_key != '';
+        CREATE INDEX IF NOT EXISTS memories_folded_by_time ON memories (created_at)
+            WHERE group_key != '';
+        INSERT OR REPLACE INTO memcollect_meta VALUES ('groups_upto', '0')
+        """,
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -14,6 +14,7 @@ from ..base import (
     DeadLetter,
     SearchQuery,
 )
+from .groups import KeptGroups
 from .schema import (
     _COLUMNS,
     _COUNT_DELETION,
@@ -26,12 +27,12 @@ from .schema import (
     _insert_rows,
     _json_encode,
 )
-from .vectors import _EMBED_CHUNK, SemanticSearch
+from .vectors import _EMBED_CHUNK
 
 log = logging.getLogger("memcollect")
 
 
-class SQLiteBackend(SemanticSearch):
+class SQLiteBackend(KeptGroups):
     """Memories in one SQLite file; safe for several threads and processes at once.
 
     URL options: `fts=0` turns the full-text index off (search falls back to a scan),
@@ -77,8 +78,9 @@ class SQLiteBackend(SemanticSearch):
                 conn.execute(f"{_FTS_FILL} WHERE seq > ?", (top,))
 
         self._write(insert)
+        self._stored_rows()
 
-    def idle_work(self) -> bool:
+    def _embed_step(self) -> bool:
         """Embed the next few stored memories that have no vector yet (semantic recall);
         True while more are waiting."""
         if not self.supports_semantic or time.monotonic() < self._embed_retry_at:
@@ -150,6 +152,7 @@ class SQLiteBackend(SemanticSearch):
             for memory_id in dict.fromkeys(ids):
                 gone.extend(seq for (seq,) in conn.execute(_SEQ_OF_ID, (memory_id,)))
             seqs = [(seq,) for seq in gone]
+            touched = self._groups_before_delete(conn, seqs)
             if self.has_fts:
                 # An external-content index forgets a row only when told what it held.
                 conn.executemany(
@@ -161,6 +164,7 @@ class SQLiteBackend(SemanticSearch):
             # A seq can be given again to a new row: its vector must not outlive its memory.
             conn.executemany("DELETE FROM embeddings WHERE seq = ?", seqs)
             conn.executemany("DELETE FROM memories WHERE seq = ?", seqs)
+            self._groups_after_delete(conn, touched)
             if gone:
                 # A new count tells other processes that vectors they hold in RAM may be gone.
                 conn.execute(_COUNT_DELETION)
