@@ -332,7 +332,8 @@ def test_dashboard_is_one_self_contained_page(api: Api) -> None:
     # ...and the browser is told so.
     csp = response.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "connect-src 'self'" in csp
-    for endpoint in ("/v1/stats", "/v1/counts", "/v1/search", "/v1/memories"):
+    for endpoint in ("/v1/stats", "/v1/history", "/v1/counts", "/v1/search", "/v1/memories",
+                     "/v1/report", "/v1/dead-letters"):  # fmt: skip
         assert endpoint in html
 
 
