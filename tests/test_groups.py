@@ -329,3 +329,53 @@ def test_a_collapsed_search_keeps_one_hit_per_group(make_collector: Make, store_
     assert all(h.matches == 1 and h.fingerprint == "" for h in c.search_scored("Safari"))
     with pytest.raises(mc.ValidationError, match="collapse must be True or False"):
         c.search("Safari", collapse="yes")  # type: ignore[arg-type]
+
+
+_CONTENTS = ["Disk full on db-1", "Disk full on db-2", "Login fails", "Cart empties", "x 'a'"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["bug", "error"]),
+            st.sampled_from(_CONTENTS),
+            st.integers(0, 20),  # days ago (ties on one time included)
+            st.sampled_from(["low", "high", "critical"]),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sets(st.integers(0, 39), max_size=10),
+)
+def test_kept_groups_answer_as_groups_counted_from_the_rows(
+    rows: list[tuple[str, str, int, str]], deleted: set[int]
+) -> None:
+    from memcollect.backends.memory import MemoryBackend
+    from memcollect.backends.sqlite import SQLiteBackend
+    from memcollect.groups import group_query
+
+    now = 1_800_000_000.0
+    memories = [
+        mc.Memory(mc.new_id(), cat, text, {}, priority, (), None, None, None, now - days * 86400)
+        for cat, text, days, priority in rows
+    ]
+    kept, counted = SQLiteBackend("sqlite://"), MemoryBackend("memory://")
+    for store in (kept, counted):
+        store.open()
+        store.write_batch(memories[: len(memories) // 2])
+        store.write_batch(memories[len(memories) // 2 :])
+    for store in (kept, counted):  # after a first read folded: deletes must recount
+        store.groups(group_query())
+        store.delete([memories[i].id for i in deleted if i < len(memories)])
+    for order in ("count", "last_seen", "new", "rising"):
+        for since, until in ((None, None), (now - 7 * 86400, now + 1), (now - 3 * 86400, None)):
+            for category in (None, "bug"):
+                query = group_query(order=order, since=since, until=until, category=category)
+                assert kept.groups(query) == counted.groups(query), (order, since, category)
+    for group in counted.groups(group_query(limit=100)):
+        assert kept.group(group.fingerprint, 100) == counted.group(group.fingerprint, 100)
+    for days in (1, 7, 30):
+        period = group_query(since=now - days * 86400, until=now + 1, limit=3)
+        assert kept.summary(period) == counted.summary(period), days
+    kept.close()

@@ -151,7 +151,7 @@ class Group(msgspec.Struct, frozen=True):
     last_seen: float
     #: In a period asked for (since/until): how many of its memories fall in it; else count.
     in_period: int = 0
-    #: For order="rising": how many fell in the period just before.
+    #: For order="rising": how many fell in the period just before (else 0).
     before_period: int = 0
 
 
@@ -235,7 +235,7 @@ def grouped(memories: Iterable[Memory], query: GroupQuery) -> list[tuple[Group, 
             and (query.agent is None or m.agent == query.agent)
         ):
             members.setdefault(fingerprint(m), []).append(m)
-    before = query.before()
+    before = query.before() if query.order == "rising" else None  # only rising compares
     out: list[tuple[Group, list[Memory]]] = []
     for fp, group in members.items():
         group.sort(key=lambda m: m.id)

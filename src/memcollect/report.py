@@ -107,61 +107,75 @@ def _tallies(inside: dict[str, int], before: dict[str, int]) -> list[Tally]:
     return [Tally(n, inside.get(n, 0), before.get(n, 0)) for n in names]
 
 
-#: A row of a period for a summary: (fingerprint, created_at, category, project, agent).
-PeriodRow = tuple[str, float, str, str | None, str | None]
+class PeriodCounts:
+    """What a store counted over a period and the one before it, for a summary."""
+
+    def __init__(self) -> None:
+        #: Memories per group key in the period, and in the period before.
+        self.inside: dict[str, int] = {}
+        self.before: dict[str, int] = {}
+        #: Memories per (category, project, agent, day, in the period or not).
+        self.facets: dict[tuple[str, str | None, str | None, float, bool], int] = {}
+
+    def add(self, key: str, memory: Memory, since: float) -> None:
+        """Count one memory of the group `key` (it falls in one of the two periods)."""
+        at, category, project, agent = (
+            memory.created_at,
+            memory.category,
+            memory.project,
+            memory.agent,
+        )
+        counts = self.inside if at >= since else self.before
+        counts[key] = counts.get(key, 0) + 1
+        facet = (category, project, agent, _day(at), at >= since)
+        self.facets[facet] = self.facets.get(facet, 0) + 1
 
 
-def summary_from_rows(
-    rows: Iterable[PeriodRow],
-    first_seen: dict[str, float],
-    query: GroupQuery,
+def summary_from_counts(
+    counts: PeriodCounts,
+    first_seen: Callable[[list[str]], dict[str, float]],
+    days_of: Callable[[list[str]], dict[str, dict[float, int]]],
     groups_for: Callable[[list[str], dict[str, tuple[int, int]]], list[Group]],
+    query: GroupQuery,
 ) -> Summary:
-    """A summary from the rows of the period and the one before it, the first time each
-    group was seen, and a way to get the Group of each fingerprint chosen (with its counts
-    in the period and the one before)."""
+    """A summary from a store's counts, with ways to get what it needs of some groups only:
+    when each was first seen, its memories per day, and its Group (given its counts in the
+    period and the one before)."""
     since, until = query.since or 0.0, query.until or 0.0
     start = since - (until - since)
-    inside: dict[str, int] = {}
-    before: dict[str, int] = {}
-    days: dict[str, dict[float, int]] = {}
-    now: dict[str, dict[str, int]] = {"category": {}, "project": {}, "agent": {}}
-    then: dict[str, dict[str, int]] = {"category": {}, "project": {}, "agent": {}}
-    for key, at, category, project, agent in rows:
-        if not start <= at < until:
-            continue
-        counts, tally = (inside, now) if at >= since else (before, then)
-        counts[key] = counts.get(key, 0) + 1
-        per_day = days.setdefault(key, {})
-        per_day[_day(at)] = per_day.get(_day(at), 0) + 1
-        for field, name in (("category", category), ("project", project), ("agent", agent)):
-            if name:
-                tally[field][name] = tally[field].get(name, 0) + 1
+    inside, before = counts.inside, counts.before
     top = sorted(inside, key=lambda k: (-inside[k], k))
-    new = sorted((k for k in top if first_seen[k] >= since),
-                 key=lambda k: (-inside[k], -first_seen[k], k))  # fmt: skip
+    firsts = first_seen(top)
+    new = sorted((k for k in top if firsts[k] >= since),
+                 key=lambda k: (-inside[k], -firsts[k], k))  # fmt: skip
     # Rising: seen before this period and more often in it than in the one before (a group
     # first seen in the period is "new", not rising).
-    rising = sorted((k for k in top if first_seen[k] < since and inside[k] > before.get(k, 0)),
+    rising = sorted((k for k in top if firsts[k] < since and inside[k] > before.get(k, 0)),
                     key=lambda k: (before.get(k, 0) - inside[k], k))  # fmt: skip
     limit = query.limit
     chosen = list(dict.fromkeys([*top[:limit], *new[:limit], *rising[:limit]]))
     made = {g.fingerprint: g for g in
             groups_for(chosen, {k: (inside[k], before.get(k, 0)) for k in chosen})}  # fmt: skip
+    days = days_of(chosen)
     all_days = _days(start, until)
 
     def listed(keys: list[str]) -> list[ReportGroup]:
         return [
-            ReportGroup(made[k], [(d, days[k].get(d, 0)) for d in all_days])
+            ReportGroup(made[k], [(d, days.get(k, {}).get(d, 0)) for d in all_days])
             for k in keys[:limit]
             if k in made
         ]
 
     daily = dict.fromkeys(all_days, 0)
-    for per_day in days.values():
-        for d, n in per_day.items():
-            if d in daily:
-                daily[d] += n
+    now: dict[str, dict[str, int]] = {"category": {}, "project": {}, "agent": {}}
+    then: dict[str, dict[str, int]] = {"category": {}, "project": {}, "agent": {}}
+    for (category, project, agent, day, in_period), n in counts.facets.items():
+        if day in daily:
+            daily[day] += n
+        tally = now if in_period else then
+        for field, name in (("category", category), ("project", project), ("agent", agent)):
+            if name:
+                tally[field][name] = tally[field].get(name, 0) + n
     return Summary(
         total=sum(inside.values()),
         total_before=sum(before.values()),
@@ -186,17 +200,31 @@ def summary_of(memories: Iterable[Memory], query: GroupQuery, limit: int) -> Sum
         and (query.agent is None or m.agent == query.agent)
     ]  # fmt: skip
     everyone = {g.fingerprint: g for g, _ in grouped(kept, GroupQuery(limit=limit))}
-    rows = [(fingerprint(m), m.created_at, m.category, m.project, m.agent) for m in kept]
+    since, until = query.since or 0.0, query.until or 0.0
+    start = since - (until - since)
+    counts = PeriodCounts()
+    days: dict[str, dict[float, int]] = {}
+    for m in kept:
+        if start <= m.created_at < until:
+            key = fingerprint(m)
+            counts.add(key, m, since)
+            per_day = days.setdefault(key, {})
+            per_day[_day(m.created_at)] = per_day.get(_day(m.created_at), 0) + 1
 
-    def groups_for(keys: list[str], counts: dict[str, tuple[int, int]]) -> list[Group]:
+    def groups_for(keys: list[str], counted: dict[str, tuple[int, int]]) -> list[Group]:
         return [
-            msgspec.structs.replace(everyone[k], in_period=counts[k][0],
-                                    before_period=counts[k][1])
+            msgspec.structs.replace(everyone[k], in_period=counted[k][0],
+                                    before_period=counted[k][1])
             for k in keys
         ]  # fmt: skip
 
-    firsts = {k: g.first_seen for k, g in everyone.items()}
-    return summary_from_rows(rows, firsts, msgspec.structs.replace(query, limit=limit), groups_for)
+    return summary_from_counts(
+        counts,
+        lambda keys: {k: everyone[k].first_seen for k in keys},
+        lambda keys: {k: days[k] for k in keys},
+        groups_for,
+        msgspec.structs.replace(query, limit=limit),
+    )
 
 
 def build_report(

@@ -12,13 +12,12 @@ Deletes recount the groups they touch in the same transaction.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ...groups import Group, GroupDetail, GroupQuery, fingerprint_of, groups_of
 from ...model import PRIORITIES, Memory
-from ...report import Summary, summary_from_rows
+from ...report import PeriodCounts, Summary, summary_from_counts
 from .schema import _COLUMNS, _from_row
 from .vectors import SemanticSearch
 
@@ -90,8 +89,11 @@ class KeptGroups(SemanticSearch):
                 found[4] += 1
                 found[5] = min(found[5], created_at)
                 found[6] = max(found[6], created_at)
+        # In key order: the index and the groups' B-tree are then written page after page,
+        # not a page a row at random.
+        keys.sort()
         conn.executemany("UPDATE memories SET group_key = ? WHERE seq = ?", keys)
-        conn.executemany(_UPSERT, list(groups.values()))
+        conn.executemany(_UPSERT, [groups[k] for k in sorted(groups)])
         conn.execute(_SET_UPTO, (rows[-1][0],))
         return len(rows)
 
@@ -102,6 +104,11 @@ class KeptGroups(SemanticSearch):
 
     def fold_groups(self) -> None:
         """Fold every row stored so far, by any process, into the groups."""
+        # A read first: when nothing waits, a read of groups takes no write lock.
+        top, upto = self._read(f"SELECT (SELECT coalesce(max(seq), 0) FROM memories), ({_UPTO})")[0]
+        if upto is not None and int(upto) >= top:
+            self._fold_behind = False
+            return
         while self._fold_chunk() == FOLD_CHUNK:
             pass
         self._fold_behind = False
@@ -153,8 +160,9 @@ class KeptGroups(SemanticSearch):
             return groups_of(self._members_of(query), query)
         self.fold_groups()
         if query.since is None and query.until is None:
-            order = {"count": "count DESC", "last_seen": "last_seen DESC",
-                     "new": "first_seen DESC"}[query.order]  # fmt: skip
+            if query.order == "last_seen":
+                return self._last_seen(query)
+            order = "count DESC" if query.order == "count" else "first_seen DESC"
             where, params = ("WHERE category = ?", [query.category]) if query.category else ("", [])
             rows = self._read(
                 f"SELECT {_GROUP_COLUMNS} FROM groups {where} ORDER BY {order}, fingerprint "
@@ -163,6 +171,31 @@ class KeptGroups(SemanticSearch):
             )
             return self._with_representatives(rows, {})
         return self._groups_in_period(query)
+
+    def _last_seen(self, query: GroupQuery) -> list[Group]:
+        """The groups seen most recently: the newest folded rows, read back in time until
+        `limit` groups are found (no index on last_seen to keep up at every fold)."""
+        where = "group_key != ''" + (" AND category = ?" if query.category else "")
+        params: list[Any] = [query.category] if query.category else []
+        newest: dict[str, float] = {}
+        cursor: tuple[float, int] = (float("inf"), 0)
+        while True:
+            page = self._read(
+                f"SELECT group_key, created_at, seq FROM memories WHERE {where} AND "
+                "(created_at, seq) < (?, ?) ORDER BY created_at DESC, seq DESC LIMIT 1000",
+                [*params, *cursor],
+            )
+            for key, at, _ in page:
+                newest.setdefault(key, at)
+            if len(page) < 1000:
+                break
+            # Done once past the time of the limit-th group found: no group seen later is left.
+            if len(newest) >= query.limit and page[-1][1] < list(newest.values())[query.limit - 1]:
+                break
+            cursor = (page[-1][1], page[-1][2])
+        chosen = sorted(newest, key=lambda k: (-newest[k], k))[: query.limit]
+        rows = self._group_rows(chosen)
+        return self._with_representatives([rows[k] for k in chosen if k in rows], {})
 
     def _period_counts(self, query: GroupQuery, start: float, end: float) -> dict[str, int]:
         where, params = self._period_where(query, start, end)
@@ -181,9 +214,10 @@ class KeptGroups(SemanticSearch):
 
     def _groups_in_period(self, query: GroupQuery) -> list[Group]:
         since = query.since if query.since is not None else float("-inf")
-        until = query.until if query.until is not None else time.time() + 1
+        until = query.until if query.until is not None else float("inf")
         inside = self._period_counts(query, since, until)
-        before_period = query.before()
+        # Only "rising" compares with the period before.
+        before_period = query.before() if query.order == "rising" else None
         before = self._period_counts(query, *before_period) if before_period else {}
         if query.order == "rising":
             ranked = sorted(inside, key=lambda k: (before.get(k, 0) - inside[k], k))
@@ -227,7 +261,7 @@ class KeptGroups(SemanticSearch):
                 memories[row[0]] = _from_row(row[1:])
         out = []
         for key, category, seq, priority, count, first, last in rows:
-            inside, before = counts.get(key, (0, 0))
+            inside, before = counts.get(key, (count, 0))  # no period: all of it
             out.append(
                 Group(
                     key,
@@ -270,25 +304,51 @@ class KeptGroups(SemanticSearch):
         return GroupDetail(group, [_from_row(r) for r in members], [(d, n) for d, n in days])
 
     def summary(self, query: GroupQuery) -> Summary:
-        """A report's summary from the kept groups and the rows of the two periods."""
+        """A report's summary, counted in SQL over the folded rows of the two periods."""
         if query.project is not None or query.agent is not None:
             return super().summary(query)
         self.fold_groups()
         since, until = query.since or 0.0, query.until or 0.0
         start = since - (until - since)
         where, params = self._period_where(query, start, until)
-        rows = self._read(
-            f"SELECT group_key, created_at, category, project, agent FROM memories WHERE {where}",
-            params,
-        )
-        keys = sorted({row[0] for row in rows})
-        kept = self._group_rows(keys)
+        counts = PeriodCounts()
+        firsts: dict[str, float] = {}
+        for key, inside, before, first in self._read(
+            "SELECT p.key, p.inside, p.before, g.first_seen FROM (SELECT group_key AS key, "
+            "sum(created_at >= ?) AS inside, sum(created_at < ?) AS before FROM memories "
+            f"WHERE {where} GROUP BY group_key) AS p JOIN groups g ON g.fingerprint = p.key",
+            [since, since, *params],
+        ):
+            if inside:
+                counts.inside[key] = inside
+            if before:
+                counts.before[key] = before
+            firsts[key] = first
+        for category, project, agent, day, in_period, n in self._read(
+            "SELECT category, project, agent, CAST(created_at / 86400 AS INTEGER) * 86400.0, "
+            f"created_at >= ?, count(*) FROM memories WHERE {where} GROUP BY 1, 2, 3, 4, 5",
+            [since, *params],
+        ):
+            counts.facets[(category, project, agent, day, bool(in_period))] = n
 
-        def groups_of_keys(chosen: list[str], counts: dict[str, tuple[int, int]]) -> list[Group]:
-            return self._with_representatives([kept[k] for k in chosen], counts)
+        def days_of(keys: list[str]) -> dict[str, dict[float, int]]:
+            days: dict[str, dict[float, int]] = {}
+            for page in range(0, len(keys), 500):
+                chosen = keys[page : page + 500]
+                for key, day, n in self._read(
+                    "SELECT group_key, CAST(created_at / 86400 AS INTEGER) * 86400.0, count(*) "
+                    f"FROM memories WHERE group_key IN ({','.join('?' * len(chosen))}) AND "
+                    "group_key != '' AND created_at >= ? AND created_at < ? GROUP BY 1, 2",
+                    [*chosen, start, until],
+                ):
+                    days.setdefault(key, {})[day] = n
+            return days
 
-        firsts = {k: row[5] for k, row in kept.items()}
-        return summary_from_rows(rows, firsts, query, groups_of_keys)
+        def groups_for(keys: list[str], counted: dict[str, tuple[int, int]]) -> list[Group]:
+            rows = self._group_rows(keys)
+            return self._with_representatives([rows[k] for k in keys if k in rows], counted)
+
+        return summary_from_counts(counts, lambda _: firsts, days_of, groups_for, query)
 
     def _members_of(self, query: GroupQuery) -> Iterable[Memory]:
         """The memories a query's filters admit, read a page at a time."""

@@ -120,8 +120,6 @@ MIGRATIONS.append(
             last_seen REAL NOT NULL
         ) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS groups_by_count ON groups (count DESC, fingerprint);
-        CREATE INDEX IF NOT EXISTS groups_by_category ON groups (category, count DESC);
-        CREATE INDEX IF NOT EXISTS groups_by_last_seen ON groups (last_seen DESC);
         CREATE INDEX IF NOT EXISTS groups_by_first_seen ON groups (first_seen DESC);
         CREATE INDEX IF NOT EXISTS memories_by_group ON memories (group_key, created_at)
             WHERE group_key != '';
