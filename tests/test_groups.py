@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import memcollect as mc
 from memcollect.groups import fingerprint_of, normalize
 
-from .services import ThreadedServer
+from .services import ThreadedServer, drop_schema, require_postgres
 
 Make = Callable[..., mc.MemoryCollector]
 
@@ -243,7 +244,9 @@ def test_groups_are_kept_off_the_write_path_and_folded_before_a_read(
     detail = c.group(group.fingerprint, limit=3)
     assert detail is not None and len(detail.members) == 3 and sum(x for _, x in detail.daily) == n
     with sqlite3.connect(path) as conn:
-        unfolded = conn.execute("SELECT count(*) FROM memories WHERE group_key = ''").fetchone()
+        unfolded = conn.execute(
+            "SELECT count(*) FROM memories WHERE seq NOT IN (SELECT member FROM group_members)"
+        ).fetchone()
         upto = conn.execute("SELECT value FROM memcollect_meta WHERE key = 'groups_upto'")
         top = conn.execute("SELECT max(seq) FROM memories").fetchone()[0]
         assert unfolded == (0,) and int(upto.fetchone()[0]) == top
@@ -334,25 +337,25 @@ def test_a_collapsed_search_keeps_one_hit_per_group(make_collector: Make, store_
 _CONTENTS = ["Disk full on db-1", "Disk full on db-2", "Login fails", "Cart empties", "x 'a'"]
 
 
-@settings(max_examples=100, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from(["bug", "error"]),
-            st.sampled_from(_CONTENTS),
-            st.integers(0, 20),  # days ago (ties on one time included)
-            st.sampled_from(["low", "high", "critical"]),
-        ),
-        min_size=1,
-        max_size=40,
+_ROWS = st.lists(
+    st.tuples(
+        st.sampled_from(["bug", "error"]),
+        st.sampled_from(_CONTENTS),
+        st.integers(0, 20),  # days ago (ties on one time included)
+        st.sampled_from(["low", "high", "critical"]),
     ),
-    st.sets(st.integers(0, 39), max_size=10),
+    min_size=1,
+    max_size=40,
 )
-def test_kept_groups_answer_as_groups_counted_from_the_rows(
-    rows: list[tuple[str, str, int, str]], deleted: set[int]
+_DELETED = st.sets(st.integers(0, 39), max_size=10)
+
+
+def kept_answers_as_counted(
+    kept: mc.Backend, rows: list[tuple[str, str, int, str]], deleted: set[int]
 ) -> None:
+    """A store keeping groups answers every groups() query, group() and summary as the
+    groups counted from the same rows in memory, after a first fold and deletes."""
     from memcollect.backends.memory import MemoryBackend
-    from memcollect.backends.sqlite import SQLiteBackend
     from memcollect.groups import group_query
 
     now = 1_800_000_000.0
@@ -360,9 +363,8 @@ def test_kept_groups_answer_as_groups_counted_from_the_rows(
         mc.Memory(mc.new_id(), cat, text, {}, priority, (), None, None, None, now - days * 86400)
         for cat, text, days, priority in rows
     ]
-    kept, counted = SQLiteBackend("sqlite://"), MemoryBackend("memory://")
+    counted = MemoryBackend("memory://")
     for store in (kept, counted):
-        store.open()
         store.write_batch(memories[: len(memories) // 2])
         store.write_batch(memories[len(memories) // 2 :])
     for store in (kept, counted):  # after a first read folded: deletes must recount
@@ -378,4 +380,40 @@ def test_kept_groups_answer_as_groups_counted_from_the_rows(
     for days in (1, 7, 30):
         period = group_query(since=now - days * 86400, until=now + 1, limit=3)
         assert kept.summary(period) == counted.summary(period), days
-    kept.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(_ROWS, _DELETED)
+def test_sqlite_kept_groups_answer_as_groups_counted_from_the_rows(
+    rows: list[tuple[str, str, int, str]], deleted: set[int]
+) -> None:
+    from memcollect.backends.sqlite import SQLiteBackend
+
+    kept = SQLiteBackend("sqlite://")
+    kept.open()
+    try:
+        kept_answers_as_counted(kept, rows, deleted)
+    finally:
+        kept.close()
+
+
+@pytest.fixture(scope="module")
+def pg_store() -> Iterator[mc.Backend]:
+    from memcollect.backends.postgres import PostgresBackend
+
+    schema = f"kept_{uuid.uuid4().hex[:10]}"
+    store = PostgresBackend(f"{require_postgres()}?schema={schema}")
+    store.open()
+    yield store
+    store.close()
+    drop_schema(schema)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_ROWS, _DELETED)
+def test_postgres_kept_groups_answer_as_groups_counted_from_the_rows(
+    pg_store: mc.Backend, rows: list[tuple[str, str, int, str]], deleted: set[int]
+) -> None:
+    with pg_store._connection() as conn:  # type: ignore[attr-defined]
+        conn.execute("TRUNCATE memories, groups, group_queue CASCADE")
+    kept_answers_as_counted(pg_store, rows, deleted)

@@ -170,7 +170,7 @@ def test_a_version_1_schema_gains_byte_order_ids_and_keeps_its_rows(pg_url: str)
             f'SELECT value FROM "{schema}".memcollect_meta WHERE key = %s', ("schema_version",)
         ).fetchone()
     assert collations == [("category", "C"), ("id", "C")]
-    assert version is not None and int(version[0]) == SCHEMA_VERSION == 4
+    assert version is not None and int(version[0]) == SCHEMA_VERSION == 5
 
 
 def test_a_replayed_batch_is_stored_once_beside_its_new_rows(pg_url: str) -> None:

@@ -6,18 +6,18 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from queue import SimpleQueue
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
 from ..errors import TransientBackendError, ValidationError
+from ..groups import Group, GroupDetail, GroupQuery
 from ..model import Memory
 from ..query import Hit
+from ..report import Summary
 from ..retry import ErrorKind
 from ._sql import SqlStore, run_migrations
 from .base import (
@@ -26,6 +26,7 @@ from .base import (
     delete_page_order,
     every_word_first,
 )
+from .pggroups import GROUP_TABLES, PgGroups
 from .pgrows import (
     COLUMNS,
     from_row,
@@ -37,6 +38,7 @@ from .pgrows import (
 from .pgrows import copy_rows as _copy
 from .pgvectors import PgSemantic
 from .pgwatch import PoolErrors, Watchdog, one_line
+from .pgwriters import WriterThreads
 from .vectors import semantic_options
 
 try:
@@ -125,6 +127,8 @@ MIGRATIONS: list[tuple[int, str]] = [
             NOT NULL DEFAULT '';
         """,
     ),
+    # Groups kept beside the rows, folded off the write path (pggroups).
+    (5, GROUP_TABLES),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 # A batch of at least this many memories is split over `writers` connections.
@@ -226,7 +230,7 @@ class PostgresBackend(SqlStore):
         self._lock = threading.Lock()
         self._migrated = False
         # Threads that write the other parts of a split batch (writers > 1), made on first use.
-        self._helpers: _Helpers | None = None
+        self._helpers: WriterThreads | None = None
         self._watchdog = Watchdog()
         # The pool's last failed connection attempt, None once one succeeds.
         self.connect_error: str | None = None
@@ -237,6 +241,7 @@ class PostgresBackend(SqlStore):
             if self.supports_semantic
             else None
         )
+        self._groups = PgGroups(self._read, self._connection)
 
     # --- connections ---------------------------------------------------------------------
 
@@ -319,6 +324,9 @@ class PostgresBackend(SqlStore):
         """Whether the server could not be reached at the last try, or memories wait for
         their vectors because embedding fails."""
         reasons = [self.unreachable()] if self.connect_error is not None else []
+        if self._groups.idle.error is not None and self.connect_error is None:
+            reasons.append(f"memories are stored but not yet grouped, retrying: "
+                           f"{self._groups.idle.error}")  # fmt: skip
         if self._semantic is not None and self._semantic.error is not None:
             reasons.append(
                 f"memories are stored but not embedded, retrying: {self._semantic.error}"
@@ -345,6 +353,7 @@ class PostgresBackend(SqlStore):
                 "INSERT INTO memcollect_meta VALUES ('schema_version', %s) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             )
+            self._groups.prepare(conn.execute)
             if self._semantic is not None:
                 self._semantic.prepare(conn.execute)
         self._migrated = True
@@ -383,7 +392,7 @@ class PostgresBackend(SqlStore):
         parts = [rows[i : i + size] for i in range(0, len(rows), size)]
         with self._lock:
             if self._helpers is None:
-                self._helpers = _Helpers(self.writers - 1)
+                self._helpers = WriterThreads(self.writers - 1)
             helpers = self._helpers
         if not helpers.started:
             # A first split during interpreter shutdown, where no thread may start.
@@ -406,6 +415,7 @@ class PostgresBackend(SqlStore):
                 # The connection is in autocommit mode: COPY is a transaction of its own, with
                 # no BEGIN and COMMIT round trips (each one a wait for the GIL afterwards).
                 _copy(conn, "memories", rows)
+                self._groups.idle.written()
                 return
             except pg_errors.UniqueViolation:
                 # A replay (a batch whose commit landed but whose answer was lost, a drain
@@ -415,6 +425,7 @@ class PostgresBackend(SqlStore):
                 conn.execute(_INCOMING)
                 _copy(conn, "memcollect_incoming", rows)
                 conn.execute(_INSERT)
+            self._groups.idle.written()
 
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Keep memories that could not be stored, with their errors."""
@@ -437,10 +448,31 @@ class PostgresBackend(SqlStore):
         return [from_row(r) for r in rows]
 
     def delete(self, ids: Sequence[str]) -> None:
-        """Remove memories (ids not stored are ignored), and their vectors."""
+        """Remove memories (ids not stored are ignored), their vectors, and recount their
+        groups."""
         if self._semantic is not None:
             self._semantic.forget(ids)
-        self._write("DELETE FROM memories WHERE id = %s", [(i,) for i in ids])
+        self._ensure_schema()
+        with self._connection() as conn, conn.transaction():
+            self._groups.delete(conn, ids)
+
+    def groups(self, query: GroupQuery) -> list[Group]:
+        """Groups from the kept tables (of a project or an agent: from the rows)."""
+        if query.project is not None or query.agent is not None:
+            return super().groups(query)
+        return self._groups.groups(query)
+
+    def group(
+        self, fingerprint: str, limit: int = 20, before: str | None = None
+    ) -> GroupDetail | None:
+        """One kept group with a page of its newest members and its days."""
+        return self._groups.group(fingerprint, limit, before)
+
+    def summary(self, query: GroupQuery) -> Summary:
+        """A report's summary from the kept tables (of a project or an agent: the rows)."""
+        if query.project is not None or query.agent is not None:
+            return super().summary(query)
+        return self._groups.summary(query)
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -490,8 +522,10 @@ class PostgresBackend(SqlStore):
         return self._semantic is not None and query.mode != "text" and bool(query.text.strip())
 
     def idle_work(self) -> bool:
-        """Embed the next few queued memories (semantic search); True while more wait."""
-        return self._semantic is not None and self._semantic.idle_work()
+        """Fold the next queued rows into groups, and embed the next few queued memories
+        (semantic search); True while more wait."""
+        folding = self._groups.idle.step(self._groups.fold_chunk)
+        return (self._semantic is not None and self._semantic.idle_work()) or folding
 
     def pending_embeddings(self) -> int:
         """How many stored memories wait for their vector (0 without semantic search)."""
@@ -580,43 +614,6 @@ class PostgresBackend(SqlStore):
             helpers.stop()
         if pool is not None:
             pool.close(timeout=5.0)
-
-
-class _Helpers:
-    """Daemon threads that run calls handed to them. Not a ThreadPoolExecutor: it refuses
-    work once the interpreter starts to shut down, when the at-exit flush still writes."""
-
-    def __init__(self, count: int) -> None:
-        self._calls: SimpleQueue[tuple[Callable[[], None], Future[None]] | None] = SimpleQueue()
-        self._count = count
-        self.started = True
-        try:
-            for n in range(count):
-                name = f"memcollect-pg-writer-{n + 1}"
-                threading.Thread(target=self._run, name=name, daemon=True).start()
-        except RuntimeError:  # "can't create new thread at interpreter shutdown"
-            self.started = False
-
-    def submit(self, call: Callable[..., None], *args: Any) -> Future[None]:
-        """Run call(*args) on a helper thread; its future."""
-        future: Future[None] = Future()
-        self._calls.put((lambda: call(*args), future))
-        return future
-
-    def _run(self) -> None:
-        while (item := self._calls.get()) is not None:
-            call, future = item
-            try:
-                call()
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting writer
-                future.set_exception(exc)
-            else:
-                future.set_result(None)
-
-    def stop(self) -> None:
-        """Let the threads end once the calls handed to them are done."""
-        for _ in range(self._count):
-            self._calls.put(None)
 
 
 # Pools inherited across fork are kept referenced, never closed by the child.

@@ -103,13 +103,23 @@ MIGRATIONS.append(
     (5, "ALTER TABLE memories ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''"),
 )
 MIGRATIONS.append(
-    # Groups kept in the file (backends/sqlite/groups.py): each folded row's fingerprint, the
-    # groups, and partial indexes that hold only folded rows (nothing on the write path).
-    # Rows stored before are folded on first use: the watermark starts at 0.
+    # Groups kept in the file (backends/keptgroups.py): a narrow row a folded memory, by time
+    # (its primary key) and by group, and a row a group. Rows stored before are folded on
+    # first use: the watermark starts at 0.
     (
         6,
         """
-        ALTER TABLE memories ADD COLUMN group_key TEXT NOT NULL DEFAULT '';
+        CREATE TABLE IF NOT EXISTS group_members (
+            created_at REAL NOT NULL,
+            member INTEGER NOT NULL,
+            group_key TEXT NOT NULL,
+            category TEXT NOT NULL,
+            project TEXT,
+            agent TEXT,
+            priority INTEGER NOT NULL,
+            PRIMARY KEY (created_at, member)
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS group_members_by_key ON group_members (group_key, created_at);
         CREATE TABLE IF NOT EXISTS groups (
             fingerprint TEXT PRIMARY KEY,
             category TEXT NOT NULL,
@@ -121,10 +131,6 @@ MIGRATIONS.append(
         ) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS groups_by_count ON groups (count DESC, fingerprint);
         CREATE INDEX IF NOT EXISTS groups_by_first_seen ON groups (first_seen DESC);
-        CREATE INDEX IF NOT EXISTS memories_by_group ON memories (group_key, created_at)
-            WHERE group_key != '';
-        CREATE INDEX IF NOT EXISTS memories_folded_by_time ON memories (created_at)
-            WHERE group_key != '';
         INSERT OR REPLACE INTO memcollect_meta VALUES ('groups_upto', '0')
         """,
     )

@@ -100,10 +100,15 @@ class SQLiteBackend(KeptGroups):
         return done == chunk
 
     def health_reasons(self) -> list[str]:
-        """Why semantic recall lags, if it does."""
-        if self._embed_error is None:
-            return []
-        return [f"memories are stored but not embedded, retrying: {self._embed_error}"]
+        """Why semantic recall or the groups lag, if they do."""
+        reasons = []
+        if self._embed_error is not None:
+            reasons.append(f"memories are stored but not embedded, retrying: {self._embed_error}")
+        if self._idle_folds.error is not None:
+            reasons.append(
+                f"memories are stored but not yet grouped, retrying: {self._idle_folds.error}"
+            )
+        return reasons
 
     def pending_embeddings(self) -> int:
         """How many stored memories have no vector yet (0 without semantic recall)."""
