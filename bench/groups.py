@@ -2,14 +2,16 @@
 report() answer from them.
 
 Run: .venv/bin/python bench/groups.py [--n 1000000] [--json FILE]
+         [--postgres "postgresql://postgres@127.0.0.1:5432/test"]
 
 Memories: comment lines of the Python standard library (bench/collect.py's varied corpus),
 a third of them with an order number and a duration, as the same event recurring; spread
 over the last 30 days, oldest first. They are stored twice through a MemoryCollector into
 SQLite with full-text search, in the same run: once as shipped (rows are folded into groups
 in the worker's quiet moments, and before a read), once with the folding switched off. Then
-the first groups() (which folds what the writer left) and each read are timed. Writes
-bench/results-groups.json.
+the first groups() (which folds what the writer left) and each read are timed. With
+--postgres, the same on PostgreSQL (folding off: its trigger dropped), in schemas of their
+own that are dropped afterwards. Writes bench/results-groups.json.
 """
 
 from __future__ import annotations
@@ -81,58 +83,112 @@ def timed(call: Callable[[], Any], times: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--json", type=Path, default=HERE / "results-groups.json")
-    args = parser.parse_args()
-    memories = corpus(args.n)
-    with tempfile.TemporaryDirectory() as tmp:
-        # Without: the same store with the folding switched off (nothing is ever folded).
-        kept_rows = KeptGroups._stored_rows
-        KeptGroups._stored_rows = lambda self: None  # type: ignore[method-assign]
-        try:
-            without = store_all(f"sqlite:///{tmp}/without.db", tmp, memories)
-        finally:
-            KeptGroups._stored_rows = kept_rows  # type: ignore[method-assign]
-        url = f"sqlite:///{tmp}/groups.db"
-        with_groups = store_all(url, tmp, memories)
-        c = mc.MemoryCollector(url, durability="memory", data_dir=tmp)
-        started = time.perf_counter()
-        first = c.groups()  # folds whatever the writer's quiet moments left
-        catch_up = time.perf_counter() - started
-        reads: dict[str, dict[str, float]] = {}
-        reads["groups()"] = timed(c.groups, 50)
-        reads["groups(category='bug')"] = timed(lambda: c.groups(category="bug"), 50)
-        reads["groups(order='last_seen')"] = timed(lambda: c.groups(order="last_seen"), 50)
-        reads["groups(order='new')"] = timed(lambda: c.groups(order="new"), 50)
-        reads["groups(since='1d')"] = timed(lambda: c.groups(since="1d"), 10)
-        reads["groups(since='7d')"] = timed(lambda: c.groups(since="7d"), 5)
-        reads["groups(order='rising')"] = timed(lambda: c.groups(order="rising"), 5)
-        reads["group() of the largest"] = timed(lambda: c.group(first[0].fingerprint), 20)
-        reads["report(since='7d')"] = timed(lambda: c.report(since="7d"), 3)
-        reads["groups(project='web'), from the rows"] = timed(lambda: c.groups(project="web"), 1)
-        groups_held = c.backend._read("SELECT count(*) FROM groups")[0][0]  # type: ignore[attr-defined]
+def reads_of(c: mc.MemoryCollector) -> tuple[float, dict[str, dict[str, float]]]:
+    """The first groups() (folding what the writer left), then each read, timed."""
+    started = time.perf_counter()
+    first = c.groups()
+    catch_up = time.perf_counter() - started
+    reads: dict[str, dict[str, float]] = {}
+    reads["groups()"] = timed(c.groups, 50)
+    reads["groups(category='bug')"] = timed(lambda: c.groups(category="bug"), 50)
+    reads["groups(order='last_seen')"] = timed(lambda: c.groups(order="last_seen"), 50)
+    reads["groups(order='new')"] = timed(lambda: c.groups(order="new"), 50)
+    reads["groups(since='1d')"] = timed(lambda: c.groups(since="1d"), 10)
+    reads["groups(since='7d')"] = timed(lambda: c.groups(since="7d"), 5)
+    reads["groups(order='rising')"] = timed(lambda: c.groups(order="rising"), 5)
+    reads["group() of the largest"] = timed(lambda: c.group(first[0].fingerprint), 20)
+    reads["report(since='7d')"] = timed(lambda: c.report(since="7d"), 3)
+    reads["groups(project='web'), from the rows"] = timed(lambda: c.groups(project="web"), 1)
+    return catch_up, reads
+
+
+def sqlite_run(memories: list[mc.Memory], tmp: str) -> dict[str, Any]:
+    """SQLite with and without folding, then the reads."""
+    kept_rows = KeptGroups._stored_rows
+    KeptGroups._stored_rows = lambda self: None  # type: ignore[method-assign]
+    try:
+        without = store_all(f"sqlite:///{tmp}/without.db", tmp, memories)
+    finally:
+        KeptGroups._stored_rows = kept_rows  # type: ignore[method-assign]
+    url = f"sqlite:///{tmp}/groups.db"
+    with_groups = store_all(url, tmp, memories)
+    c = mc.MemoryCollector(url, durability="memory", data_dir=tmp)
+    catch_up, reads = reads_of(c)
+    held = c.backend._read("SELECT count(*) FROM groups")[0][0]  # type: ignore[attr-defined]
+    c.close()
+    return record_of("SQLite + FTS", len(memories), held, without=without,
+                     with_groups=with_groups, catch_up=catch_up, reads=reads)  # fmt: skip
+
+
+def postgres_run(memories: list[mc.Memory], base: str, tmp: str) -> dict[str, Any]:
+    """PostgreSQL with its trigger dropped (nothing queued for folding), and as shipped."""
+    import psycopg
+
+    tag = f"{int(time.time())}"
+    schemas = [f"groups_off_{tag}", f"groups_on_{tag}"]
+    try:
+        off = f"{base}?schema={schemas[0]}"
+        with mc.MemoryCollector(off, durability="memory", data_dir=tmp):
+            pass  # the schema, its tables and its trigger
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP TRIGGER memcollect_group ON "{schemas[0]}".memories')
+        without = store_all(off, tmp, memories)
+        on = f"{base}?schema={schemas[1]}"
+        with_groups = store_all(on, tmp, memories)
+        c = mc.MemoryCollector(on, durability="memory", data_dir=tmp)
+        catch_up, reads = reads_of(c)
+        held = c.backend._read("SELECT count(*) FROM groups", ())[0][0]  # type: ignore[attr-defined]
         c.close()
-    record = {
-        "machine": f"{platform.machine()}, Python {platform.python_version()}",
-        "date": time.strftime("%Y-%m-%d"),
-        "memories": args.n,
-        "groups": groups_held,
-        "stored_per_s_without_groups": round(without),
-        "stored_per_s_with_groups": round(with_groups),
-        "write_cost": round(1 - with_groups / without, 3),
-        "first_read_folding_s": round(catch_up, 2),
-        "fold_rows_per_s": round(args.n / catch_up) if catch_up > 0 else None,
-        "reads": reads,
-    }
-    print(f"SQLite + FTS, {args.n:,} memories over {DAYS} days, {groups_held:,} groups")
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            for schema in schemas:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    return record_of("PostgreSQL", len(memories), held, without=without,
+                     with_groups=with_groups, catch_up=catch_up, reads=reads)  # fmt: skip
+
+
+def record_of(
+    store: str, n: int, held: int, *, without: float, with_groups: float, catch_up: float,
+    reads: dict[str, dict[str, float]],
+) -> dict[str, Any]:  # fmt: skip
+    """One store's results, printed as a table and returned for the results file."""
+    cost = 1 - with_groups / without
+    print(f"\n{store}, {n:,} memories over {DAYS} days, {held:,} groups")
     print(f"stored/s: {without:,.0f} without groups, {with_groups:,.0f} with "
-          f"(cost {record['write_cost']:.1%}, target <= 10%)")  # fmt: skip
-    print(f"first groups() after the load, folding what the writer left: {catch_up:.1f} s")
+          f"(cost {cost:.1%}, target <= 10%)")  # fmt: skip
+    print(f"first groups() after the load, folding what the writer left: {catch_up:.1f} s "
+          f"({n / catch_up:,.0f} rows/s)")  # fmt: skip
     print("| read | p50 | p99 |\n|---|---|---|")
     for name, result in reads.items():
         print(f"| {name} | {result['p50_ms']} ms | {result['p99_ms']} ms |")
+    return {
+        "memories": n,
+        "groups": held,
+        "stored_per_s_without_groups": round(without),
+        "stored_per_s_with_groups": round(with_groups),
+        "write_cost": round(cost, 3),
+        "first_read_folding_s": round(catch_up, 2),
+        "fold_rows_per_s": round(n / catch_up),
+        "reads": reads,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--postgres", help="a PostgreSQL URL: the same run there too")
+    parser.add_argument("--json", type=Path, default=HERE / "results-groups.json")
+    args = parser.parse_args()
+    memories = corpus(args.n)
+    record: dict[str, Any] = {
+        "machine": f"{platform.machine()}, Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join([".venv/bin/python bench/groups.py", *sys.argv[1:]]),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        record["sqlite"] = sqlite_run(memories, tmp)
+        if args.postgres:
+            record["postgresql"] = postgres_run(memories, args.postgres, tmp)
     args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 

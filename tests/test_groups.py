@@ -417,3 +417,35 @@ def test_postgres_kept_groups_answer_as_groups_counted_from_the_rows(
     with pg_store._connection() as conn:  # type: ignore[attr-defined]
         conn.execute("TRUNCATE memories, groups, group_queue CASCADE")
     kept_answers_as_counted(pg_store, rows, deleted)
+
+
+def test_postgres_folds_what_any_writer_stored_and_clears_its_queue(
+    make_collector: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memcollect.backends import pggroups
+
+    monkeypatch.setattr(pggroups, "FOLD_CHUNK", 3)
+    monkeypatch.setattr(pggroups, "_VACUUM_AFTER", 2)
+    schema = f"fold_{uuid.uuid4().hex[:10]}"
+    url = f"{require_postgres()}?schema={schema}"
+    try:
+        writer = make_collector(url)
+        for i in range(10):
+            writer.collect("error", f"Disk full on db-{i}")
+        assert writer.flush(30)
+        import psycopg
+
+        with psycopg.connect(require_postgres(), autocommit=True) as conn:
+            # Rows another program inserts are queued by the trigger like the store's own.
+            conn.execute(
+                f'INSERT INTO "{schema}".memories (id, category, content, priority, created_at) '
+                "VALUES (%s, 'error', 'Disk full on db-99', 2, %s)",
+                (mc.new_id(), time.time()),
+            )
+        (group,) = make_collector(url).groups()  # folds four chunks, then vacuums the queue
+        assert group.count == 11
+        with psycopg.connect(require_postgres(), autocommit=True) as conn:
+            queued = conn.execute(f'SELECT count(*) FROM "{schema}".group_queue').fetchone()
+        assert queued == (0,)
+    finally:
+        drop_schema(schema)

@@ -108,61 +108,66 @@ def _tallies(inside: dict[str, int], before: dict[str, int]) -> list[Tally]:
 
 
 class PeriodCounts:
-    """What a store counted over a period and the one before it, for a summary."""
+    """What a store counted over a period and the one before it, for a summary: the groups
+    each list shows (best first) with their counts, the totals, and the memories by facet."""
 
     def __init__(self) -> None:
-        #: Memories per group key in the period, and in the period before.
-        self.inside: dict[str, int] = {}
-        self.before: dict[str, int] = {}
+        #: "top", "new", "rising": the keys of the groups each lists, best first.
+        self.ranked: dict[str, list[str]] = {"top": [], "new": [], "rising": []}
+        #: (in the period, in the period before) of each key ranked.
+        self.counted: dict[str, tuple[int, int]] = {}
+        self.total = self.total_before = self.groups = self.new_groups = 0
         #: Memories per (category, project, agent, day, in the period or not).
         self.facets: dict[tuple[str, str | None, str | None, float, bool], int] = {}
 
-    def add(self, key: str, memory: Memory, since: float) -> None:
-        """Count one memory of the group `key` (it falls in one of the two periods)."""
-        at, category, project, agent = (
-            memory.created_at,
-            memory.category,
-            memory.project,
-            memory.agent,
-        )
-        counts = self.inside if at >= since else self.before
-        counts[key] = counts.get(key, 0) + 1
-        facet = (category, project, agent, _day(at), at >= since)
+    def rank(self, inside: dict[str, int], before: dict[str, int], firsts: dict[str, float],
+             since: float, limit: int) -> None:  # fmt: skip
+        """Rank every group from its counts (as the stores that count in SQL do)."""
+        top = sorted(inside, key=lambda k: (-inside[k], k))
+        new = sorted((k for k in top if firsts[k] >= since),
+                     key=lambda k: (-inside[k], -firsts[k], k))  # fmt: skip
+        # Rising: seen before this period and more often in it than in the one before (a
+        # group first seen in the period is "new", not rising).
+        rising = sorted((k for k in top if firsts[k] < since and inside[k] > before.get(k, 0)),
+                        key=lambda k: (before.get(k, 0) - inside[k], k))  # fmt: skip
+        self.ranked = {"top": top[:limit], "new": new[:limit], "rising": rising[:limit]}
+        for keys in self.ranked.values():
+            self.counted.update({k: (inside[k], before.get(k, 0)) for k in keys})
+        self.total, self.total_before = sum(inside.values()), sum(before.values())
+        self.groups, self.new_groups = len(top), len(new)
+
+    def add(
+        self, key: str, memory: Memory, since: float, counts: tuple[dict[str, int], ...]
+    ) -> None:
+        """Count one memory of the group `key` (it falls in one of the two periods) into
+        `counts` (in the period, before) and the facets."""
+        at = memory.created_at
+        into = counts[0] if at >= since else counts[1]
+        into[key] = into.get(key, 0) + 1
+        facet = (memory.category, memory.project, memory.agent, _day(at), at >= since)
         self.facets[facet] = self.facets.get(facet, 0) + 1
 
 
 def summary_from_counts(
     counts: PeriodCounts,
-    first_seen: Callable[[list[str]], dict[str, float]],
     days_of: Callable[[list[str]], dict[str, dict[float, int]]],
     groups_for: Callable[[list[str], dict[str, tuple[int, int]]], list[Group]],
     query: GroupQuery,
 ) -> Summary:
-    """A summary from a store's counts, with ways to get what it needs of some groups only:
-    when each was first seen, its memories per day, and its Group (given its counts in the
-    period and the one before)."""
+    """A summary from a store's counts, with ways to get what it needs of the groups listed
+    only: their memories per day, and their Groups (given their counts)."""
     since, until = query.since or 0.0, query.until or 0.0
     start = since - (until - since)
-    inside, before = counts.inside, counts.before
-    top = sorted(inside, key=lambda k: (-inside[k], k))
-    firsts = first_seen(top)
-    new = sorted((k for k in top if firsts[k] >= since),
-                 key=lambda k: (-inside[k], -firsts[k], k))  # fmt: skip
-    # Rising: seen before this period and more often in it than in the one before (a group
-    # first seen in the period is "new", not rising).
-    rising = sorted((k for k in top if firsts[k] < since and inside[k] > before.get(k, 0)),
-                    key=lambda k: (before.get(k, 0) - inside[k], k))  # fmt: skip
-    limit = query.limit
-    chosen = list(dict.fromkeys([*top[:limit], *new[:limit], *rising[:limit]]))
-    made = {g.fingerprint: g for g in
-            groups_for(chosen, {k: (inside[k], before.get(k, 0)) for k in chosen})}  # fmt: skip
+    ranked = counts.ranked
+    chosen = list(dict.fromkeys([*ranked["top"], *ranked["new"], *ranked["rising"]]))
+    made = {g.fingerprint: g for g in groups_for(chosen, counts.counted)}
     days = days_of(chosen)
     all_days = _days(start, until)
 
     def listed(keys: list[str]) -> list[ReportGroup]:
         return [
             ReportGroup(made[k], [(d, days.get(k, {}).get(d, 0)) for d in all_days])
-            for k in keys[:limit]
+            for k in keys
             if k in made
         ]
 
@@ -177,14 +182,14 @@ def summary_from_counts(
             if name:
                 tally[field][name] = tally[field].get(name, 0) + n
     return Summary(
-        total=sum(inside.values()),
-        total_before=sum(before.values()),
-        groups=len(top),
-        new_groups=len(new),
+        total=counts.total,
+        total_before=counts.total_before,
+        groups=counts.groups,
+        new_groups=counts.new_groups,
         daily=list(daily.items()),
-        top=listed(top),
-        new=listed(new),
-        rising=listed(rising),
+        top=listed(ranked["top"]),
+        new=listed(ranked["new"]),
+        rising=listed(ranked["rising"]),
         by_category=_tallies(now["category"], then["category"]),
         by_project=_tallies(now["project"], then["project"]),
         by_agent=_tallies(now["agent"], then["agent"]),
@@ -203,13 +208,16 @@ def summary_of(memories: Iterable[Memory], query: GroupQuery, limit: int) -> Sum
     since, until = query.since or 0.0, query.until or 0.0
     start = since - (until - since)
     counts = PeriodCounts()
+    inside: dict[str, int] = {}
+    before: dict[str, int] = {}
     days: dict[str, dict[float, int]] = {}
     for m in kept:
         if start <= m.created_at < until:
             key = fingerprint(m)
-            counts.add(key, m, since)
+            counts.add(key, m, since, (inside, before))
             per_day = days.setdefault(key, {})
             per_day[_day(m.created_at)] = per_day.get(_day(m.created_at), 0) + 1
+    counts.rank(inside, before, {k: g.first_seen for k, g in everyone.items()}, since, limit)
 
     def groups_for(keys: list[str], counted: dict[str, tuple[int, int]]) -> list[Group]:
         return [
@@ -220,7 +228,6 @@ def summary_of(memories: Iterable[Memory], query: GroupQuery, limit: int) -> Sum
 
     return summary_from_counts(
         counts,
-        lambda keys: {k: everyone[k].first_seen for k in keys},
         lambda keys: {k: days[k] for k in keys},
         groups_for,
         msgspec.structs.replace(query, limit=limit),

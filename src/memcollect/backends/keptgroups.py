@@ -307,20 +307,45 @@ class KeptGroupReads:
         start = since - (until - since)
         where, params = self._period(query, start, until)
         counts = PeriodCounts()
-        firsts: dict[str, float] = {}
-        for key, inside, before, first in self._read(
+        # Counted and ranked in SQL: on varied text nearly every memory is a group of its
+        # own, and only the groups listed (and the totals) need to leave the database.
+        limit = query.limit
+        per_group = (
             "SELECT p.key, p.inside, p.before, g.first_seen FROM (SELECT group_key AS key, "
             f"count(*) FILTER (WHERE created_at >= {mark}) AS inside, "
             f"count(*) FILTER (WHERE created_at < {mark}) AS before "
             f"FROM group_members WHERE {where} GROUP BY group_key) AS p "
-            "JOIN groups g ON g.fingerprint = p.key",
-            [since, since, *params],
+            "JOIN groups g ON g.fingerprint = p.key"
+        )
+        lists = {
+            "top": "inside > 0 ORDER BY inside DESC, key",
+            "new": f"inside > 0 AND first_seen >= {mark} "
+            "ORDER BY inside DESC, first_seen DESC, key",
+            "rising": f"first_seen < {mark} AND inside > before ORDER BY before - inside, key",
+        }
+        selects = [
+            f"SELECT * FROM (SELECT '{name}' AS list, key, inside, before FROM q WHERE {rule} "
+            f"LIMIT {mark}) AS {name}"
+            for name, rule in lists.items()
+        ]
+        totals = (
+            "SELECT 'totals', NULL, count(*) FILTER (WHERE inside > 0), "
+            f"count(*) FILTER (WHERE inside > 0 AND first_seen >= {mark}) FROM q "
+            "UNION ALL SELECT 'sums', NULL, coalesce(sum(inside), 0), coalesce(sum(before), 0) "
+            "FROM q"
+        )
+        for name, key, inside, before in self._read(
+            # Used five times: both SQLite (3.35+) and PostgreSQL compute it once.
+            f"WITH q AS ({per_group}) " + " UNION ALL ".join([*selects, totals]),
+            [since, since, *params, limit, since, limit, since, limit, since],
         ):
-            if inside:
-                counts.inside[key] = int(inside)
-            if before:
-                counts.before[key] = int(before)
-            firsts[key] = first
+            if name == "totals":
+                counts.groups, counts.new_groups = int(inside), int(before)
+            elif name == "sums":
+                counts.total, counts.total_before = int(inside), int(before)
+            else:
+                counts.ranked[name].append(key)
+                counts.counted[key] = (int(inside), int(before))
         for category, project, agent, day, in_period, n in self._read(
             f"SELECT category, project, agent, {self.sql.day}, created_at >= {mark}, count(*) "
             f"FROM group_members WHERE {where} GROUP BY 1, 2, 3, 4, 5",
@@ -344,7 +369,7 @@ class KeptGroupReads:
             rows = self.group_rows(keys)
             return self.with_representatives([rows[k] for k in keys if k in rows], counted)
 
-        return summary_from_counts(counts, lambda _: firsts, days_of, groups_for, query)
+        return summary_from_counts(counts, days_of, groups_for, query)
 
 
 def recount(execute: Callable[[str, Sequence[Any]], Any], mark: str, keys: Iterable[str]) -> None:

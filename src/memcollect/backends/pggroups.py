@@ -21,6 +21,8 @@ log = logging.getLogger("memcollect")
 
 #: Rows folded in one transaction.
 FOLD_CHUNK = 4096
+# After folding this many chunks at once, the queue is vacuumed.
+_VACUUM_AFTER = 8
 
 #: The migration that makes the tables (the trigger is made by PgGroups.prepare).
 GROUP_TABLES = """
@@ -152,11 +154,17 @@ class PgGroups:
 
     def fold_all(self) -> None:
         """Fold the whole queue, waiting for rows other processes are folding right now."""
+        chunks = 1
         while self.fold_chunk() == FOLD_CHUNK:
-            pass
+            chunks += 1
         if self._read("SELECT EXISTS (SELECT 1 FROM group_queue)", ())[0][0]:
             while self.fold_chunk(wait=True):
-                pass
+                chunks += 1
+        if chunks >= _VACUUM_AFTER:
+            # A big fold leaves the queue's pages full of dead rows, which each look at the
+            # queue would read through until autovacuum comes: clear them now.
+            with self._connect() as conn:
+                conn.execute("VACUUM group_queue")
 
     def delete(self, conn: Any, ids: Sequence[str]) -> None:
         """Delete memories and recount their groups, in the caller's transaction."""
