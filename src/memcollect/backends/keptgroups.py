@@ -165,38 +165,36 @@ class KeptGroupReads:
             params.append(query.category)
         return where, params
 
-    def _counts(self, query: GroupQuery, start: float, end: float) -> dict[str, int]:
-        where, params = self._period(query, start, end)
-        return dict(
-            self._read(
-                f"SELECT group_key, count(*) FROM group_members WHERE {where} GROUP BY group_key",
-                params,
-            )
-        )
-
     def _in_period(self, query: GroupQuery) -> list[Group]:
+        """Groups with members in the period, counted and ranked in SQL: only the groups
+        asked for leave the database."""
+        mark = self.sql.mark
         since = query.since if query.since is not None else float("-inf")
         until = query.until if query.until is not None else float("inf")
-        inside = self._counts(query, since, until)
-        # Only "rising" compares with the period before.
+        # Only "rising" compares with the period before: its rows are counted too.
         earlier = query.before() if query.order == "rising" else None
-        before = self._counts(query, *earlier) if earlier else {}
-        if query.order == "rising":
-            ranked = sorted(inside, key=lambda k: (before.get(k, 0) - inside[k], k))
-        elif query.order == "count":
-            ranked = sorted(inside, key=lambda k: (-inside[k], k))
-        else:
-            rows = self.group_rows(list(inside))
-            field = 6 if query.order == "last_seen" else 5
-            ranked = sorted(
-                (k for k in inside
-                 if query.order != "new" or query.since is None or rows[k][5] >= query.since),
-                key=lambda k: (-rows[k][field], k),
-            )  # fmt: skip
-        chosen = ranked[: query.limit]
-        rows = self.group_rows(chosen)
-        counts = {k: (inside[k], before.get(k, 0)) for k in chosen}
-        return self.with_representatives([rows[k] for k in chosen if k in rows], counts)
+        where, params = self._period(query, min(earlier[0], since) if earlier else since, until)
+        counted = (
+            f"SELECT group_key AS key, count(*) FILTER (WHERE created_at >= {mark}) AS inside, "
+            f"count(*) FILTER (WHERE created_at < {mark}) AS before FROM group_members "
+            f"WHERE {where} GROUP BY group_key"
+        )
+        new_since = query.order == "new" and query.since is not None
+        order = {
+            "count": "ORDER BY c.inside DESC, c.key",
+            "rising": "ORDER BY c.before - c.inside, c.key",
+            "last_seen": "ORDER BY g.last_seen DESC, c.key",
+            "new": (f"AND g.first_seen >= {mark} " if new_since else "")
+            + "ORDER BY g.first_seen DESC, c.key",
+        }[query.order]
+        columns = ", ".join(f"g.{c.strip()}" for c in GROUP_COLUMNS.split(","))
+        rows = self._read(
+            f"SELECT {columns}, c.inside, c.before FROM ({counted}) AS c "
+            f"JOIN groups g ON g.fingerprint = c.key WHERE c.inside > 0 {order} LIMIT {mark}",
+            [since, since, *params, *([query.since] if new_since else []), query.limit],
+        )
+        counts = {row[0]: (int(row[7]), int(row[8])) for row in rows}
+        return self.with_representatives([row[:7] for row in rows], counts)
 
     def _last_seen(self, query: GroupQuery) -> list[Group]:
         """The groups seen most recently: the newest members, read back in time until
