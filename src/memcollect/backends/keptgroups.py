@@ -180,19 +180,29 @@ class KeptGroupReads:
             f"WHERE {where} GROUP BY group_key"
         )
         new_since = query.order == "new" and query.since is not None
-        order = {
-            "count": "ORDER BY c.inside DESC, c.key",
-            "rising": "ORDER BY c.before - c.inside, c.key",
-            "last_seen": "ORDER BY g.last_seen DESC, c.key",
-            "new": (f"AND g.first_seen >= {mark} " if new_since else "")
-            + "ORDER BY g.first_seen DESC, c.key",
-        }[query.order]
         columns = ", ".join(f"g.{c.strip()}" for c in GROUP_COLUMNS.split(","))
-        rows = self._read(
-            f"SELECT {columns}, c.inside, c.before FROM ({counted}) AS c "
-            f"JOIN groups g ON g.fingerprint = c.key WHERE c.inside > 0 {order} LIMIT {mark}",
-            [since, since, *params, *([query.since] if new_since else []), query.limit],
-        )
+        limit = [query.limit]
+        if query.order in ("count", "rising"):
+            # Ranked on the counts alone, then joined: only `limit` groups are looked up.
+            order = ("c.inside DESC, c.key" if query.order == "count"
+                     else "c.before - c.inside, c.key")  # fmt: skip
+            sql = (
+                f"SELECT {columns}, c.inside, c.before FROM (SELECT * FROM ({counted}) AS c "
+                f"WHERE c.inside > 0 ORDER BY {order} LIMIT {mark}) AS c "
+                f"JOIN groups g ON g.fingerprint = c.key ORDER BY {order}"
+            )
+            args = [since, since, *params, *limit]
+        else:
+            order = ("g.last_seen DESC, c.key" if query.order == "last_seen"
+                     else "g.first_seen DESC, c.key")  # fmt: skip
+            first = f"AND g.first_seen >= {mark} " if new_since else ""
+            sql = (
+                f"SELECT {columns}, c.inside, c.before FROM ({counted}) AS c "
+                f"JOIN groups g ON g.fingerprint = c.key WHERE c.inside > 0 {first}"
+                f"ORDER BY {order} LIMIT {mark}"
+            )
+            args = [since, since, *params, *([query.since] if new_since else []), *limit]
+        rows = self._read(sql, args)
         counts = {row[0]: (int(row[7]), int(row[8])) for row in rows}
         return self.with_representatives([row[:7] for row in rows], counts)
 
