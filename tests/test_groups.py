@@ -343,6 +343,8 @@ _ROWS = st.lists(
         st.sampled_from(_CONTENTS),
         st.integers(0, 20),  # days ago (ties on one time included)
         st.sampled_from(["low", "high", "critical"]),
+        st.sampled_from([None, "shop"]),
+        st.sampled_from([None, "a"]),
     ),
     min_size=1,
     max_size=40,
@@ -350,9 +352,10 @@ _ROWS = st.lists(
 _DELETED = st.sets(st.integers(0, 39), max_size=10)
 
 
-def kept_answers_as_counted(
-    kept: mc.Backend, rows: list[tuple[str, str, int, str]], deleted: set[int]
-) -> None:
+Row = tuple[str, str, int, str, str | None, str | None]
+
+
+def kept_answers_as_counted(kept: mc.Backend, rows: list[Row], deleted: set[int]) -> None:
     """A store keeping groups answers every groups() query, group() and summary as the
     groups counted from the same rows in memory, after a first fold and deletes."""
     from memcollect.backends.memory import MemoryBackend
@@ -360,8 +363,10 @@ def kept_answers_as_counted(
 
     now = 1_800_000_000.0
     memories = [
-        mc.Memory(mc.new_id(), cat, text, {}, priority, (), None, None, None, now - days * 86400)
-        for cat, text, days, priority in rows
+        mc.Memory(
+            mc.new_id(), cat, text, {}, priority, (), project, agent, None, now - days * 86400
+        )
+        for cat, text, days, priority, project, agent in rows
     ]
     counted = MemoryBackend("memory://")
     for store in (kept, counted):
@@ -372,8 +377,20 @@ def kept_answers_as_counted(
         store.delete([memories[i].id for i in deleted if i < len(memories)])
     for order in ("count", "last_seen", "new", "rising"):
         for since, until in ((None, None), (now - 7 * 86400, now + 1), (now - 3 * 86400, None)):
-            for category in (None, "bug"):
-                query = group_query(order=order, since=since, until=until, category=category)
+            for category, project, agent in (
+                (None, None, None),
+                ("bug", None, None),
+                (None, "shop", None),
+                ("bug", None, "a"),
+            ):
+                query = group_query(
+                    order=order,
+                    since=since,
+                    until=until,
+                    category=category,
+                    project=project,
+                    agent=agent,
+                )
                 assert kept.groups(query) == counted.groups(query), (order, since, category)
     for group in counted.groups(group_query(limit=100)):
         assert kept.group(group.fingerprint, 100) == counted.group(group.fingerprint, 100)
@@ -385,7 +402,7 @@ def kept_answers_as_counted(
 @settings(max_examples=100, deadline=None)
 @given(_ROWS, _DELETED)
 def test_sqlite_kept_groups_answer_as_groups_counted_from_the_rows(
-    rows: list[tuple[str, str, int, str]], deleted: set[int]
+    rows: list[Row], deleted: set[int]
 ) -> None:
     from memcollect.backends.sqlite import SQLiteBackend
 
@@ -412,7 +429,7 @@ def pg_store() -> Iterator[mc.Backend]:
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_ROWS, _DELETED)
 def test_postgres_kept_groups_answer_as_groups_counted_from_the_rows(
-    pg_store: mc.Backend, rows: list[tuple[str, str, int, str]], deleted: set[int]
+    pg_store: mc.Backend, rows: list[Row], deleted: set[int]
 ) -> None:
     with pg_store._connection() as conn:  # type: ignore[attr-defined]
         conn.execute("TRUNCATE memories, groups, group_queue CASCADE")

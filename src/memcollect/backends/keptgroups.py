@@ -234,6 +234,46 @@ class KeptGroupReads:
         rows = self.group_rows(chosen)
         return self.with_representatives([rows[k] for k in chosen if k in rows], {})
 
+    def filtered_groups(self, query: GroupQuery) -> list[Group]:
+        """Groups of the memories of a project or an agent: every figure counted over those
+        members alone (the kept groups count every member), in SQL."""
+        mark = self.sql.mark
+        where, params = [], []
+        for field in ("category", "project", "agent"):
+            if getattr(query, field) is not None:
+                where.append(f"{field} = {mark}")
+                params.append(getattr(query, field))
+        period = query.since is not None or query.until is not None
+        since = query.since if query.since is not None else float("-inf")
+        until = query.until if query.until is not None else float("inf")
+        earlier = query.before() if query.order == "rising" else None
+        start, end = earlier if earlier else (since, since)
+        inside = f"count(*) FILTER (WHERE created_at >= {mark} AND created_at < {mark})"
+        before = f"count(*) FILTER (WHERE created_at >= {mark} AND created_at < {mark})"
+        keep = ["inside > 0"] if period else []
+        if query.order == "new" and query.since is not None:
+            keep.append(f"first_seen >= {mark}")
+        order = {
+            "count": "inside DESC" if period else "count DESC",
+            "last_seen": "last_seen DESC",
+            "new": "first_seen DESC",
+            "rising": "before - inside",
+        }[query.order]
+        rows = self._read(
+            "SELECT * FROM (SELECT group_key AS fingerprint, max(category) AS category, "
+            "min(member) AS representative, max(priority) AS priority, count(*) AS count, "
+            "min(created_at) AS first_seen, max(created_at) AS last_seen, "
+            f"{inside} AS inside, {before} AS before FROM group_members "
+            f"WHERE {' AND '.join(where)} GROUP BY group_key) AS f "
+            + (f"WHERE {' AND '.join(keep)} " if keep else "")
+            + f"ORDER BY {order}, fingerprint LIMIT {mark}",
+            [since, until, start, end, *params,
+             *([query.since] if query.order == "new" and query.since is not None else []),
+             query.limit],
+        )  # fmt: skip
+        counts = {r[0]: ((int(r[7]) if period else int(r[4])), int(r[8])) for r in rows}
+        return self.with_representatives([r[:7] for r in rows], counts)
+
     def group_rows(self, keys: Sequence[str]) -> dict[str, Any]:
         """The kept rows of these groups, by fingerprint."""
         found: dict[str, Any] = {}

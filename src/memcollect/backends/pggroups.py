@@ -179,6 +179,8 @@ class PgGroups:
     def groups(self, query: GroupQuery) -> list[Group]:
         """Groups by the query's order, after folding what waits."""
         self.fold_all()
+        if query.project is not None or query.agent is not None:
+            return self.reads.filtered_groups(query)
         return self.reads.groups(query)
 
     def group(self, fingerprint: str, limit: int, before: str | None) -> GroupDetail | None:

@@ -457,9 +457,7 @@ class PostgresBackend(SqlStore):
             self._groups.delete(conn, ids)
 
     def groups(self, query: GroupQuery) -> list[Group]:
-        """Groups from the kept tables (of a project or an agent: from the rows)."""
-        if query.project is not None or query.agent is not None:
-            return super().groups(query)
+        """Groups from the kept tables."""
         return self._groups.groups(query)
 
     def group(

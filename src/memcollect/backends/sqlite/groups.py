@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from ...groups import Group, GroupDetail, GroupQuery, groups_of
+from ...groups import Group, GroupDetail, GroupQuery
 from ...model import Memory
 from ...report import Summary
 from ..keptgroups import MEMBER_COLUMNS, Dialect, IdleFolds, KeptGroupReads, fold_rows, recount
@@ -121,9 +121,9 @@ class KeptGroups(SemanticSearch):
     def groups(self, query: GroupQuery) -> list[Group]:
         """Groups by the query's order, from the kept groups (memories of a project or an
         agent are grouped from their rows)."""
-        if query.project is not None or query.agent is not None:
-            return groups_of(self._members_of(query), query)
         self.fold_groups()
+        if query.project is not None or query.agent is not None:
+            return self._kept.filtered_groups(query)
         return self._kept.groups(query)
 
     def group(
