@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--postgres", help="a PostgreSQL URL: the same run there too")
     parser.add_argument("--json", type=Path, default=HERE / "results-groups.json")
+    parser.add_argument("--no-sqlite", action="store_true", help="only the PostgreSQL run")
     args = parser.parse_args()
     memories = corpus(args.n)
     record: dict[str, Any] = {
@@ -186,7 +187,8 @@ def main() -> None:
         "command": " ".join([".venv/bin/python bench/groups.py", *sys.argv[1:]]),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        record["sqlite"] = sqlite_run(memories, tmp)
+        if not args.no_sqlite:
+            record["sqlite"] = sqlite_run(memories, tmp)
         if args.postgres:
             record["postgresql"] = postgres_run(memories, args.postgres, tmp)
     args.json.write_text(json.dumps(record, indent=2) + "\n")
