@@ -10,10 +10,12 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from ..errors import TransientBackendError
 from ..groups import Group, GroupDetail, GroupQuery
 from ..report import Summary
 from .keptgroups import Dialect, IdleFolds, KeptGroupReads, fold_rows, recount
 from .pgrows import COLUMNS, from_row
+from .pgwatch import one_line
 
 __all__ = ["GROUP_TABLES", "PgGroups"]
 
@@ -133,8 +135,23 @@ class PgGroups:
     def fold_chunk(self, wait: bool = False) -> int:
         """Fold up to FOLD_CHUNK queued rows, oldest first; how many were taken. With
         `wait`, rows another process is folding are waited for instead of skipped."""
+        import psycopg
+
+        try:
+            return self._fold_chunk(wait)
+        except psycopg.Error as exc:
+            raise TransientBackendError(
+                f"PostgreSQL could not fold new memories into groups ({type(exc).__name__}: "
+                f"{one_line(str(exc))}): try again once it is reachable"
+            ) from None
+
+    def _fold_chunk(self, wait: bool) -> int:
         lock = "FOR UPDATE OF q" + ("" if wait else " SKIP LOCKED")
         with self._connect() as conn, conn.transaction():
+            # A fold never waits long behind another transaction, nor keeps its locks if
+            # this process stops answering mid-way: it is tried again later either way.
+            conn.execute("SET LOCAL lock_timeout = '5s'")
+            conn.execute("SET LOCAL idle_in_transaction_session_timeout = '30s'")
             rows = conn.execute(
                 "SELECT q.id, m.category, m.content, m.priority, m.created_at, m.content_hash, "
                 "m.fingerprint, m.project, m.agent FROM group_queue q "
