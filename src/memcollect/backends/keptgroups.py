@@ -139,31 +139,43 @@ class KeptGroupReads:
     # --- groups() ------------------------------------------------------------------------
 
     def groups(self, query: GroupQuery) -> list[Group]:
-        """Groups by the query's order (filters: category, a period)."""
-        mark = self.sql.mark
+        """Groups by the query's order, with the query's filters and period."""
+        if query.project is not None or query.agent is not None:
+            return self._filtered(query)
         if query.since is None and query.until is None:
             if query.order == "last_seen":
                 return self._last_seen(query)
             order = "count DESC" if query.order == "count" else "first_seen DESC"
-            where, params = (
-                (f"WHERE category = {mark}", [query.category]) if query.category else ("", [])
-            )
+            where, params = self._filters(query)
             rows = self._read(
-                f"SELECT {GROUP_COLUMNS} FROM groups {where} ORDER BY {order}, fingerprint "
-                f"LIMIT {mark}",
+                f"SELECT {GROUP_COLUMNS} FROM groups "
+                + (f"WHERE {' AND '.join(where)} " if where else "")
+                + f"ORDER BY {order}, fingerprint LIMIT {self.sql.mark}",
                 [*params, query.limit],
             )
             return self.with_representatives(rows, {})
         return self._in_period(query)
 
+    def _filters(self, query: GroupQuery) -> tuple[list[str], list[Any]]:
+        """The query's category, project and agent as SQL conditions and their values."""
+        where, params = [], []
+        for field in ("category", "project", "agent"):
+            value = getattr(query, field)
+            if value is not None:
+                where.append(f"{field} = {self.sql.mark}")
+                params.append(value)
+        return where, params
+
     def _period(self, query: GroupQuery, start: float, end: float) -> tuple[str, list[Any]]:
         mark = self.sql.mark
-        where = f"created_at >= {mark} AND created_at < {mark}"
-        params: list[Any] = [start, end]
-        if query.category is not None:
-            where += f" AND category = {mark}"
-            params.append(query.category)
-        return where, params
+        where, params = self._filters(query)
+        where = [f"created_at >= {mark}", f"created_at < {mark}", *where]
+        return " AND ".join(where), [start, end, *params]
+
+    def _groups_of(self, keys: list[str], counts: dict[str, tuple[int, int]]) -> list[Group]:
+        """The Groups of these keys, in their order (keys no longer kept left out)."""
+        rows = self.group_rows(keys)
+        return self.with_representatives([rows[k] for k in keys if k in rows], counts)
 
     def _in_period(self, query: GroupQuery) -> list[Group]:
         """Groups with members in the period, counted and ranked in SQL: only the groups
@@ -210,8 +222,8 @@ class KeptGroupReads:
         """The groups seen most recently: the newest members, read back in time until
         `limit` groups are found (an index on last_seen would be rewritten at every fold)."""
         mark = self.sql.mark
-        where = f"category = {mark} AND " if query.category else ""
-        params: list[Any] = [query.category] if query.category else []
+        conditions, params = self._filters(query)
+        where = "".join(f"{c} AND " for c in conditions)
         newest: dict[str, float] = {}
         cursor: list[Any] = [float("inf"), None]
         while True:
@@ -230,19 +242,13 @@ class KeptGroupReads:
             if len(newest) >= query.limit and page[-1][1] < list(newest.values())[query.limit - 1]:
                 break
             cursor = [page[-1][1], page[-1][2]]
-        chosen = sorted(newest, key=lambda k: (-newest[k], k))[: query.limit]
-        rows = self.group_rows(chosen)
-        return self.with_representatives([rows[k] for k in chosen if k in rows], {})
+        return self._groups_of(sorted(newest, key=lambda k: (-newest[k], k))[: query.limit], {})
 
-    def filtered_groups(self, query: GroupQuery) -> list[Group]:
+    def _filtered(self, query: GroupQuery) -> list[Group]:
         """Groups of the memories of a project or an agent: every figure counted over those
         members alone (the kept groups count every member), in SQL."""
         mark = self.sql.mark
-        where, params = [], []
-        for field in ("category", "project", "agent"):
-            if getattr(query, field) is not None:
-                where.append(f"{field} = {mark}")
-                params.append(getattr(query, field))
+        where, params = self._filters(query)
         period = query.since is not None or query.until is not None
         since = query.since if query.since is not None else float("-inf")
         until = query.until if query.until is not None else float("inf")
@@ -413,11 +419,7 @@ class KeptGroupReads:
                     days.setdefault(key, {})[float(day)] = int(n)
             return days
 
-        def groups_for(keys: list[str], counted: dict[str, tuple[int, int]]) -> list[Group]:
-            rows = self.group_rows(keys)
-            return self.with_representatives([rows[k] for k in keys if k in rows], counted)
-
-        return summary_from_counts(counts, days_of, groups_for, query)
+        return summary_from_counts(counts, days_of, self._groups_of, query)
 
 
 def recount(execute: Callable[[str, Sequence[Any]], Any], mark: str, keys: Iterable[str]) -> None:

@@ -6,8 +6,8 @@ taking rows the others have not locked."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from ..errors import TransientBackendError
@@ -97,6 +97,20 @@ def _trigger_sql(schema: str) -> list[str]:
     ]
 
 
+@contextmanager
+def _said_in_one_sentence() -> Iterator[None]:
+    """A driver error while folding, as the one sentence a caller of groups() is owed."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise TransientBackendError(
+            f"PostgreSQL could not fold new memories into groups ({type(exc).__name__}: "
+            f"{one_line(str(exc))}): try again once it is reachable"
+        ) from None
+
+
 class PgGroups:
     """Folding a PostgreSQL store's rows into groups, and reading the groups."""
 
@@ -135,15 +149,8 @@ class PgGroups:
     def fold_chunk(self, wait: bool = False) -> int:
         """Fold up to FOLD_CHUNK queued rows, oldest first; how many were taken. With
         `wait`, rows another process is folding are waited for instead of skipped."""
-        import psycopg
-
-        try:
+        with _said_in_one_sentence():
             return self._fold_chunk(wait)
-        except psycopg.Error as exc:
-            raise TransientBackendError(
-                f"PostgreSQL could not fold new memories into groups ({type(exc).__name__}: "
-                f"{one_line(str(exc))}): try again once it is reachable"
-            ) from None
 
     def _fold_chunk(self, wait: bool) -> int:
         lock = "FOR UPDATE OF q" + ("" if wait else " SKIP LOCKED")
@@ -182,7 +189,7 @@ class PgGroups:
             # queue would read through until autovacuum comes, and tables whose statistics
             # (none yet, after a first load) lead the planner to a loop of index lookups
             # where a hash join takes half the time: bring both up to date now.
-            with self._connect() as conn:
+            with _said_in_one_sentence(), self._connect() as conn:
                 conn.execute("VACUUM group_queue")
                 conn.execute("ANALYZE groups, group_members")
 
@@ -199,8 +206,6 @@ class PgGroups:
     def groups(self, query: GroupQuery) -> list[Group]:
         """Groups by the query's order, after folding what waits."""
         self.fold_all()
-        if query.project is not None or query.agent is not None:
-            return self.reads.filtered_groups(query)
         return self.reads.groups(query)
 
     def group(self, fingerprint: str, limit: int, before: str | None) -> GroupDetail | None:

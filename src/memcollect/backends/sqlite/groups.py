@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from typing import Any
 
 from ...groups import Group, GroupDetail, GroupQuery
-from ...model import Memory
 from ...report import Summary
 from ..keptgroups import MEMBER_COLUMNS, Dialect, IdleFolds, KeptGroupReads, fold_rows, recount
 from .schema import _COLUMNS, _from_row
@@ -46,10 +44,6 @@ class KeptGroups(SemanticSearch):
         self._kept = KeptGroupReads(_DIALECT, self._read, _COLUMNS, _from_row)
         self._idle_folds = IdleFolds(FOLD_CHUNK, self.path)
 
-    def _embed_step(self) -> bool:
-        """One step of the embedding that waits (the store's own); True while more waits."""
-        return False
-
     # --- folding -------------------------------------------------------------------------
 
     def _fold(self, conn: sqlite3.Connection, limit: int) -> int:
@@ -83,13 +77,11 @@ class KeptGroups(SemanticSearch):
                 pass
         self._fold_behind = False
 
-    def idle_work(self) -> bool:
-        """Embed what waits for its vector, and fold a chunk of new rows into the groups;
-        True while more of either is waiting."""
-        more = self._embed_step()
+    def _fold_step(self) -> bool:
+        """Fold a chunk of the rows this process stored, if any wait; True while more do."""
         if self._fold_behind:
             self._fold_behind = self._idle_folds.step(self._fold_chunk)
-        return more or self._fold_behind
+        return self._fold_behind
 
     def _stored_rows(self) -> None:
         """A batch was stored: its rows wait for the next fold."""
@@ -119,11 +111,8 @@ class KeptGroups(SemanticSearch):
     # --- reads ---------------------------------------------------------------------------
 
     def groups(self, query: GroupQuery) -> list[Group]:
-        """Groups by the query's order, from the kept groups (memories of a project or an
-        agent are grouped from their rows)."""
+        """Groups by the query's order, from the kept tables."""
         self.fold_groups()
-        if query.project is not None or query.agent is not None:
-            return self._kept.filtered_groups(query)
         return self._kept.groups(query)
 
     def group(
@@ -139,23 +128,3 @@ class KeptGroups(SemanticSearch):
             return super().summary(query)
         self.fold_groups()
         return self._kept.summary(query)
-
-    def _members_of(self, query: GroupQuery) -> Iterable[Memory]:
-        """The memories a query's filters admit, read a page at a time."""
-        where, params = "seq > ?", []
-        for field in ("category", "project", "agent"):
-            value = getattr(query, field)
-            if value is not None:
-                where += f" AND {field} = ?"
-                params.append(value)
-        after = 0
-        while True:
-            page: list[Any] = self._read(
-                f"SELECT seq, {_COLUMNS} FROM memories WHERE {where} ORDER BY seq LIMIT 1000",
-                [after, *params],
-            )
-            if not page:
-                return
-            for row in page:
-                yield _from_row(row[1:])
-            after = page[-1][0]

@@ -80,9 +80,14 @@ class SQLiteBackend(KeptGroups):
         self._write(insert)
         self._stored_rows()
 
+    def idle_work(self) -> bool:
+        """Embed the next few stored memories that have no vector yet (semantic recall), and
+        fold a chunk of new rows into the groups; True while more of either is waiting."""
+        embedding = self._embed_step()
+        folding = self._fold_step()
+        return embedding or folding
+
     def _embed_step(self) -> bool:
-        """Embed the next few stored memories that have no vector yet (semantic recall);
-        True while more are waiting."""
         if not self.supports_semantic or time.monotonic() < self._embed_retry_at:
             return False
         chunk = _EMBED_CHUNK[self.embedder_kind]
