@@ -332,8 +332,6 @@ class MemoryCollector:
             query, mode, category=category, tags=tags, project=project, agent=agent,
             session=session, since=since, until=until, limit=limit,
         )  # fmt: skip
-        if min_score is None and collapse is False:
-            return self._reads.search(request, chosen)
         return [hit.memory for hit in self._reads.hits(request, chosen, min_score, collapse)]
 
     def search_scored(

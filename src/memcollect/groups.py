@@ -53,6 +53,7 @@ __all__ = [
     "grouped",
     "groups_of",
     "normalize",
+    "utc_day",
 ]
 
 # Each word is looked at alone, and only when it holds a digit or a sign of an address:
@@ -175,6 +176,14 @@ class GroupQuery(msgspec.Struct, frozen=True):
     order: str = "count"
     limit: int = 20
 
+    def admits(self, memory: Memory) -> bool:
+        """Whether a memory passes the filters on category, project and agent."""
+        return (
+            (self.category is None or memory.category == self.category)
+            and (self.project is None or memory.project == self.project)
+            and (self.agent is None or memory.agent == self.agent)
+        )
+
     def before(self) -> tuple[float, float] | None:
         """For order="rising": the period of the same length just before this one."""
         if self.since is None:
@@ -215,7 +224,8 @@ def group_query(
                       base.limit)  # fmt: skip
 
 
-def _day(seconds: float) -> float:
+def utc_day(seconds: float) -> float:
+    """The UTC midnight (epoch seconds) of the day a time falls in."""
     return float(int(seconds // 86400) * 86400)
 
 
@@ -229,11 +239,7 @@ def grouped(memories: Iterable[Memory], query: GroupQuery) -> list[tuple[Group, 
     id order), by the query's order."""
     members: dict[str, list[Memory]] = {}
     for m in memories:
-        if (
-            (query.category is None or m.category == query.category)
-            and (query.project is None or m.project == query.project)
-            and (query.agent is None or m.agent == query.agent)
-        ):
+        if query.admits(m):
             members.setdefault(fingerprint(m), []).append(m)
     before = query.before() if query.order == "rising" else None  # only rising compares
     out: list[tuple[Group, list[Memory]]] = []
@@ -297,7 +303,7 @@ def group_of(
     group, members = found[0]
     days: dict[float, int] = {}
     for m in members:
-        day = _day(m.created_at)
+        day = utc_day(m.created_at)
         days[day] = days.get(day, 0) + 1
     # Newest first by time (ids break ties), as the stores that keep groups page them.
     newest = sorted(members, key=lambda m: (m.created_at, m.id), reverse=True)

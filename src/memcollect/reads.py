@@ -110,16 +110,13 @@ class Reads:
         chosen_mode, chosen = self.mode(mode)
         return search_query(**filters, text=text, mode=chosen_mode), chosen
 
-    def search(self, request: SearchQuery, chosen: bool) -> list[Memory]:
-        """The store's answer to a checked query, cached until the next write; a default
-        hybrid search answers by words when meaning cannot be had."""
-        return [hit.memory for hit in self.hits(request, chosen, None)]
-
     def hits(
         self, request: SearchQuery, chosen: bool, min_score: object, collapse: object = False
     ) -> list[Hit]:
-        """search() with each hit's score and how it was found; those scoring under
-        `min_score` left out; with `collapse`, one hit per group."""
+        """The store's answer to a checked query, each hit with its score and how it was
+        found, cached until the next write (a default hybrid search answers by words when
+        meaning cannot be had); those scoring under `min_score` left out; with `collapse`,
+        one hit per group."""
         if not isinstance(collapse, bool):
             raise ValidationError(f"collapse must be True or False, not {collapse!r}")
         if collapse:

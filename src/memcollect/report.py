@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from .groups import Group, GroupQuery, fingerprint, grouped
+from .groups import Group, GroupQuery, fingerprint, grouped, utc_day
 from .model import DeadLetter, Memory
 from .stats import Health, Stats
 
@@ -88,16 +88,12 @@ class Report(msgspec.Struct, frozen=True):
         return html_page(self)
 
 
-def _day(seconds: float) -> float:
-    return float(int(seconds // 86400) * 86400)
-
-
 # A report's days are at most two years of them (the last): its charts show no more.
 _MOST_DAYS = 731
 
 
 def _days(start: float, end: float) -> list[float]:
-    first, last = _day(start), _day(max(start, end - 1e-6))
+    first, last = utc_day(start), utc_day(max(start, end - 1e-6))
     first = max(first, last - 86400 * (_MOST_DAYS - 1))
     return [first + 86400 * i for i in range(int((last - first) // 86400) + 1)]
 
@@ -119,10 +115,21 @@ class PeriodCounts:
         self.total = self.total_before = self.groups = self.new_groups = 0
         #: Memories per (category, project, agent, day, in the period or not).
         self.facets: dict[tuple[str, str | None, str | None, float, bool], int] = {}
+        # Memories per key in the period and the one before, for rank() (add() fills them).
+        self._inside: dict[str, int] = {}
+        self._before: dict[str, int] = {}
 
-    def rank(self, inside: dict[str, int], before: dict[str, int], firsts: dict[str, float],
-             since: float, limit: int) -> None:  # fmt: skip
-        """Rank every group from its counts (as the stores that count in SQL do)."""
+    def add(self, key: str, memory: Memory, since: float) -> None:
+        """Count one memory of the group `key` (it falls in one of the two periods)."""
+        at = memory.created_at
+        into = self._inside if at >= since else self._before
+        into[key] = into.get(key, 0) + 1
+        facet = (memory.category, memory.project, memory.agent, utc_day(at), at >= since)
+        self.facets[facet] = self.facets.get(facet, 0) + 1
+
+    def rank(self, firsts: dict[str, float], since: float, limit: int) -> None:
+        """Rank every group counted by add(), as the stores that count in SQL do."""
+        inside, before = self._inside, self._before
         top = sorted(inside, key=lambda k: (-inside[k], k))
         new = sorted((k for k in top if firsts[k] >= since),
                      key=lambda k: (-inside[k], -firsts[k], k))  # fmt: skip
@@ -135,17 +142,6 @@ class PeriodCounts:
             self.counted.update({k: (inside[k], before.get(k, 0)) for k in keys})
         self.total, self.total_before = sum(inside.values()), sum(before.values())
         self.groups, self.new_groups = len(top), len(new)
-
-    def add(
-        self, key: str, memory: Memory, since: float, counts: tuple[dict[str, int], ...]
-    ) -> None:
-        """Count one memory of the group `key` (it falls in one of the two periods) into
-        `counts` (in the period, before) and the facets."""
-        at = memory.created_at
-        into = counts[0] if at >= since else counts[1]
-        into[key] = into.get(key, 0) + 1
-        facet = (memory.category, memory.project, memory.agent, _day(at), at >= since)
-        self.facets[facet] = self.facets.get(facet, 0) + 1
 
 
 def summary_from_counts(
@@ -196,28 +192,21 @@ def summary_from_counts(
     )
 
 
-def summary_of(memories: Iterable[Memory], query: GroupQuery, limit: int) -> Summary:
+def summary_of(memories: Iterable[Memory], query: GroupQuery) -> Summary:
     """A period's summary computed from the memories themselves, in one pass."""
-    kept = [
-        m for m in memories
-        if (query.category is None or m.category == query.category)
-        and (query.project is None or m.project == query.project)
-        and (query.agent is None or m.agent == query.agent)
-    ]  # fmt: skip
-    everyone = {g.fingerprint: g for g, _ in grouped(kept, GroupQuery(limit=limit))}
+    kept = [m for m in memories if query.admits(m)]
+    everyone = {g.fingerprint: g for g, _ in grouped(kept, GroupQuery())}
     since, until = query.since or 0.0, query.until or 0.0
     start = since - (until - since)
     counts = PeriodCounts()
-    inside: dict[str, int] = {}
-    before: dict[str, int] = {}
     days: dict[str, dict[float, int]] = {}
     for m in kept:
         if start <= m.created_at < until:
             key = fingerprint(m)
-            counts.add(key, m, since, (inside, before))
+            counts.add(key, m, since)
             per_day = days.setdefault(key, {})
-            per_day[_day(m.created_at)] = per_day.get(_day(m.created_at), 0) + 1
-    counts.rank(inside, before, {k: g.first_seen for k, g in everyone.items()}, since, limit)
+            per_day[utc_day(m.created_at)] = per_day.get(utc_day(m.created_at), 0) + 1
+    counts.rank({k: g.first_seen for k, g in everyone.items()}, since, query.limit)
 
     def groups_for(keys: list[str], counted: dict[str, tuple[int, int]]) -> list[Group]:
         return [
@@ -226,12 +215,8 @@ def summary_of(memories: Iterable[Memory], query: GroupQuery, limit: int) -> Sum
             for k in keys
         ]  # fmt: skip
 
-    return summary_from_counts(
-        counts,
-        lambda keys: {k: days[k] for k in keys},
-        groups_for,
-        msgspec.structs.replace(query, limit=limit),
-    )
+    return summary_from_counts(counts, lambda keys: {k: days[k] for k in keys}, groups_for,
+                               query)  # fmt: skip
 
 
 def build_report(

@@ -217,7 +217,7 @@ class Backend(ABC):
         until), computed from every stored memory unless the store keeps them."""
         from ..report import summary_of
 
-        return summary_of(self._every_memory(), query, query.limit)
+        return summary_of(self._every_memory(), query)
 
     def _every_memory(self) -> Iterator[Memory]:
         after = None
