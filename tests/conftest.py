@@ -15,7 +15,7 @@ import pytest
 import memcollect as mc
 from memcollect.testing import FaultyBackend
 
-from .services import ThreadedServer, drop_schema, require_postgres, wait_for
+from .services import drop_schema, require_postgres, sqlite_server, wait_for
 
 __all__ = ["ROOT", "run_cli", "wait_for"]
 
@@ -97,12 +97,7 @@ def store_url(  # every kind of store: in memory, SQLite, PostgreSQL, a server
         yield "memory://"
     elif request.param == "remote":
         # A memcollect server over real HTTP, storing in SQLite: its groups, asked remotely.
-        with ThreadedServer(
-            backend=f"sqlite:///{tmp_path}/served.db",
-            data_dir=str(tmp_path / "server"),
-            batch_timeout=0.002,
-            token="",
-        ) as server:
+        with sqlite_server(tmp_path) as server:
             yield server.url
     elif request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/groups.db"

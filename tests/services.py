@@ -6,6 +6,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -168,6 +169,16 @@ class ThreadedServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def sqlite_server(tmp_path: Path, token: str = "") -> ThreadedServer:
+    """A memcollect server over real HTTP, storing in a SQLite file of the test's own."""
+    return ThreadedServer(
+        backend=f"sqlite:///{tmp_path}/served.db",
+        data_dir=str(tmp_path / "server"),
+        batch_timeout=0.002,
+        token=token,
+    )
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import memcollect as mc
 from memcollect.cli import cli
 
-from .services import ThreadedServer
+from .services import sqlite_server
 
 Make = Callable[..., mc.MemoryCollector]
 DAY = 86400.0
@@ -176,12 +176,7 @@ def test_the_command_line_writes_each_format(tmp_path: Path) -> None:
 
 
 def test_the_server_answers_each_format(tmp_path: Path) -> None:
-    with ThreadedServer(
-        backend=f"sqlite:///{tmp_path}/served.db",
-        data_dir=str(tmp_path / "server"),
-        batch_timeout=0.002,
-        token="",
-    ) as server:
+    with sqlite_server(tmp_path) as server:
         with mc.MemoryCollector(server.url, data_dir=str(tmp_path / "client")) as c:
             fill(c)
         base = f"{server.url}/v1/report"

@@ -12,7 +12,7 @@ import pytest
 from memcollect.backends import open_backend
 from memcollect.backends.base import Backend
 
-from ..services import ThreadedServer, drop_schema, require_postgres
+from ..services import drop_schema, require_postgres, sqlite_server
 
 BACKENDS = ["memory", "sqlite", "sqlite-nofts", "postgresql", "remote", "mem0"]
 
@@ -23,12 +23,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     schema = f"t_{uuid.uuid4().hex[:12]}"
     if request.param == "remote":
         # A memcollect server over real HTTP, storing in SQLite.
-        with ThreadedServer(
-            backend=f"sqlite:///{tmp_path}/served.db",
-            data_dir=str(tmp_path / "server"),
-            batch_timeout=0.002,
-            token="conformance-token",
-        ) as server:
+        with sqlite_server(tmp_path, token="conformance-token") as server:
             host = server.url.removeprefix("http://")
             store = open_backend(f"http://:conformance-token@{host}?timeout=10&gzip=1")
             store.open()
