@@ -31,6 +31,25 @@ def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.Complet
     )
 
 
+def in_forked_child(child: Callable[[], str], collector: mc.MemoryCollector) -> tuple[str, int]:
+    """Run `child` in a forked process, then close its copy of `collector`; what it
+    answered, and the child's exit status."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            os.write(write, child().encode())
+            collector.close(timeout=10)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        answer = pipe.read()
+    _, code = os.waitpid(pid, 0)
+    return answer, code
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.parametrize("durability", ["memory", "spool"])
 def test_forked_child_gets_a_working_collector_of_its_own(
@@ -40,22 +59,13 @@ def test_forked_child_gets_a_working_collector_of_its_own(
     # The parent's batch lingers across the fork.
     c = make_collector(url, batch_timeout=5.0, durability=durability)
     parent_ids = [c.collect("note", f"parent {i}") for i in range(50)]
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: must not deadlock, must not store the parent's queue
-        try:
-            os.close(read)
-            ids = [c.collect("note", f"child {i}") for i in range(30)]
-            ok = c.flush(timeout=20)
-            status = f"{ok} {len(set(ids))} {ids[0]}"
-            os.write(write, status.encode())
-            c.close(timeout=10)
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        report = pipe.read()
-    _, code = os.waitpid(pid, 0)
+
+    def child() -> str:  # must not deadlock, must not store the parent's queue
+        ids = [c.collect("note", f"child {i}") for i in range(30)]
+        ok = c.flush(timeout=20)
+        return f"{ok} {len(set(ids))} {ids[0]}"
+
+    report, code = in_forked_child(child, c)
     assert code == 0
     ok, unique, first_child_id = report.split()
     assert ok == "True" and unique == "30"
@@ -137,20 +147,12 @@ def test_a_fork_during_a_write_transaction_leaves_the_child_a_writable_store(
     assert entered.wait(30)
     # The transaction ends a moment after the fork begins: the fork waits for it.
     threading.Timer(0.2, release.set).start()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read)
-            c.collect("note", "written by the child")
-            os.write(write, str(c.flush(timeout=20)).encode())
-            c.close(timeout=10)
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        answer = pipe.read()
-    os.waitpid(pid, 0)
+
+    def child() -> str:
+        c.collect("note", "written by the child")
+        return str(c.flush(timeout=20))
+
+    answer, _ = in_forked_child(child, c)
     holder.join(30)
     assert answer == "True"
     assert [m.content for m in SQLiteBackend(url).recent(10)] == ["written by the child"]
