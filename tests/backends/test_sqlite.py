@@ -132,21 +132,21 @@ def test_when_many_hold_every_word_the_newest_are_ranked(tmp_path: Path) -> None
         exact.close()
 
 
-def test_memories_holding_some_word_are_ranked_in_a_window_ten_times_as_wide(
-    tmp_path: Path,
-) -> None:
+def test_memories_holding_some_word_are_ranked_in_a_wider_window(tmp_path: Path) -> None:
     """A word that a tenth of a million memories hold made ranking them all take 80 ms:
-    those holding some word are ranked among the newest 10 x rank_window of them."""
+    those holding some word are ranked among the newest ANY_WORD_WINDOW x rank_window."""
     from memcollect.backends.sqlite.fts import ANY_WORD_WINDOW
 
-    store = SQLiteBackend(f"sqlite:///{tmp_path}/w.db?rank_window=2")
-    best = mem("volume")  # the best BM25 match for "volume corrupted", and the oldest
-    newer = [mem(f"volume {i} of the cluster was resized") for i in range(3 * ANY_WORD_WINDOW)]
+    store = SQLiteBackend(f"sqlite:///{tmp_path}/w.db?rank_window=5")
+    window = 5 * ANY_WORD_WINDOW
+    best = mem("volume")  # the best BM25 match for "volume cluster", and the oldest
+    newer = [mem(f"volume {i} of the cluster was resized") for i in range(3 * window)]
     store.write_batch([best])
     store.write_batch(newer)
-    hits = store.search(SearchQuery(text="volume corrupted", limit=5))  # no memory holds both
+    # No memory holds both words of "volume corrupted", and "volume" is no rare word here.
+    hits = store.search(SearchQuery(text="volume corrupted", limit=5))
     assert len(hits) == 5 and best not in hits
-    assert {m.id for m in hits} <= {m.id for m in newer[-2 * ANY_WORD_WINDOW :]}
+    assert {m.id for m in hits} <= {m.id for m in newer[-window:]}
     store.close()
     exact = SQLiteBackend(f"sqlite:///{tmp_path}/w.db?rank_window=0")
     assert exact.search(SearchQuery(text="volume corrupted", limit=1)) == [best]
@@ -163,9 +163,11 @@ def test_a_rare_word_is_found_under_many_newer_common_ones(tmp_path: Path) -> No
     store = SQLiteBackend(f"sqlite:///{tmp_path}/w.db?rank_window=20")
     rare = mem("psycopg pool exhausted")
     store.write_batch([rare])
-    store.write_batch([mem(f"request timeout number {i}") for i in range(60)])
-    # Nobody holds both words: the fill ranks every holder of either, not only the newest.
+    store.write_batch([mem(f"request timeout number {i}") for i in range(300)])
+    # Nobody holds both words, and far more than the window of newest matches hold the
+    # common one: every holder of the rare word is ranked too, and the oldest is the best.
     assert store.search(SearchQuery(text="psycopg timeout", limit=1)) == [rare]
+    assert len(store.search(SearchQuery(text="psycopg timeout", limit=50))) == 50
     store.close()
 
 

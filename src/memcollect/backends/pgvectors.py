@@ -11,6 +11,7 @@ a memory, and a search's product over all of them): see docs/postgresql.md.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,8 +25,8 @@ from ..model import Memory
 from ..query import Hit, SearchQuery
 from .pgrows import COLUMNS, from_row, row_filters
 from .pgwatch import one_line
-from .scoring import query_stems, word_share
-from .vectors import VectorMatrix, cosines, embed_texts, found_by, numpy, word_coverage
+from .scoring import WordCounts, rare_word_stems, word_share
+from .vectors import VectorMatrix, cosines, embed_texts, found_by, hybrid_scores, numpy
 
 log = logging.getLogger("memcollect")
 
@@ -83,6 +84,7 @@ class PgSemantic:
         self._recounted_at = 0.0
         self._retry_at = 0.0
         self._failures = 0
+        self._word_counts = WordCounts(self._count_memories, self._count_holding)
         self.error: str | None = None
 
     def prepare(self, execute: Callable[[str, Sequence[Any]], Any]) -> None:
@@ -284,9 +286,8 @@ class PgSemantic:
         self, query: SearchQuery, by_words: Callable[[SearchQuery], list[Memory]]
     ) -> list[Hit]:
         """Both halves ranked in full (words: any word, by ts_rank_cd; meaning: by cosine),
-        fused by reciprocal rank, each hit lending weight to its session's neighbours."""
-        from ..semantic import fuse
-
+        each candidate scored by its meaning and its rarity-weighed words, lending part of
+        its score to its session's neighbours."""
         depth = max(50, query.limit * 5)
         wide = msgspec.structs.replace(query, limit=depth)
         text_hits = by_words(msgspec.structs.replace(wide, mode="text"))
@@ -295,33 +296,50 @@ class PgSemantic:
         memories = {m.id: m for m in text_hits} | {m.id: m for _, m in nearest}
         by_text = [m.id for m in text_hits]
         by_meaning = [m.id for _, m in nearest]
-        near = self._session_neighbours({*by_text, *by_meaning})
-        stems = query_stems(query.text)
-        coverage = [word_coverage(stems, m) for m in text_hits]
-        fused = fuse(
-            [by_text, by_meaning], lambda key: near.get(key, ()), strengths=[coverage, None]
-        )[: depth * 2]
+        near = self._session_neighbours(set(memories))
+        cosine = self._cosines([*memories, *(n for ns in near.values() for n in ns)], seqs, scores)
+        stems = rare_word_stems(query.text, self._word_counts) if text_hits else []
+        fused = list(hybrid_scores(memories, cosine, scores, stems, near))[: depth * 2]
         missing = [key for key in fused if key not in memories]
         if missing:
             memories |= {m.id: m for m in self._memories(missing)}
         # Neighbours were found by session alone: they must pass the other filters too.
         ranked = [memories[k] for k in fused if k in memories and query.matches(memories[k])]
-        ranked = ranked[: query.limit]
-        seq_of = dict(
-            self._read(
-                "SELECT id, seq FROM embeddings WHERE id = ANY(%s)", ([m.id for m in ranked],)
-            )
-        )
-        cosine = cosines(seqs, scores, list(seq_of.values()))
         texts, meanings = set(by_text), set(by_meaning)
         return [
             Hit(
-                m,
-                max(word_share(stems, m), cosine.get(seq_of.get(m.id, -1), 0.0)),
-                found_by(m.id, texts, meanings),
+                m, max(word_share(stems, m), cosine.get(m.id, 0.0)), found_by(m.id, texts, meanings)
             )
-            for m in ranked
+            for m in ranked[: query.limit]
         ]
+
+    def _cosines(self, ids: Sequence[str], seqs: Any, scores: Any) -> dict[str, float]:
+        """The similarity of each memory (by id) that has a vector."""
+        seq_of = dict(self._read("SELECT id, seq FROM embeddings WHERE id = ANY(%s)", (list(ids),)))
+        by_seq = cosines(seqs, scores, list(seq_of.values()))
+        return {key: by_seq[seq] for key, seq in seq_of.items() if seq in by_seq}
+
+    def _count_memories(self) -> int:
+        """How many memories there are: the planner's estimate once it is large (counting a
+        million rows is a long read), else a count."""
+        rows = self._read(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = 'memories'::regclass", ()
+        )
+        if rows and rows[0][0] >= WordCounts.REMEMBERED_FROM * 10:
+            return int(rows[0][0])
+        return int(self._read("SELECT count(*) FROM memories", ())[0][0])
+
+    def _count_holding(self, words: Sequence[str]) -> dict[str, int]:
+        """How many memories hold each word; a word the text search ignores (a stop word)
+        counts as held by all, so that it weighs nothing."""
+        rows = self._read(
+            "SELECT w.word, CASE WHEN numnode(q) > 0 "
+            "THEN (SELECT count(*) FROM memories m WHERE m.search @@ q) END "
+            "FROM unnest(%s::text[]) AS w(word), plainto_tsquery('english', w.word) AS q",
+            (list(words),),
+        )
+        # idf counts a word held by more memories than there are as held by all.
+        return {word: sys.maxsize if count is None else int(count) for word, count in rows}
 
     def _memories(self, ids: Sequence[str]) -> Iterator[Memory]:
         rows = self._read(f"SELECT {COLUMNS} FROM memories WHERE id = ANY(%s)", (list(ids),))

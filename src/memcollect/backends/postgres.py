@@ -24,7 +24,6 @@ from .base import (
     DeadLetter,
     SearchQuery,
     delete_page_order,
-    every_word_first,
 )
 from .pggroups import GROUP_TABLES, PgGroups
 from .pgrows import (
@@ -32,10 +31,10 @@ from .pgrows import (
     from_row,
     row_filters,
     to_row,
-    websearch_all_words,
-    websearch_text,
 )
 from .pgrows import copy_rows as _copy
+from .pgstats import Upkeep
+from .pgtext import PgTextSearch
 from .pgvectors import PgSemantic
 from .pgwatch import PoolErrors, Watchdog, one_line
 from .pgwriters import WriterThreads
@@ -133,8 +132,6 @@ MIGRATIONS: list[tuple[int, str]] = [
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 # A batch of at least this many memories is split over `writers` connections.
 WRITERS_SPLIT = 512
-# Rows ranked cheaply (ts_rank) before the top ones are ranked by cover density (ts_rank_cd).
-RANK_POOL = 1000
 
 # The longest a constructor waits for the server: a healthy one answers in milliseconds.
 OPEN_WAIT_S = 1.0
@@ -242,6 +239,8 @@ class PostgresBackend(SqlStore):
             else None
         )
         self._groups = PgGroups(self._read, self._connection)
+        self._text = PgTextSearch(self._read)
+        self._upkeep = Upkeep(self._connection, self.url)
 
     # --- connections ---------------------------------------------------------------------
 
@@ -503,7 +502,7 @@ class PostgresBackend(SqlStore):
         filters; or by meaning, or both, on a store with embeddings."""
         if self._by_meaning(query):
             return [hit.memory for hit in self.search_hits(query)]
-        return self._by_words(query)
+        return self._text.search(query)
 
     def search_hits(self, query: SearchQuery) -> list[Hit]:
         """search(), with each hit's score: its share of the query's words, its cosine
@@ -514,57 +513,22 @@ class PostgresBackend(SqlStore):
         self._ensure_schema()
         if query.mode == "semantic":
             return self._semantic.semantic_hits(query)
-        return self._semantic.hybrid_hits(query, self._by_words)
+        return self._semantic.hybrid_hits(query, self._text.search)
 
     def _by_meaning(self, query: SearchQuery) -> bool:
         return self._semantic is not None and query.mode != "text" and bool(query.text.strip())
 
     def idle_work(self) -> bool:
         """Fold the next queued rows into groups, and embed the next few queued memories
-        (semantic search); True while more wait."""
+        (semantic search); True while more wait. Now and then, the table's upkeep."""
         folding = self._groups.idle.step(self._groups.fold_chunk)
+        if not folding:
+            self._upkeep.step()
         return (self._semantic is not None and self._semantic.idle_work()) or folding
 
     def pending_embeddings(self) -> int:
         """How many stored memories wait for their vector (0 without semantic search)."""
         return 0 if self._semantic is None else self._semantic.pending()
-
-    def _by_words(self, query: SearchQuery) -> list[Memory]:
-        clauses, params = row_filters(query)
-        text = query.text.strip()
-        if not text:
-            where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-            sql = f"SELECT {COLUMNS} FROM memories m{where} ORDER BY m.id DESC LIMIT %s"
-            return [from_row(r) for r in self._read(sql, [*params, query.limit])]
-        some = websearch_text(text)
-        if not some:
-            return []
-        every = websearch_all_words(text) or some
-        return every_word_first(
-            lambda words, limit: self._ranked(words, clauses, params, limit),
-            every,
-            some,
-            query.limit,
-        )
-
-    def _ranked(
-        self, words: str, clauses: list[str], params: list[Any], limit: int
-    ) -> list[Memory]:
-        """The `limit` best memories for a websearch_to_tsquery text, by ts_rank_cd."""
-        where = " AND ".join(["m.search @@ q", *clauses])
-        columns = ", ".join("c." + c for c in COLUMNS.split(", "))
-        # ts_rank_cd costs ~30 ms over the tens of thousands of rows a common word matches in
-        # a million; ts_rank a tenth of that. So ts_rank picks a pool, and ts_rank_cd orders
-        # the pool: on 1,000,000 rows the top 10 were identical for 40 of 40 queries, and
-        # p50 / p99 fell from 58 / 339 ms to 48 / 180 ms.
-        pool = max(RANK_POOL, limit * 10)
-        sql = (
-            f"SELECT {columns} FROM (SELECT m.*, q FROM memories m, "
-            f"websearch_to_tsquery('english', %s) q WHERE {where} "
-            "ORDER BY ts_rank(m.search, q) DESC LIMIT %s) c "
-            "ORDER BY ts_rank_cd(c.search, c.q) DESC, c.id DESC LIMIT %s"
-        )
-        return [from_row(r) for r in self._read(sql, [words, *params, pool, limit])]
 
     # --- lifecycle -----------------------------------------------------------------------
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from ..errors import TransientBackendError, ValidationError
 from ..model import Memory
@@ -12,15 +12,18 @@ from .base import without_password
 from .scoring import word_share
 
 __all__ = [
-    "COVERAGE_POWER",
+    "NEIGHBOUR_SHARE",
+    "TEXT_WEIGHT",
     "VectorMatrix",
     "cosines",
     "embed_texts",
     "found_by",
+    "hybrid_scores",
     "numpy",
     "semantic_options",
-    "word_coverage",
 ]
+
+Key = TypeVar("Key", bound=Hashable)
 
 _OFF = ("0", "false", "off", "no")
 
@@ -70,16 +73,51 @@ def embed_texts(model_dir: str | None, kind: str, texts: Sequence[str]) -> Any:
     return embedder.embed(texts)
 
 
-def word_coverage(stems: list[tuple[str, int]], memory: Memory) -> float:
-    """word_share, squared: a memory that shares one word of a question is weak evidence
-    beside its meaning, one that holds most of them is strong."""
-    return word_share(stems, memory) ** COVERAGE_POWER
+# Hybrid search scores a memory by its meaning and its words together, as a sum of scores,
+# not of ranks: reciprocal rank fusion gives the top text hit the weight of the top semantic
+# one even when it shares only a question's "when" (Bruch et al., "An Analysis of Fusion
+# Functions for Hybrid Retrieval", 2023, find the sum better). Meaning counts as the cosine
+# similarity above the store's median, as a share of the best one's: the scale of cosines
+# differs by embedder (static vectors crowd them together), this share does not. Words count
+# as TEXT_WEIGHT times the square of the share of the query's words held, each word weighed
+# by its rarity (BM25's idf): holding one word of a question is weak evidence, most of them
+# strong. On LoCoMo's dev set (bench/recall_locomo.py) weights 2 to 3 gave recall@10
+# 0.656-0.667; the paraphrase set of bench/recall.py, whose queries share few words with
+# their targets, stays as good as semantic alone with the model and with static vectors
+# (unsquared or unscaled, static hybrid fell from 0.77 to 0.70-0.73 at 5).
+TEXT_WEIGHT = 2.5
+# The share of its score a hit lends each of its session's neighbours: an answer is often
+# the turn right after the one that matches. 0.2 and 0.3 gave 0.665 on the dev set, 0.1 0.649.
+NEIGHBOUR_SHARE = 0.2
+# Similarities the median is taken from, at most (a stride through the store).
+_MEDIAN_SAMPLE = 10_000
 
 
-# Squared: on LoCoMo's dev set hybrid recall@10 was 0.68 unweighted but the paraphrase set
-# of bench/recall.py fell from 0.97 to 0.87; squared, hybrid is no worse than its better
-# half on either (0.60 on LoCoMo, text 0.55; 0.97 on the paraphrases, semantic 0.97).
-COVERAGE_POWER = 2
+def hybrid_scores(
+    memories: Mapping[Key, Memory],
+    cosine: Mapping[Key, float],
+    similarities: Any,
+    stems: Sequence[tuple[str, float]],
+    neighbours: Mapping[Key, Sequence[Key]],
+) -> dict[Key, float]:
+    """Each candidate's hybrid score (its meaning against all the store's `similarities`,
+    plus its weighed words), and the share of it its session neighbours receive; best first."""
+    np = numpy()
+    median = top = 0.0
+    if len(similarities):
+        sample = similarities[:: max(1, len(similarities) // _MEDIAN_SAMPLE)]
+        median, top = float(np.median(sample)), float(similarities.max())
+    spread = max(top - median, 1e-6)
+    own = {
+        key: max(0.0, (cosine.get(key, 0.0) - median) / spread)
+        + TEXT_WEIGHT * word_share(stems, memory) ** 2
+        for key, memory in memories.items()
+    }
+    scores = dict(own)
+    for key, score in own.items():
+        for near in neighbours.get(key, ()):
+            scores[near] = scores.get(near, 0.0) + NEIGHBOUR_SHARE * score
+    return dict(sorted(scores.items(), key=lambda item: -item[1]))
 
 
 def found_by(key: object, by_text: set[Any], by_meaning: set[Any]) -> str:

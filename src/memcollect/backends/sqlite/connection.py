@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ...errors import TransientBackendError, ValidationError
 from ...retry import ErrorKind
@@ -30,6 +30,7 @@ from .schema import (
 )
 
 log = logging.getLogger("memcollect")
+T = TypeVar("T")
 
 # When more memories than this hold every word of a query, only the newest of them are
 # ranked (the default of the `rank_window` URL option): they differ little in BM25 (all hold
@@ -257,12 +258,16 @@ class SQLiteConnection(SqlStore):
         return conn
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._reading(lambda conn: conn.execute(sql, params).fetchall())
+
+    def _reading(self, action: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `action` on this thread's reader, as _read runs a statement."""
         try:
             conn = self._reader()
             if self._memory_db:
                 with self._write_lock:
-                    return conn.execute(sql, params).fetchall()
-            return conn.execute(sql, params).fetchall()
+                    return action(conn)
+            return action(conn)
         except sqlite3.OperationalError as exc:
             # The SQL is ours and well formed: what fails is the file (locked, unreadable).
             raise TransientBackendError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -15,15 +16,17 @@ from ..base import (
     delete_page_order,
     every_word_first,
 )
+from ..scoring import WordCounts
 from .connection import SQLiteConnection
 from .schema import _COLUMNS, _from_row
+from .terms import PorterStems, held_by
 
 log = logging.getLogger("memcollect")
 
 
 # The window of the newest matches ranked for memories holding some word of a query, as a
 # multiple of rank_window (see TextSearch._window).
-ANY_WORD_WINDOW = 10
+ANY_WORD_WINDOW = 2
 
 
 _TAG_CLAUSE = "EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)"
@@ -70,8 +73,46 @@ def fts_query(text: str) -> str | None:
     return " OR ".join(f'"{t}"' for t in dict.fromkeys(kept))
 
 
+def rarest(held: dict[str, int], most: int) -> list[str]:
+    """The rarest words (by how many memories hold each, none for a word no memory holds),
+    as many as together are held by at most `most` memories."""
+    chosen, count = [], 0
+    for word, holding in sorted(held.items(), key=lambda item: item[1]):
+        if holding and count + holding > most:
+            break
+        if holding:
+            chosen.append(word)
+            count += holding
+    return chosen
+
+
 class TextSearch(SQLiteConnection):
     """Full-text search over the FTS5 index, ranked by BM25; a scan where there is none."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._stems = PorterStems()
+        self._word_counts = WordCounts(self._count_memories, self._count_holding)
+
+    def after_fork(self) -> None:
+        """Forget the parent's connections and what they counted."""
+        super().after_fork()
+        self._stems = PorterStems()
+        self._word_counts = WordCounts(self._count_memories, self._count_holding)
+
+    def _count_memories(self) -> int:
+        """How many memories there are, about (deletions in the middle are not counted)."""
+        total = self._read(
+            "SELECT coalesce((SELECT max(seq) FROM memories) - (SELECT min(seq) FROM memories)"
+            " + 1, 0)"
+        )
+        return int(total[0][0])
+
+    def _count_holding(self, words: Sequence[str]) -> dict[str, int]:
+        """How many memories hold each word, by the index's counts."""
+        if not self.has_fts:
+            return {}
+        return self._reading(lambda conn: held_by(conn, self._stems, words))
 
     def _text(self, query: SearchQuery) -> list[Memory]:
         if not self._opened:
@@ -91,20 +132,55 @@ class TextSearch(SQLiteConnection):
             return []
         every = fts_all_words(text) or some
         return every_word_first(
-            lambda match, limit: self._ranked(
-                match, query, limit, window=self._window(match == every), rows=match == every
+            lambda match, limit: (
+                [
+                    m
+                    for _, m in self._ranked(
+                        match, query, limit, window=self.rank_window, rows=True
+                    )
+                ]
+                if match == every
+                else self._some_words(query, match, limit)
             ),
             every,
             some,
             query.limit,
         )
 
+    def _some_words(self, query: SearchQuery, match: str, limit: int) -> list[Memory]:
+        """The best memories holding some word of the query: the newest window of them, and
+        every memory holding one of its rarest words (at most half a window of them), by
+        BM25. A rare word's old holder is the answer a window of newer memories holding
+        a common word would hide ("psycopg timeout": the pool error of last month)."""
+        window = self._window(every_word=False)
+        ranked = self._ranked(match, query, limit, window=window)
+        if not window or len(ranked) < limit:
+            return [m for _, m in ranked]
+        terms = list(dict.fromkeys(content_terms(query.text)))
+        _, held = self._word_counts(terms)
+        if sum(held.values()) <= window:
+            return [m for _, m in ranked]  # the window held every match
+        rare = rarest(held, window // 2)
+        if not rare:
+            return [m for _, m in ranked]
+        # Few hold them: each checked against its row's filters costs less than merging
+        # their lists with a filter's that a third of the store may hold.
+        also = self._ranked(" OR ".join(f'"{t}"' for t in rare), query, limit, window=0, rows=True)
+        # BM25 (lower is better in FTS5) is the same function of the same counts in both:
+        # a memory in both scores better where all its words counted.
+        best: dict[str, tuple[float, Memory]] = {}
+        for score, memory in [*ranked, *also]:
+            if memory.id not in best or score < best[memory.id][0]:
+                best[memory.id] = (score, memory)
+        return [m for _, m in sorted(best.values(), key=lambda hit: hit[0])[:limit]]
+
     def _window(self, every_word: bool) -> int:
         """How many of the newest matches are ranked (0: all of them). Memories holding
         every word differ little in BM25: the newest rank_window. Those holding some word can
         be a tenth of the store (a common word at a million memories), where ranking them all
-        made the slowest searches 110-130 ms: the newest ten times as many are ranked, which
-        at the sizes the recall benchmarks measure is all of them."""
+        made the slowest searches 110-130 ms: the newest ANY_WORD_WINDOW times as many are
+        ranked (and every holder of a rare word), which at the sizes the recall benchmarks
+        measure is all of them."""
         if self.rank_window <= 0:
             return 0
         return self.rank_window if every_word else self.rank_window * ANY_WORD_WINDOW
@@ -158,10 +234,10 @@ class TextSearch(SQLiteConnection):
 
     def _ranked(
         self, match: str, query: SearchQuery, limit: int, *, window: int, rows: bool = False
-    ) -> list[Memory]:
-        """The `limit` best memories for an FTS5 MATCH expression, by BM25, with the query's
-        filters; with a `window`, only that many (at least `limit`) newest matches are
-        ranked."""
+    ) -> list[tuple[float, Memory]]:
+        """The `limit` best memories for an FTS5 MATCH expression with their BM25 scores,
+        best first, with the query's filters; with a `window`, only that many (at least
+        `limit`) newest matches are ranked."""
         # The user's words look in content and tags; filter values are tokens in `facets`.
         expression = f"{{content tags}} : ({match})"
         # A category or tag is often held by a large share of the store (a sixth of a million
@@ -179,7 +255,7 @@ class TextSearch(SQLiteConnection):
 
     def _read_ranked(
         self, match: str, query: SearchQuery, limit: int, window: int, by_rows: bool
-    ) -> list[Memory]:
+    ) -> list[tuple[float, Memory]]:
         # Rank only (rowid, score) over the matches, then fetch whole rows for the top k:
         # sorting full rows (content, metadata) for thousands of matches costs more than bm25.
         exact = by_rows or query.since is not None or query.until is not None
@@ -201,11 +277,11 @@ class TextSearch(SQLiteConnection):
             args.append(max(window, limit))
         columns = ", ".join("m." + c for c in _COLUMNS.split(", "))
         sql = (
-            f"SELECT {columns} FROM ({inner} ORDER BY score, seq DESC LIMIT ?) hits "
-            "JOIN memories m ON m.seq = hits.seq ORDER BY hits.score, hits.seq DESC"
+            f"SELECT hits.score, {columns} FROM ({inner} ORDER BY score, seq DESC LIMIT ?) "
+            "hits JOIN memories m ON m.seq = hits.seq ORDER BY hits.score, hits.seq DESC"
         )
         rows = self._read(sql, [*args, limit])
-        return [_from_row(r) for r in rows]
+        return [(r[0], _from_row(r[1:])) for r in rows]
 
     def _scan(self, query: SearchQuery, where: str, params: list[Any]) -> list[Memory]:
         terms = content_terms(query.text)

@@ -16,8 +16,8 @@ from ...query import Hit
 from ..base import (
     SearchQuery,
 )
-from ..scoring import query_stems, word_share
-from ..vectors import VectorMatrix, cosines, embed_texts, found_by, numpy, word_coverage
+from ..scoring import rare_word_stems, word_share
+from ..vectors import VectorMatrix, cosines, embed_texts, found_by, hybrid_scores, numpy
 from .fts import TextSearch, _filters
 from .schema import _COLUMNS, _DELETIONS, _from_row
 
@@ -179,26 +179,25 @@ class SemanticSearch(TextSearch):
         return [Hit(m, cosine[seq], "meaning") for seq, m in self._rows_by_seq(nearest)]
 
     def _hybrid_hits(self, query: SearchQuery) -> list[Hit]:
-        """Both halves ranked in full (text: any word, by BM25; meaning: by cosine), fused
-        by reciprocal rank, each hit lending weight to its session's neighbours."""
-        from ...semantic import fuse
-
+        """Both halves ranked in full (text: any word, by BM25; meaning: by cosine), each
+        candidate scored by its meaning and its rarity-weighed words, lending part of its
+        score to its session's neighbours."""
         depth = max(50, query.limit * 5)
         wide = msgspec.structs.replace(query, limit=depth)
         text_hits = self._text(wide)
         by_text = self._seqs_of(text_hits)
         seqs, scores = self._similarities(query.text)
         by_meaning = self._semantic_seqs(wide, depth, seqs, scores)
-        near = self._session_neighbours({*by_text, *by_meaning})
-        stems = query_stems(query.text)
-        coverage = [word_coverage(stems, m) for m in text_hits]
-        fused = fuse(
-            [by_text, by_meaning], lambda seq: near.get(seq, ()), strengths=[coverage, None]
-        )
+        candidates = dict(zip(by_text, text_hits, strict=True))
+        missing = [seq for seq in by_meaning if seq not in candidates]
+        candidates.update(self._rows_by_seq(missing))
+        stems = rare_word_stems(query.text, self._word_counts) if text_hits else []
+        near = self._session_neighbours(set(candidates))
+        cosine = cosines(seqs, scores, [*candidates, *(n for ns in near.values() for n in ns)])
+        fused = list(hybrid_scores(candidates, cosine, scores, stems, near))
         # Neighbours were found by session alone: they must pass the other filters too.
         rows = [(s, m) for s, m in self._rows_by_seq(fused[: depth * 2]) if query.matches(m)]
         rows = rows[: query.limit]
-        cosine = cosines(seqs, scores, [s for s, _ in rows])
         texts, meanings = set(by_text), set(by_meaning)
         hits = []
         for seq, memory in rows:
