@@ -160,6 +160,49 @@ def bench_throughput(
     return n / elapsed
 
 
+def bench_raw_sqlite(n: int, tmp: Path, fts: bool, batch: int = 2048) -> float:
+    """The floor: sqlite3 alone storing the same memories in memcollect's own tables, made
+    beforehand, in batches of the collector's size (high_performance), the full-text index
+    filled in bulk in each batch's transaction. Stored per second."""
+    import sqlite3
+
+    from memcollect.backends.sqlite.schema import _FTS_FILL, _insert_rows
+
+    path = tmp / f"raw-{'fts' if fts else 'nofts'}-{time.monotonic_ns()}.db"
+    schema = SQLiteBackend(f"sqlite:///{path}{'' if fts else '?fts=0'}")
+    schema.open()  # the same tables, indexes and triggers as the collector's store
+    schema.close()
+    rng = random.Random(1)
+    stream = memories(rng, "bench-agent")
+    items = [next(stream) for _ in range(n)]
+    rows = [
+        make_memory(i["category"], i["content"], i["metadata"], None, i["tags"], i["project"],
+                    i["agent"], i["session"], 1 << 20)
+        for i in items
+    ]  # fmt: skip
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    top = 0
+    gc.collect()
+    started = time.perf_counter()
+    for start in range(0, n, batch):
+        part = rows[start : start + batch]
+        conn.execute("BEGIN")
+        # Rows to statements as memcollect turns them (any program storing these records
+        # must); what the floor leaves out is everything else memcollect does.
+        _insert_rows(conn, part)
+        if fts:
+            conn.execute(f"{_FTS_FILL} WHERE seq > ?", (top,))
+            top += len(part)
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    stored = conn.execute("SELECT count(*) FROM memories").fetchone()[0]
+    conn.close()
+    assert stored == n, f"stored {stored} of {n}"
+    return n / elapsed
+
+
 def memory(item: dict[str, Any]) -> mc.Memory:
     """A memory made from one corpus item, as collect() would make it."""
     return make_memory(
@@ -193,9 +236,8 @@ def templated_corpus(n: int) -> tuple[list[dict[str, Any]], list[str]]:
     return [next(stream) for _ in range(n)], queries
 
 
-def varied_corpus(n: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """Real technical English: comment lines of the Python standard library's source, as
-    varied as memories agents write; queries are 2-3 words taken from stored lines."""
+def varied_lines(rng: random.Random) -> list[str]:
+    """Comment lines of the Python standard library's source, each once, shuffled by rng."""
     stdlib = Path(os.__file__).parent
     lines: list[str] = []
     for path in sorted(stdlib.rglob("*.py")):
@@ -206,10 +248,16 @@ def varied_corpus(n: int) -> tuple[list[dict[str, Any]], list[str]]:
             if line.strip().startswith("#") and len(text) > 30 and "\x00" not in text:
                 lines.append(text)
     lines = list(dict.fromkeys(lines))
-    rng = random.Random(4)
     rng.shuffle(lines)
+    return lines
+
+
+def varied_items(
+    lines: list[str], start: int, stop: int, rng: random.Random
+) -> list[dict[str, Any]]:
+    """Memories start..stop of the varied corpus, made from its lines."""
     categories = ["bug", "error", "feedback", "performance", "decision", "note"]
-    items = [
+    return [
         {
             "category": rng.choice(categories),
             "content": lines[i % len(lines)],
@@ -219,8 +267,16 @@ def varied_corpus(n: int) -> tuple[list[dict[str, Any]], list[str]]:
             "agent": "a",
             "session": "s",
         }
-        for i in range(n)
+        for i in range(start, stop)
     ]
+
+
+def varied_corpus(n: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Real technical English: comment lines of the Python standard library's source, as
+    varied as memories agents write; queries are 2-3 words taken from stored lines."""
+    rng = random.Random(4)
+    lines = varied_lines(rng)
+    items = varied_items(lines, 0, n, rng)
     queries = []
     while len(queries) < 50:
         words = [w for w in re.findall(r"[a-z]{4,}", rng.choice(lines).lower())]
@@ -303,6 +359,62 @@ print(import_ms, after_import - before, idle - after_import)
     }
 
 
+GROWTH = """
+import json, random, sys, tempfile, time
+sys.path.insert(0, sys.argv[1])
+from collect import varied_items, varied_lines
+import memcollect as mc
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+n, chunk = int(sys.argv[2]), 10_000
+rng = random.Random(4)
+lines = varied_lines(rng)  # and the items below: those of varied_corpus(n), made a chunk at a time
+tmp = tempfile.mkdtemp()
+before = rss()
+c = mc.MemoryCollector(f"sqlite:///{tmp}/growth.db", data_dir=tmp + "/data")
+rates = []
+for start in range(0, n, chunk):
+    t0 = time.perf_counter()
+    for i in varied_items(lines, start, start + chunk, rng):
+        c.collect(i["category"], i["content"], i["metadata"], tags=i["tags"],
+                  project=i["project"], agent=i["agent"], session=i["session"])
+    assert c.flush(300)
+    rates.append(chunk / (time.perf_counter() - t0))
+after = rss()
+c.close()
+print(json.dumps({"rates": rates, "rss_mb": after, "rss_before_mb": before,
+                  "rss_closed_mb": rss()}))
+"""
+
+
+def bench_growth(n: int) -> dict[str, Any]:
+    """Stored/s of the default collector (spool, storing thread, FTS) as the store grows,
+    10,000 varied memories at a time, and the process's RSS once all n are stored; in a
+    fresh interpreter, so that RSS is the collector's and its corpus's alone."""
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent / "src"))
+    out = subprocess.run(
+        [sys.executable, "-c", GROWTH, str(HERE), str(n)],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    found = json.loads(out.stdout.splitlines()[-1])
+    rates = found["rates"]
+    # The first and the last tenth of the load, by the median of their chunks.
+    tenth = max(1, len(rates) // 10)
+    first, last = statistics.median(rates[:tenth]), statistics.median(rates[-tenth:])
+    return {
+        "memories": n,
+        "first_per_s": first,
+        "last_per_s": last,
+        "last_share": last / first,
+        "rss_mb": found["rss_mb"],
+        "rss_before_collector_mb": found["rss_before_mb"],
+        "rss_closed_mb": found["rss_closed_mb"],
+        "rates": [round(r) for r in rates],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer records, for a smoke run")
@@ -332,9 +444,12 @@ def main() -> None:
         # Throughput swings with what else the machine does: the median of three runs,
         # interleaved so that memory and spool modes see the same conditions.
         runs: dict[str, list[float]] = {
-            "fts": [], "spool": [], "nofts": [], "process_fts": [], "process_nofts": []
+            "fts": [], "spool": [], "nofts": [], "process_fts": [], "process_nofts": [],
+            "raw_fts": [], "raw_nofts": [],
         }  # fmt: skip
         for _ in range(3):
+            runs["raw_fts"].append(bench_raw_sqlite(n_throughput, tmp, fts=True))
+            runs["raw_nofts"].append(bench_raw_sqlite(n_throughput, tmp, fts=False))
             runs["fts"].append(bench_throughput(n_throughput, tmp, fts=True))
             runs["spool"].append(bench_throughput(n_throughput, tmp, fts=True, durability="spool"))
             runs["nofts"].append(bench_throughput(n_throughput, tmp, fts=False))
@@ -349,10 +464,13 @@ def main() -> None:
         results["throughput_nofts_per_s"] = statistics.median(runs["nofts"])
         results["throughput_process_fts_per_s"] = statistics.median(runs["process_fts"])
         results["throughput_process_nofts_per_s"] = statistics.median(runs["process_nofts"])
+        results["raw_sqlite_fts_per_s"] = statistics.median(runs["raw_fts"])
+        results["raw_sqlite_nofts_per_s"] = statistics.median(runs["raw_nofts"])
         results["throughput_runs"] = runs
         results["search_varied"] = bench_search(n_search, tmp, varied_corpus)
         results["search_templated"] = bench_search(n_search, tmp, templated_corpus)
     results["footprint"] = bench_footprint()
+    results["growth"] = bench_growth(100_000 if args.quick else 1_000_000)
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
 
@@ -367,6 +485,53 @@ def rate(r: dict[str, Any], key: str) -> str:
     return f"{r[key]:,.0f}" if key in r else "not in this run"
 
 
+def floor_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Stored/s against sqlite3 alone storing the same rows (bench_raw_sqlite)."""
+    if "raw_sqlite_fts_per_s" not in r:
+        return [("sqlite3 alone, same rows (the floor)", "not in this run", "reference")]
+    fts, nofts = r["raw_sqlite_fts_per_s"], r["raw_sqlite_nofts_per_s"]
+    return [
+        ("sqlite3 alone, same rows + FTS5 in bulk (the floor)", f"{fts:,.0f}", "reference"),
+        ("sqlite3 alone, same rows, no FTS (the floor)", f"{nofts:,.0f}", "reference"),
+        (
+            "the default (spool, storing thread) + FTS5, share of the floor",
+            f"{r['throughput_spool_fts_per_s'] / fts:.0%}",
+            "≥ 85%",
+        ),
+        (
+            "storer='process' + FTS5, share of the floor",
+            f"{r['throughput_process_fts_per_s'] / fts:.0%}",
+            "≥ 85%",
+        ),
+        (
+            "FTS off: memory mode / storer='process', share of the floor",
+            f"{r['throughput_nofts_per_s'] / nofts:.0%} / "
+            f"{r['throughput_process_nofts_per_s'] / nofts:.0%}",
+            "≥ 85%",
+        ),
+    ]
+
+
+def growth_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Stored/s as the store grows, and RSS after it (bench_growth)."""
+    if "growth" not in r:
+        return [("stored/s as the store grows", "not in this run", "")]
+    g = r["growth"]
+    return [
+        (
+            f"stored/s, default collector: first / last tenth of {g['memories']:,} varied",
+            f"{g['first_per_s']:,.0f} / {g['last_per_s']:,.0f} ({g['last_share']:.0%})",
+            "last ≥ 80% of first",
+        ),
+        (
+            f"RSS after {g['memories']:,} stored and flushed / closed (before the collector)",
+            f"{g['rss_mb']:.1f} / {g['rss_closed_mb']:.1f} MB "
+            f"({g.get('rss_before_collector_mb', 0):.1f})",
+            "≤ 40 MB",
+        ),
+    ]
+
+
 def print_table(r: dict[str, Any]) -> None:
     """The results table."""
     lat = r["latency_memory"]
@@ -378,7 +543,17 @@ def print_table(r: dict[str, Any]) -> None:
             f"{lat['queuehandler_p50_us']:.2f} / {lat['queuehandler_p99_us']:.2f} µs",
             "reference",
         ),
-        ("speed-up vs QueueHandler (p50)", f"{lat['speedup_p50']:.1f}x", "≥ 3x"),
+        ("speed-up vs QueueHandler (p50), memory mode", f"{lat['speedup_p50']:.1f}x", "≥ 6x"),
+        (
+            "speed-up vs QueueHandler (p50), spool mode",
+            f"{lat['queuehandler_p50_us'] / r['latency_spool']['p50_us']:.1f}x",
+            "≥ 4x",
+        ),
+        (
+            "collect() p99 / p50, spool mode",
+            f"{r['latency_spool']['p99_us'] / r['latency_spool']['p50_us']:.1f}x",
+            "≤ 3x",
+        ),
         (
             "collect() p50 / p99, spool mode (survives kill -9)",
             f"{r['latency_spool']['p50_us']:.2f} / {r['latency_spool']['p99_us']:.2f} µs",
@@ -402,6 +577,7 @@ def print_table(r: dict[str, Any]) -> None:
             f"{r['throughput_fts_per_s']:,.0f}",
             "≥ 30,000",
         ),
+        *floor_rows(r),
         (
             "stored/s end to end, SQLite, FTS off (median of 3)",
             f"{r['throughput_nofts_per_s']:,.0f}",
@@ -427,6 +603,7 @@ def print_table(r: dict[str, Any]) -> None:
             f"{r['search_templated']['p50_ms']:.2f} / {r['search_templated']['p99_ms']:.2f} ms",
             "p50 ≤ 5 ms",
         ),
+        *growth_rows(r),
         ("import memcollect", f"{r['footprint']['import_ms']:.0f} ms", "≤ 100 ms"),
         (
             "RSS of an idle collector (after import)",

@@ -279,6 +279,7 @@ def bench_collect() -> str:
                 f"| {label} | {_per_s(ordered[len(ordered) // 2])} "
                 f"(runs {', '.join(_per_s(v) for v in values)}) | | |"
             )
+    rows += _floor_rows(data)
     varied, templated = data.get("search_varied"), data.get("search_templated")
     if varied and templated:
         rows.append(
@@ -312,6 +313,41 @@ def bench_collect() -> str:
         + chart
         + "\n"
     )
+
+
+def _floor_rows(data: dict[str, Any]) -> list[str]:
+    """Stored/s against sqlite3 alone (the floor), and as the store grows, with targets."""
+    rows = []
+    spool, qh = data["latency_spool"], data["latency_memory"]["queuehandler_p50_us"]
+    rows.append(
+        f"| `collect()` p50, spool mode, against `QueueHandler` | {spool['p50_us']:.2f} µs | "
+        f"`QueueHandler` {qh:.2f} µs | {qh / spool['p50_us']:.1f}x faster (target ≥ 4x) |"
+    )
+    if "raw_sqlite_fts_per_s" in data:
+        fts, nofts = data["raw_sqlite_fts_per_s"], data["raw_sqlite_nofts_per_s"]
+        for label, ours, floor in (
+            ("stored/s, the default (spool), + FTS", "throughput_spool_fts_per_s", fts),
+            ("stored/s, `storer='process'`, + FTS", "throughput_process_fts_per_s", fts),
+            ("stored/s, memory mode, FTS off", "throughput_nofts_per_s", nofts),
+            ("stored/s, `storer='process'`, FTS off", "throughput_process_nofts_per_s", nofts),
+        ):
+            rows.append(
+                f"| {label} | {_per_s(data[ours])} | sqlite3 alone, same memories: "
+                f"{_per_s(floor)} | {data[ours] / floor:.0%} of it (target ≥ 85%) |"
+            )
+    growth = data.get("growth")
+    if growth:
+        rows.append(
+            f"| stored/s as the store grows to {growth['memories']:,}, default collector | "
+            f"last tenth {_per_s(growth['last_per_s'])} | first tenth "
+            f"{_per_s(growth['first_per_s'])} | {growth['last_share']:.0%} (target ≥ 80%) |"
+        )
+        rows.append(
+            f"| RSS after storing {growth['memories']:,} (flushed) | {growth['rss_mb']:.0f} MB"
+            f" | the same process before the collector: "
+            f"{growth.get('rss_before_collector_mb', 0):.0f} MB | target ≤ 40 MB |"
+        )
+    return rows
 
 
 def bench_postgres() -> str:
