@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import memcollect as mc
 from memcollect.backends.scoring import WordCounts, idf, rare_word_stems, word_share
 from memcollect.backends.sqlite.terms import TOKENIZER, PorterStems, held_by
-from memcollect.backends.vectors import NEIGHBOUR_SHARE, hybrid_scores
+from memcollect.backends.vectors import NEIGHBOUR_SHARE, hybrid_scores, meaning_scale
 from memcollect.validate import make_memory
 
 from .test_semantic import SemanticUrl, semantic_url
@@ -56,7 +56,8 @@ def test_hybrid_scores_sum_meaning_and_weighed_words_and_lend_to_neighbours() ->
         "common": memory("when was that"),  # the common word only
     }
     cosine = {"word": 0.2, "meaning": 0.9, "common": 0.55}
-    scores = hybrid_scores(memories, cosine, similarities, stems, {"meaning": ["reply"]})
+    assert meaning_scale(similarities) == pytest.approx((0.2, 0.9))
+    scores = hybrid_scores(memories, cosine, (0.2, 0.9), stems, {"meaning": ["reply"]})
     # Meaning is the share of the way from the median to the best: 1 for the best, 0.5
     # halfway, and never below 0; the rare word makes up for the meaning it lacks.
     assert scores["meaning"] == pytest.approx(1.0)
@@ -66,7 +67,8 @@ def test_hybrid_scores_sum_meaning_and_weighed_words_and_lend_to_neighbours() ->
     # A neighbour found by session alone receives a share of its neighbour's score.
     assert scores["reply"] == pytest.approx(NEIGHBOUR_SHARE * scores["meaning"])
     # An empty store has no scale: meaning counts for nothing, words still do.
-    empty = hybrid_scores(memories, {}, np.array([], dtype=np.float32), stems, {})
+    assert meaning_scale(np.array([], dtype=np.float32)) == (0.0, 0.0)
+    empty = hybrid_scores(memories, {}, (0.0, 0.0), stems, {})
     assert next(iter(empty)) == "word" and empty["meaning"] == 0.0
 
 

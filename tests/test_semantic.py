@@ -6,8 +6,9 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from memcollect.backends.sqlite import vectors as sqlite_vectors
 from memcollect.semantic import fuse
 
 from .conftest import wait_for
-from .services import drop_schema, require_postgres
+from .services import POSTGRES_URL, drop_schema, require_postgres
 
 MEMORIES = [
     ("bug", "Login fails on Safari after resetting the password"),
@@ -44,10 +45,11 @@ def require_semantic() -> None:
 SemanticUrl = Callable[..., str]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql-ram"])
 def semantic_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SemanticUrl]:
-    """URLs of stores of one kind (SQLite files, PostgreSQL schemas), by name: the same name
-    is the same store; `semantic=` as in the URL ("0" for a store without embeddings)."""
+    """URLs of stores of one kind (SQLite files, PostgreSQL schemas searched by pgvector
+    where the server has it, or in RAM), by name: the same name is the same store;
+    `semantic=` as in the URL ("0" for a store without embeddings)."""
     require_semantic()
     schemas: dict[str, str] = {}
 
@@ -55,7 +57,8 @@ def semantic_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sem
         if request.param == "sqlite":
             return f"sqlite:///{tmp_path}/{name}.db?semantic={semantic}"
         schema = schemas.setdefault(name, f"sem_{name}_{uuid.uuid4().hex[:10]}")
-        return f"{require_postgres()}?schema={schema}&semantic={semantic}"
+        ram = "&vectors=ram" if request.param == "postgresql-ram" else ""
+        return f"{require_postgres()}?schema={schema}&semantic={semantic}{ram}"
 
     yield url
     for schema in schemas.values():
@@ -772,3 +775,108 @@ def test_scores_by_meaning_are_similarities_and_hybrid_says_how_each_hit_was_fou
     # A threshold keeps the strong and drops the filler.
     strong = store.search(query, mode="semantic", limit=5, min_score=scores[0] - 1e-6)
     assert [m.content for m in strong] == [MEMORIES[0][1]]
+
+
+def require_pgvector() -> str:
+    """The test server's URL, or skip loudly when it has no pgvector extension: pgvector is
+    in no package registry this project installs from (Debian bookworm has no package, and
+    PyPI's is the client), so a server without it is a server memcollect must serve too."""
+    require_semantic()
+    base = require_postgres()
+    import psycopg
+
+    with psycopg.connect(base) as conn:
+        available = conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"
+        ).fetchone()
+    if available is None:
+        pytest.skip("!!! SKIPPED, NOT TESTED: the PostgreSQL server has no pgvector extension")
+    return base
+
+
+@pytest.fixture
+def pgvector_schema() -> Iterator[str]:
+    """A schema of this test's own on a server with pgvector, dropped afterwards."""
+    require_pgvector()
+    schema = f"pgv_{uuid.uuid4().hex[:10]}"
+    yield schema
+    drop_schema(schema)
+
+
+def test_pgvector_answers_as_the_vectors_in_ram_do(
+    make_collector: Callable[..., mc.MemoryCollector], pgvector_schema: str, tmp_path: Path
+) -> None:
+    """The same store searched by pgvector and by the matrix in RAM: the same hits in the
+    same order with the same scores, by meaning and hybrid, filtered or not; and pgvector
+    keeps nothing in RAM."""
+    base = f"{require_pgvector()}?schema={pgvector_schema}&semantic=1"
+    indexed = make_collector(base, data_dir=str(tmp_path / "a"))
+    for round_ in ("", " again", " once more"):  # no two alike: no ties to break
+        for category, content in MEMORIES:
+            indexed.collect(category, content + round_, session="s")
+    assert indexed.flush(120)
+    in_ram = make_collector(f"{base}&vectors=ram", data_dir=str(tmp_path / "b"))
+    semantic_store = indexed.backend._semantic  # type: ignore[attr-defined]
+    assert semantic_store.index.enabled and not in_ram.backend._semantic.index.enabled  # type: ignore[attr-defined]
+    for text, filters in [
+        ("can't sign in on Apple's browser", {}),
+        ("people like the night theme", {"category": "feedback"}),
+        ("slow under load", {"limit": 3}),
+    ]:
+        for mode in ("semantic", "hybrid"):
+            ours = indexed.search_scored(text, mode=mode, **filters)
+            theirs = in_ram.search_scored(text, mode=mode, **filters)
+            assert [h.memory.id for h in ours] == [h.memory.id for h in theirs], (text, mode)
+            assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], abs=1e-4)
+    assert len(semantic_store._vectors.snapshot()[0]) == 0
+
+
+def test_a_store_that_gains_pgvector_indexes_the_vectors_it_has(
+    make_collector: Callable[..., mc.MemoryCollector], pgvector_schema: str, tmp_path: Path
+) -> None:
+    base = f"{require_pgvector()}?schema={pgvector_schema}&semantic=1"
+    before = make_collector(f"{base}&vectors=ram", data_dir=str(tmp_path / "a"))
+    for category, content in MEMORIES:
+        before.collect(category, content)
+    assert before.flush(120)
+    before.backend.idle_work()  # embedded, as bytes only
+    before.close()
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL) as conn:
+        conn.execute(f'ALTER TABLE "{pgvector_schema}".embeddings DROP COLUMN IF EXISTS v')
+    after = make_collector(base, data_dir=str(tmp_path / "b"))
+    hits = after.search("can't sign in on Apple's browser", mode="semantic", limit=1)
+    assert contents(hits) == [MEMORIES[0][1]]
+    with psycopg.connect(POSTGRES_URL) as conn:
+        missing = conn.execute(
+            f'SELECT count(*) FROM "{pgvector_schema}".embeddings WHERE v IS NULL'
+        ).fetchone()
+    assert missing == (0,)
+
+
+def test_an_old_or_unreachable_pgvector_leaves_the_vectors_in_ram() -> None:
+    from memcollect.backends.pgindex import PgVectorIndex
+
+    def server(version: str, schema: str, on_path: bool) -> Callable[..., Any]:
+        class Row:
+            def __init__(self, row: tuple[Any, ...] | None) -> None:
+                self.row = row
+
+            def fetchone(self) -> tuple[Any, ...] | None:
+                return self.row
+
+        def execute(sql: str, params: Sequence[Any]) -> Row:
+            if "FROM pg_extension" in sql:
+                return Row((version, schema))
+            if "current_schemas" in sql:
+                return Row((on_path,))
+            raise AssertionError(f"nothing else is asked: {sql}")
+
+        return execute
+
+    index = PgVectorIndex(lambda sql, params: [], lambda: None, 384)  # type: ignore[arg-type,return-value]
+    assert index.enable(server("0.7.4", "public", True)) is False
+    assert "older than 0.8.0" in (index._usable(server("0.7.4", "public", True)) or "")
+    assert "not on the search path" in (index._usable(server("0.8.1", "ext", False)) or "")
+    assert index._usable(server("0.8.1", "public", True)) is None

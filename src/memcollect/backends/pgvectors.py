@@ -1,11 +1,14 @@
-"""Semantic and hybrid search on PostgreSQL: vectors kept in the database, searched in RAM.
+"""Semantic and hybrid search on PostgreSQL: vectors kept in the database, searched there by
+pgvector where the server has it, else in RAM.
 
 The vectors live in the `embeddings` table beside the rows (and go with them: a foreign key
 deletes them). A trigger, made by the first store opened with `?semantic=1`, queues every
 memory inserted by any writer; whoever has a model embeds the queue in its quiet moments.
-Each process searching by meaning keeps the vectors in a float32 matrix in RAM, read from the
-table as it grows. That is sound up to a few hundred thousand memories a store (1.5 KB of RAM
-a memory, and a search's product over all of them): see docs/postgresql.md.
+With pgvector (pgindex) they are also in a column of its type with an HNSW index, and
+searched there. Without it, each process searching by meaning keeps the vectors in a float32
+matrix in RAM, read from the table as it grows: sound up to a few hundred thousand memories a
+store (1.5 KB of RAM a memory, and a search's product over all of them): see
+docs/postgresql.md.
 """
 
 from __future__ import annotations
@@ -23,10 +26,19 @@ import msgspec
 from ..errors import TransientBackendError
 from ..model import Memory
 from ..query import Hit, SearchQuery
+from .pgindex import PgVectorIndex, vector_text
 from .pgrows import COLUMNS, from_row, row_filters
 from .pgwatch import one_line
 from .scoring import WordCounts, rare_word_stems, word_share
-from .vectors import VectorMatrix, cosines, embed_texts, found_by, hybrid_scores, numpy
+from .vectors import (
+    VectorMatrix,
+    cosines,
+    embed_texts,
+    found_by,
+    hybrid_scores,
+    meaning_scale,
+    numpy,
+)
 
 log = logging.getLogger("memcollect")
 
@@ -74,11 +86,23 @@ def enable_sql(table_schema: str) -> list[str]:
 class PgSemantic:
     """Embedding a PostgreSQL store's memories, and searching them by meaning or both."""
 
-    def __init__(self, kind: str, model_dir: str | None, read: Read, connect: Connect) -> None:
+    def __init__(
+        self,
+        kind: str,
+        model_dir: str | None,
+        read: Read,
+        connect: Connect,
+        vectors: str = "auto",
+    ) -> None:
+        from ..semantic import DIMENSIONS
+
         self.kind = kind
         self.model_dir = model_dir
         self._read = read
         self._connect = connect
+        #: "auto": pgvector where the server has it; "ram": always the matrix in RAM.
+        self.vectors = vectors
+        self.index = PgVectorIndex(read, connect, DIMENSIONS)
         self._vectors = VectorMatrix()
         self._embedding = threading.Lock()
         self._recounted_at = 0.0
@@ -125,6 +149,8 @@ class PgSemantic:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (wanted,),
         )
+        if self.vectors != "ram":
+            self.index.enable(execute)
 
     def after_fork(self) -> None:
         """Forget the parent's vectors (they are read again here)."""
@@ -184,14 +210,25 @@ class PgSemantic:
             vectors = embed_texts(
                 self.model_dir, self.kind, [embedded_text(c, a) for _, c, a in alive]
             )
+            ids = [i for i, *_ in alive]
+            raw = [vectors[n].tobytes() for n in range(len(alive))]
             # Only beside a memory still stored (one deleted meanwhile has no row).
-            conn.execute(
-                "INSERT INTO embeddings (id, vector) SELECT v.id, v.vector "
-                "FROM unnest(%s::text[], %s::bytea[]) AS v(id, vector) "
-                "JOIN memories m ON m.id = v.id "
-                "ON CONFLICT (id) DO UPDATE SET vector = excluded.vector",
-                ([i for i, *_ in alive], [vectors[n].tobytes() for n in range(len(alive))]),
-            )
+            if self.index.enabled:
+                conn.execute(
+                    "INSERT INTO embeddings (id, vector, v) SELECT u.id, u.vector, u.v::vector "
+                    "FROM unnest(%s::text[], %s::bytea[], %s::text[]) AS u(id, vector, v) "
+                    "JOIN memories m ON m.id = u.id ON CONFLICT (id) DO UPDATE "
+                    "SET vector = excluded.vector, v = excluded.v",
+                    (ids, raw, [vector_text(vectors[n]) for n in range(len(alive))]),
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO embeddings (id, vector) SELECT v.id, v.vector "
+                    "FROM unnest(%s::text[], %s::bytea[]) AS v(id, vector) "
+                    "JOIN memories m ON m.id = v.id "
+                    "ON CONFLICT (id) DO UPDATE SET vector = excluded.vector",
+                    (ids, raw),
+                )
         conn.execute("DELETE FROM embedding_queue WHERE id = ANY(%s)", ([r[0] for r in rows],))
         return len(rows)
 
@@ -277,10 +314,22 @@ class PgSemantic:
 
     def semantic_hits(self, query: SearchQuery) -> list[Hit]:
         """The memories nearest in meaning, each with its cosine similarity."""
+        if self.index.enabled:
+            vector = self._query_vector(query.text)
+            hits = self.index.nearest(query, query.limit, vector)
+            return [Hit(m, cos, "meaning") for _, m, cos in hits]
         seqs, scores = self._similarities(query.text)
         nearest = self._nearest(query, query.limit, seqs, scores)
         cosine = cosines(seqs, scores, [seq for seq, _ in nearest])
         return [Hit(m, cosine.get(seq, 0.0), "meaning") for seq, m in nearest]
+
+    def _query_vector(self, text: str) -> str:
+        """Embed a search's share of the queue, then the query, as pgvector's text."""
+        chunk = _EMBED_CHUNK[self.kind]
+        for _ in range(_SEARCH_EMBEDS_CHUNKS):
+            if self._embed_queued(chunk) < chunk:
+                break
+        return vector_text(embed_texts(self.model_dir, self.kind, [text])[0])
 
     def hybrid_hits(
         self, query: SearchQuery, by_words: Callable[[SearchQuery], list[Memory]]
@@ -291,15 +340,28 @@ class PgSemantic:
         depth = max(50, query.limit * 5)
         wide = msgspec.structs.replace(query, limit=depth)
         text_hits = by_words(msgspec.structs.replace(wide, mode="text"))
-        seqs, scores = self._similarities(query.text)
-        nearest = self._nearest(wide, depth, seqs, scores)
+        if self.index.enabled:
+            vector = self._query_vector(query.text)
+            found = self.index.nearest(wide, depth, vector)
+            nearest = [(seq, m) for seq, m, _ in found]
+            best = found[0][2] if found else 0.0
+            scale = (self.index.median(vector, self._count_memories()), best)
+        else:
+            seqs, scores = self._similarities(query.text)
+            nearest = self._nearest(wide, depth, seqs, scores)
+            scale = meaning_scale(scores)
         memories = {m.id: m for m in text_hits} | {m.id: m for _, m in nearest}
         by_text = [m.id for m in text_hits]
         by_meaning = [m.id for _, m in nearest]
         near = self._session_neighbours(set(memories))
-        cosine = self._cosines([*memories, *(n for ns in near.values() for n in ns)], seqs, scores)
+        wanted = [*memories, *(n for ns in near.values() for n in ns)]
+        cosine = (
+            self.index.cosines(wanted, vector)
+            if self.index.enabled
+            else self._cosines(wanted, seqs, scores)
+        )
         stems = rare_word_stems(query.text, self._word_counts) if text_hits else []
-        fused = list(hybrid_scores(memories, cosine, scores, stems, near))[: depth * 2]
+        fused = list(hybrid_scores(memories, cosine, scale, stems, near))[: depth * 2]
         missing = [key for key in fused if key not in memories]
         if missing:
             memories |= {m.id: m for m in self._memories(missing)}

@@ -191,6 +191,12 @@ class PostgresBackend(SqlStore):
         self.supports_semantic, kind, model_dir = semantic_options(options, url)
         options.pop("semantic", None)
         options.pop("model", None)
+        self.vectors = options.pop("vectors", "auto")
+        if self.vectors not in ("auto", "ram"):
+            raise ValidationError(
+                f"vectors={self.vectors!r} in the backend URL must be auto (pgvector where the "
+                "server has it, else in RAM) or ram"
+            )
         if self.schema is not None and not _SCHEMA_NAME.match(self.schema):
             raise ValidationError(
                 f"schema {self.schema!r} in the backend URL must be a lowercase identifier"
@@ -234,7 +240,7 @@ class PostgresBackend(SqlStore):
         self._pool_name = PoolErrors.register(self, self._connect_failed)
         self._schema_lock = threading.Lock()
         self._semantic = (
-            PgSemantic(kind, model_dir, self._read, self._connection)
+            PgSemantic(kind, model_dir, self._read, self._connection, self.vectors)
             if self.supports_semantic
             else None
         )

@@ -19,6 +19,7 @@ __all__ = [
     "embed_texts",
     "found_by",
     "hybrid_scores",
+    "meaning_scale",
     "numpy",
     "semantic_options",
 ]
@@ -93,20 +94,25 @@ NEIGHBOUR_SHARE = 0.2
 _MEDIAN_SAMPLE = 10_000
 
 
+def meaning_scale(similarities: Any) -> tuple[float, float]:
+    """The median and the best of a query's similarities to every memory of a store."""
+    if not len(similarities):
+        return 0.0, 0.0
+    sample = similarities[:: max(1, len(similarities) // _MEDIAN_SAMPLE)]
+    return float(numpy().median(sample)), float(similarities.max())
+
+
 def hybrid_scores(
     memories: Mapping[Key, Memory],
     cosine: Mapping[Key, float],
-    similarities: Any,
+    scale: tuple[float, float],
     stems: Sequence[tuple[str, float]],
     neighbours: Mapping[Key, Sequence[Key]],
 ) -> dict[Key, float]:
-    """Each candidate's hybrid score (its meaning against all the store's `similarities`,
-    plus its weighed words), and the share of it its session neighbours receive; best first."""
-    np = numpy()
-    median = top = 0.0
-    if len(similarities):
-        sample = similarities[:: max(1, len(similarities) // _MEDIAN_SAMPLE)]
-        median, top = float(np.median(sample)), float(similarities.max())
+    """Each candidate's hybrid score (its meaning on the store's `scale`, its median and
+    best similarity, plus its weighed words), and the share of it its session neighbours
+    receive; best first."""
+    median, top = scale
     spread = max(top - median, 1e-6)
     own = {
         key: max(0.0, (cosine.get(key, 0.0) - median) / spread)

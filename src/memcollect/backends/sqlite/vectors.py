@@ -17,7 +17,15 @@ from ..base import (
     SearchQuery,
 )
 from ..scoring import rare_word_stems, word_share
-from ..vectors import VectorMatrix, cosines, embed_texts, found_by, hybrid_scores, numpy
+from ..vectors import (
+    VectorMatrix,
+    cosines,
+    embed_texts,
+    found_by,
+    hybrid_scores,
+    meaning_scale,
+    numpy,
+)
 from .fts import TextSearch, _filters
 from .schema import _COLUMNS, _DELETIONS, _from_row
 
@@ -194,7 +202,7 @@ class SemanticSearch(TextSearch):
         stems = rare_word_stems(query.text, self._word_counts) if text_hits else []
         near = self._session_neighbours(set(candidates))
         cosine = cosines(seqs, scores, [*candidates, *(n for ns in near.values() for n in ns)])
-        fused = list(hybrid_scores(candidates, cosine, scores, stems, near))
+        fused = list(hybrid_scores(candidates, cosine, meaning_scale(scores), stems, near))
         # Neighbours were found by session alone: they must pass the other filters too.
         rows = [(s, m) for s, m in self._rows_by_seq(fused[: depth * 2]) if query.matches(m)]
         rows = rows[: query.limit]
