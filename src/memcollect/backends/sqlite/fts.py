@@ -133,12 +133,7 @@ class TextSearch(SQLiteConnection):
         every = fts_all_words(text) or some
         return every_word_first(
             lambda match, limit: (
-                [
-                    m
-                    for _, m in self._ranked(
-                        match, query, limit, window=self.rank_window, rows=True
-                    )
-                ]
+                self._every_word(query, match, limit)
                 if match == every
                 else self._some_words(query, match, limit)
             ),
@@ -146,6 +141,11 @@ class TextSearch(SQLiteConnection):
             some,
             query.limit,
         )
+
+    def _every_word(self, query: SearchQuery, match: str, limit: int) -> list[Memory]:
+        """The best memories holding every word of the query (the newest rank_window)."""
+        window = self._window(every_word=True)
+        return [m for _, m in self._ranked(match, query, limit, window=window, rows=True)]
 
     def _some_words(self, query: SearchQuery, match: str, limit: int) -> list[Memory]:
         """The best memories holding some word of the query: the newest window of them, and
