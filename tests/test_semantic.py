@@ -880,3 +880,36 @@ def test_an_old_or_unreachable_pgvector_leaves_the_vectors_in_ram() -> None:
     assert "older than 0.8.0" in (index._usable(server("0.7.4", "public", True)) or "")
     assert "not on the search path" in (index._usable(server("0.8.1", "ext", False)) or "")
     assert index._usable(server("0.8.1", "public", True)) is None
+
+
+def test_a_role_that_may_not_install_pgvector_searches_in_ram(
+    make_collector: Callable[..., mc.MemoryCollector], tmp_path: Path
+) -> None:
+    """On a database without the extension, a store whose role may not install it (pgvector
+    is not a trusted extension) still migrates, and searches its vectors in RAM."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    base = require_pgvector()
+    name = uuid.uuid4().hex[:10]
+    role, database = f"limited_{name}", f"novector_{name}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(f'CREATE DATABASE "{database}" OWNER "{role}"')
+    try:
+        parts = urlsplit(base)
+        netloc = f"{role}@{parts.hostname}:{parts.port or 5432}"
+        url = urlunsplit((parts.scheme, netloc, f"/{database}", "semantic=1", ""))
+        c = make_collector(url, data_dir=str(tmp_path / "d"))
+        for category, content in MEMORIES:
+            c.collect(category, content)
+        assert c.flush(120)
+        hits = c.search("can't sign in on Apple's browser", mode="semantic", limit=1)
+        assert contents(hits) == [MEMORIES[0][1]]
+        assert not c.backend._semantic.index.enabled  # type: ignore[attr-defined]
+        c.close()
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
