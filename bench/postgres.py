@@ -33,7 +33,8 @@ from memcollect.backends.base import SearchQuery  # noqa: E402
 from memcollect.backends.pgrows import copy_rows as _copy  # noqa: E402
 from memcollect.backends.pgrows import row_filters as _filters  # noqa: E402
 from memcollect.backends.pgrows import to_row as _to_row  # noqa: E402
-from memcollect.backends.postgres import PostgresBackend, websearch_all_words  # noqa: E402
+from memcollect.backends.pgrows import websearch_all_words  # noqa: E402
+from memcollect.backends.postgres import PostgresBackend  # noqa: E402
 
 BASE = os.environ.get("MEMCOLLECT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
