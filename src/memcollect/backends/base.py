@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 import msgspec
@@ -116,6 +116,16 @@ def every_word_first(
     seen = {m.id for m in found}
     more = [m for m in run(some, limit + len(found)) if m.id not in seen]
     return found + more[: limit - len(found)]
+
+
+def best_of(scored: Iterable[tuple[float, Memory]], limit: int) -> list[Memory]:
+    """The `limit` best memories of rankings run with the same score function (higher is
+    better): a memory found by several counts at its best score; ties keep their order."""
+    best: dict[str, tuple[float, Memory]] = {}
+    for score, memory in scored:
+        if memory.id not in best or score > best[memory.id][0]:
+            best[memory.id] = (score, memory)
+    return [m for _, m in sorted(best.values(), key=lambda hit: -hit[0])[:limit]]
 
 
 class Backend(ABC):

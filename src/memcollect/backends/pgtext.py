@@ -9,10 +9,10 @@ from typing import Any
 
 from ..model import Memory
 from ..query import SearchQuery
-from .base import content_terms, every_word_first
+from .base import best_of, content_terms, every_word_first
 from .pgrows import COLUMNS, from_row, row_filters, websearch_all_words, websearch_text
 
-__all__ = ["RANK_POOL", "RARE_MOST", "RECENT_SPAN", "PgTextSearch"]
+__all__ = ["RANK_POOL", "RARE_MOST", "RECENT_SPAN", "PgTextSearch", "word_holders"]
 
 # Rows ranked cheaply (ts_rank) before the top ones are ranked by cover density (ts_rank_cd).
 RANK_POOL = 1000
@@ -29,6 +29,21 @@ RECENT_BOUND_S = 5.0
 RARE_MOST = 1000
 
 Read = Callable[[str, Sequence[Any]], list[Any]]
+
+
+def word_holders(
+    read: Read, words: Sequence[str], most: int | None = None
+) -> dict[str, int | None]:
+    """How many memories hold each word, by the GIN index (each count stopping at `most`:
+    a common word's holders are never all read); None for a word the text search ignores
+    (a stop word of its English configuration)."""
+    rows = read(
+        "SELECT w.word, CASE WHEN numnode(q) > 0 THEN (SELECT count(*) FROM (SELECT 1 "
+        "FROM memories m WHERE m.search @@ q LIMIT %s) held) END "
+        "FROM unnest(%s::text[]) AS w(word), plainto_tsquery('english', w.word) AS q",
+        (most, list(words)),
+    )
+    return {word: None if count is None else int(count) for word, count in rows}
 
 
 class PgTextSearch:
@@ -79,24 +94,15 @@ class PgTextSearch:
             return [m for _, m in found]
         # ts_rank_cd is a function of the memory and the query's words alone: a memory in
         # both rankings scores higher where all its words counted.
-        best: dict[str, tuple[float, Memory]] = {}
-        for score, memory in [*found, *self._rank(" or ".join(rare), clauses, params, limit)]:
-            if memory.id not in best or score > best[memory.id][0]:
-                best[memory.id] = (score, memory)
-        return [m for _, m in sorted(best.values(), key=lambda hit: -hit[0])][:limit]
+        return best_of([*found, *self._rank(" or ".join(rare), clauses, params, limit)], limit)
 
     def _rare(self, terms: list[str]) -> list[str]:
         """Those of `terms` that at least one and at most RARE_MOST memories hold (each
         count stops there: a common word's is never read through)."""
         if len(terms) < 2:
             return []
-        rows = self._read(
-            "SELECT w.word, (SELECT count(*) FROM (SELECT 1 FROM memories m "
-            "WHERE m.search @@ plainto_tsquery('english', w.word) LIMIT %s) held) "
-            "FROM unnest(%s::text[]) AS w(word)",
-            (RARE_MOST + 1, terms),
-        )
-        return [word for word, held in rows if 0 < held <= RARE_MOST]
+        held = word_holders(self._read, terms, most=RARE_MOST + 1)
+        return [word for word, count in held.items() if count and count <= RARE_MOST]
 
     def _recent_bound(self) -> str | None:
         """The id RECENT_SPAN memories back from the newest (None in a smaller store)."""

@@ -28,6 +28,7 @@ from ..model import Memory
 from ..query import Hit, SearchQuery
 from .pgindex import PgVectorIndex, vector_text
 from .pgrows import COLUMNS, from_row, row_filters
+from .pgtext import word_holders
 from .pgwatch import one_line
 from .scoring import WordCounts, rare_word_stems, word_share
 from .vectors import (
@@ -238,10 +239,7 @@ class PgSemantic:
         """Embed a search's share of the queue, then read the vectors stored since the last
         call (by any process) into RAM."""
         np = numpy()
-        chunk = _EMBED_CHUNK[self.kind]
-        for _ in range(_SEARCH_EMBEDS_CHUNKS):
-            if self._embed_queued(chunk) < chunk:
-                break
+        self._embed_a_searchs_share()
         with self._vectors.loading:
             self._recount()
             held, _ = self._vectors.snapshot()
@@ -325,11 +323,16 @@ class PgSemantic:
 
     def _query_vector(self, text: str) -> str:
         """Embed a search's share of the queue, then the query, as pgvector's text."""
+        self._embed_a_searchs_share()
+        return vector_text(embed_texts(self.model_dir, self.kind, [text])[0])
+
+    def _embed_a_searchs_share(self) -> None:
+        """Embed up to _SEARCH_EMBEDS_CHUNKS chunks of the queue, oldest first, so that a
+        search finds what was just stored (the worker embeds the rest)."""
         chunk = _EMBED_CHUNK[self.kind]
         for _ in range(_SEARCH_EMBEDS_CHUNKS):
             if self._embed_queued(chunk) < chunk:
                 break
-        return vector_text(embed_texts(self.model_dir, self.kind, [text])[0])
 
     def hybrid_hits(
         self, query: SearchQuery, by_words: Callable[[SearchQuery], list[Memory]]
@@ -394,14 +397,9 @@ class PgSemantic:
     def _count_holding(self, words: Sequence[str]) -> dict[str, int]:
         """How many memories hold each word; a word the text search ignores (a stop word)
         counts as held by all, so that it weighs nothing."""
-        rows = self._read(
-            "SELECT w.word, CASE WHEN numnode(q) > 0 "
-            "THEN (SELECT count(*) FROM memories m WHERE m.search @@ q) END "
-            "FROM unnest(%s::text[]) AS w(word), plainto_tsquery('english', w.word) AS q",
-            (list(words),),
-        )
+        held = word_holders(self._read, words)
         # idf counts a word held by more memories than there are as held by all.
-        return {word: sys.maxsize if count is None else int(count) for word, count in rows}
+        return {word: sys.maxsize if count is None else count for word, count in held.items()}
 
     def _memories(self, ids: Sequence[str]) -> Iterator[Memory]:
         rows = self._read(f"SELECT {COLUMNS} FROM memories WHERE id = ANY(%s)", (list(ids),))

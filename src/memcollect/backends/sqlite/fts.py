@@ -12,6 +12,7 @@ from ...model import Memory
 from .._sql import filter_clauses
 from ..base import (
     SearchQuery,
+    best_of,
     content_terms,
     delete_page_order,
     every_word_first,
@@ -166,13 +167,9 @@ class TextSearch(SQLiteConnection):
         # Few hold them: each checked against its row's filters costs less than merging
         # their lists with a filter's that a third of the store may hold.
         also = self._ranked(" OR ".join(f'"{t}"' for t in rare), query, limit, window=0, rows=True)
-        # BM25 (lower is better in FTS5) is the same function of the same counts in both:
-        # a memory in both scores better where all its words counted.
-        best: dict[str, tuple[float, Memory]] = {}
-        for score, memory in [*ranked, *also]:
-            if memory.id not in best or score < best[memory.id][0]:
-                best[memory.id] = (score, memory)
-        return [m for _, m in sorted(best.values(), key=lambda hit: hit[0])[:limit]]
+        # BM25 (lower is better in FTS5, hence negated) is the same function of the same
+        # counts in both: a memory in both scores better where all its words counted.
+        return best_of([(-score, memory) for score, memory in [*ranked, *also]], limit)
 
     def _window(self, every_word: bool) -> int:
         """How many of the newest matches are ranked (0: all of them). Memories holding
