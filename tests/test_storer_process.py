@@ -109,7 +109,7 @@ def test_what_process_storing_cannot_do_is_refused_up_front(
 ) -> None:
     with pytest.raises(mc.ConfigError, match="storer='process' needs durability"):
         make_collector(f"sqlite:///{tmp_path}/m.db", storer="process", durability="memory")
-    with pytest.raises(mc.ConfigError, match=r"storer .*must be one of thread, process"):
+    with pytest.raises(mc.ConfigError, match=r"storer .*must be one of auto, thread, process"):
         make_collector(storer="fork")
     with pytest.raises(mc.ValidationError, match="memory://"):
         make_collector("memory://", storer="process", durability="spool")

@@ -80,6 +80,9 @@ class MemoryCollector:
             fields.setdefault("backend", target)
             target = None
         self.config = load_config(target, **fields)
+        self._storer = storer_for(
+            self.config, backend is not None, bool(on_stored or on_failure), clock
+        )
         if self.config.storer == "process":
             from .storer.pipeline import check_process_storer
 
@@ -126,7 +129,7 @@ class MemoryCollector:
             on_change=self._cache.invalidate_searches,
             clock=self._clock,
         )
-        pipeline = _pipeline_for(parts)
+        pipeline = _pipeline_for(parts, self._storer)
         self._pipeline = pipeline
         self.breaker = pipeline.circuit()
         self._put = pipeline.put
@@ -468,10 +471,11 @@ class MemoryCollector:
         return callback
 
     def _check_callbacks(self) -> None:
-        if not self._pipeline.callbacks:
-            from .storer.pipeline import CALLBACKS_NEED_THREAD
+        if not self._pipeline.allow_callbacks():
+            from .storer.pipeline import CALLBACKS_AFTER_HANDOVER, CALLBACKS_NEED_THREAD
 
-            raise ValidationError(CALLBACKS_NEED_THREAD)
+            auto = self._storer == "auto"
+            raise ValidationError(CALLBACKS_AFTER_HANDOVER if auto else CALLBACKS_NEED_THREAD)
 
     @property
     def closed(self) -> bool:
@@ -508,13 +512,37 @@ class MemoryCollector:
         return f"<MemoryCollector {self._backend.url} queued={self._pipeline.queue_depth}>"
 
 
-def _pipeline_for(parts: Parts) -> Pipeline:
+def storer_for(config: Config, given_backend: bool, callbacks: bool, clock: Clock) -> str:
+    """Where a collector stores from: "thread", "process", or "auto" (a thread, then a
+    process once the load is sustained) where the storing process can do all it is asked."""
+    if config.storer != "auto":
+        return config.storer
+    if (
+        config.durability == "memory"  # the spool is how memories reach another process
+        or given_backend  # a Backend object cannot be opened again elsewhere
+        or callbacks  # they run where memories are stored
+        or clock is not time.monotonic  # a test's clock cannot drive another process
+        or config.backend_url.startswith(("memory:", "MEMORY:"))
+        or _cores() < 2  # one core: a second process only takes turns with this one
+    ):
+        return "thread"
+    return "auto"
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _pipeline_for(parts: Parts, storer: str) -> Pipeline:
     """The pipeline the configuration asks for."""
     config = parts.config
-    if config.storer == "process":
+    if storer in ("process", "auto"):
         from .storer import ProcessPipeline  # here: it costs `import subprocess`
 
-        return ProcessPipeline(parts)
+        return ProcessPipeline(parts, start_in_thread=storer == "auto")
     if config.durability == "memory":
         return RamPipeline(parts)
     return SpoolPipeline(parts)

@@ -16,11 +16,11 @@ __all__ = ["FRAMEWORK_LINGER_CAP", "PROFILES", "Config", "from_framework_config"
 
 Durability = Literal["memory", "spool", "fsync"]
 OnFull = Literal["drop_lowest", "block", "raise"]
-Storer = Literal["thread", "process"]
+Storer = Literal["auto", "thread", "process"]
 _CHOICES: dict[str, tuple[str, ...]] = {
     "durability": ("memory", "spool", "fsync"),
     "on_full": ("drop_lowest", "block", "raise"),
-    "storer": ("thread", "process"),
+    "storer": ("auto", "thread", "process"),
 }
 
 
@@ -75,10 +75,12 @@ class Config(msgspec.Struct, kw_only=True):
     circuit_open_after: float = 5.0
     """Seconds of failing writes after which the circuit opens."""
     # Where memories are stored from: a thread of this process, or a process of their own
-    # that reads them from the spool (collecting and storing then use a core each).
-    storer: Storer = "thread"
-    """Where memories are stored from: a thread of this process, or a storing process fed by
-    the spool."""
+    # that reads them from the spool (collecting and storing then use a core each). "auto"
+    # stores from a thread and hands a sustained load to a process, where that can be done
+    # (collector.storer_for says when).
+    storer: Storer = "auto"
+    """Where memories are stored from: a thread, a storing process fed by the spool, or auto
+    (a thread, then a process once the load is sustained, given two cores)."""
     # Spans for memory operations (create, search, delete) after OpenTelemetry's GenAI
     # conventions, emitted per batch, never from collect(); needs opentelemetry-api.
     otel: bool = False

@@ -90,6 +90,10 @@ class Pipeline:
     callbacks = True
     spool: Spool | None = None
 
+    def allow_callbacks(self) -> bool:
+        """Whether on_stored and on_failure callbacks can be called from where it stores."""
+        return self.callbacks
+
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
         self.config = parts.config

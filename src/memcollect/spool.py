@@ -475,12 +475,14 @@ class Spool:
         self.ack_locked(segment, records)
 
     def settle_ranges(self) -> None:
-        """Let segments whose records were all handed out and answered be deleted at close."""
+        """Delete the sealed segments whose records were all handed out and answered, and let
+        the one being written go at close once they all are."""
         with self.lock:
             for segment in list(self.backlog):
                 if segment.outstanding <= 0 and (segment.read_offset or 0) >= segment.size:
                     segment.read_offset = None
                     self.backlog.remove(segment)
+                    self.delete_if_done_locked(segment)
 
     def ack(self, segments: Iterable[Segment]) -> None:
         """Records of these segments were stored, dead-lettered or dropped."""

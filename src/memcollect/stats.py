@@ -64,7 +64,8 @@ class Stats(msgspec.Struct, frozen=True):
     deleted: int = 0
     #: Memories stored but not yet embedded for semantic recall (the worker embeds them).
     pending_embeddings: int = 0
-    #: With storer="process": the storing process, and how often it was started again.
+    #: The storing process (storer="process", or "auto" once a process took the load; None
+    #: while a thread stores), and how often it was started again.
     storer_pid: int | None = None
     storer_restarts: int = 0
 

@@ -19,6 +19,7 @@ from ..frames import read_memories
 from ..retry import CircuitBreaker
 from ..stats import Counters
 from ..storing import Storing
+from .inprocess import Shared
 from .protocol import COUNTED, PROTOCOL, Done, Range, decode_range, encode
 
 __all__ = ["main"]
@@ -32,20 +33,31 @@ HEARTBEAT_S = 0.5
 class Child:
     """Stores ranges as they come and, between them, the work the stores put off."""
 
-    def __init__(self, config: Config, answers: IO[bytes]) -> None:
+    def __init__(self, config: Config, answers: IO[bytes], shared: Shared | None = None) -> None:
         self.config = config
         self.answers = answers
-        self.backend = open_backend(_background_checkpoints(config.backend_url))
-        self.backend.open()
-        self.fallback = open_backend(config.fallback) if config.fallback else None
-        if self.fallback is not None:
-            self.fallback.open()
+        # In a thread of the collecting process, its stores and callbacks are this one's.
+        self.shared = shared
+        if shared is not None:
+            self.backend, self.fallback = shared.backend, shared.fallback
+        else:
+            self.backend = open_backend(_background_checkpoints(config.backend_url))
+            self.backend.open()
+            self.fallback = open_backend(config.fallback) if config.fallback else None
+            if self.fallback is not None:
+                self.fallback.open()
         self.counters = Counters()
         self.breaker = CircuitBreaker(
             config.max_retries, config.retry_max, open_after=config.circuit_open_after
         )
         self.storing = Storing.configured(
-            config, self.backend, self.counters, self.breaker, fallback=self.fallback, durable=True
+            config,
+            self.backend,
+            self.counters,
+            self.breaker,
+            fallback=self.fallback,
+            durable=True,
+            **(shared.options() if shared is not None else {}),
         )
         self.storing.check_fallback()
         self.ranges: deque[Range] = deque()
@@ -57,6 +69,8 @@ class Child:
 
     def answer(self, number: int, records: int) -> None:
         """Tell the collecting process what became of a range (number -1: a heartbeat)."""
+        if self.abandoned():
+            return
         with self._answer_lock:
             now = _counts(self.counters)
             delta = [a - b for a, b in zip(now, self._reported, strict=True)]
@@ -96,10 +110,14 @@ class Child:
             with contextlib.suppress(OSError, ValueError):
                 self.answer(-1, 0)
 
+    def abandoned(self) -> bool:
+        """Whether the collecting side gave up on this storing thread."""
+        return self.shared is not None and self.shared.abandoned.is_set()
+
     def run(self) -> None:
         """Store ranges as they come; between them, the backend's put-off work."""
         storing = self.storing
-        while True:
+        while not self.abandoned():
             with self.arrived:
                 idle = not (self.ranges or self.ended)
                 if idle and not (storing.idle_due or storing.may_move):
@@ -127,7 +145,9 @@ class Child:
         return len(memories)
 
     def close(self) -> None:
-        """Release the stores."""
+        """Release the stores (those of the collecting process are its own to close)."""
+        if self.shared is not None:
+            return
         self.backend.close()
         if self.fallback is not None:
             self.fallback.close()
@@ -159,8 +179,16 @@ def main() -> None:
         # speaks the old protocol, this process the new one.
         log.error("the collecting process runs another memcollect version: restart it")
         sys.exit(3)
-    config = Config(**hello["config"])
-    child = Child(config, answers)
+    serve(Config(**hello["config"]), requests, answers)
+
+
+def serve(
+    config: Config, requests: IO[bytes], answers: IO[bytes], shared: Shared | None = None
+) -> None:
+    """Store the ranges read from `requests`, answering each on `answers`, until their end."""
+    child = Child(config, answers, shared)
+    # Ready: the collecting side may hand this child the ranges from now on.
+    child.answer(-1, 0)
     stop = threading.Event()
     threading.Thread(target=child.listen, args=(requests,), daemon=True).start()
     threading.Thread(target=child.heartbeat, args=(stop,), daemon=True).start()

@@ -20,6 +20,7 @@ from ..config import Config
 from ..retry import CircuitBreaker
 from ..spool import Segment, Spool
 from ..stats import Counters, Latency
+from .inprocess import InProcessChild, Shared
 from .protocol import COUNTED, PROTOCOL, Done, Range, child_command, decode_done, encode
 
 __all__ = ["StoringProcess"]
@@ -34,6 +35,13 @@ _LINGER_S = 0.02
 _MAX_IN_FLIGHT = 4
 _RESTART_PAUSE_S = 0.2
 _MAX_RESTART_PAUSE_S = 10.0
+# Records collected and not yet stored at which a storing thread hands the load to a
+# storing process (storer="auto"). A thread shares the GIL with the code calling collect();
+# a process stores on the other core. 20,000 is ~0.3 s of a thread's storing: a short
+# script's burst is stored before it, a sustained load passes it within a second.
+PROMOTE_AT = 20_000
+# After a storing process failed to start for a promotion, the thread goes on alone this long.
+_PROMOTE_RETRY_S = 30.0
 
 # Every StoringProcess of this process, so that a fork can let go of their pipes at once:
 # a forked child holding the write end would keep the storing child waiting for more.
@@ -58,6 +66,8 @@ class StoringProcess:
         counters: Counters,
         circuit: CircuitBreaker,
         on_done: Callable[[], None],
+        *,
+        shared: Shared | None = None,
     ) -> None:
         self.spool = spool
         self.config = config
@@ -80,13 +90,23 @@ class StoringProcess:
         self.last_error = ""
         self._in_flight: deque[tuple[Range, Segment]] = deque()
         self._next_number = 0
-        self._child: subprocess.Popen[bytes] | None = None
+        self._child: subprocess.Popen[bytes] | InProcessChild | None = None
         self._send_lock = threading.Lock()
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name="memcollect-dispatch", daemon=True
         )
         self._reader: threading.Thread | None = None
         self._abandoned = False
+        # storer="auto": a storing thread first (shared: the collector's stores), handed to a
+        # storing process once the load asks for one (unless callbacks pin it).
+        self._shared = shared
+        self.in_process = shared is not None
+        self.pinned = False
+        self._next: subprocess.Popen[bytes] | None = None
+        self._next_reader: threading.Thread | None = None
+        self._next_ready = threading.Event()
+        self._promote_after = 0.0
+        self._promotion = threading.Lock()
         _live.add(self)
 
     # --- life ----------------------------------------------------------------------------
@@ -98,6 +118,25 @@ class StoringProcess:
         self._dispatcher.start()
 
     def _spawn(self) -> None:
+        child = self._start_child()
+        if child is None:
+            return
+        self._child = child
+        self._reader = self._start_reader(child)
+        # Whatever a dead child was given and did not answer goes to this one, in order.
+        for item, _ in self._in_flight:
+            self._send(child, item)
+
+    def _start_child(self) -> subprocess.Popen[bytes] | InProcessChild | None:
+        """A storing thread (before a promotion) or process, sent its settings."""
+        if self.in_process:
+            assert self._shared is not None
+            thread = InProcessChild(self.config, self._shared)
+            self._hello(thread)
+            return thread
+        return self._start_process()
+
+    def _start_process(self) -> subprocess.Popen[bytes] | None:
         package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         # The child imports this very memcollect, wherever the parent found it.
@@ -115,9 +154,12 @@ class StoringProcess:
             # dispatcher tries again after a pause.
             self.last_error = f"it could not be started ({type(exc).__name__}: {exc})"
             log.error("the storing process %s: trying again", self.last_error)
-            self._child = None
-            return
-        assert child.stdin is not None and child.stdout is not None
+            return None
+        self._hello(child)
+        return child
+
+    def _hello(self, child: subprocess.Popen[bytes] | InProcessChild) -> None:
+        assert child.stdin is not None
         settings = msgspec.structs.asdict(self.config)
         settings.update(durability="memory", storer="thread")
         with contextlib.suppress(OSError, ValueError):
@@ -125,16 +167,14 @@ class StoringProcess:
             # another.
             child.stdin.write(encode({"protocol": PROTOCOL, "config": settings}) + b"\n")
             child.stdin.flush()
-        self._child = child
+
+    def _start_reader(self, child: subprocess.Popen[bytes] | InProcessChild) -> threading.Thread:
         reader = threading.Thread(
             target=self._read_loop, args=(child, child.stdout), name="memcollect-answers",
             daemon=True,
         )  # fmt: skip
-        self._reader = reader
         reader.start()
-        # Whatever a dead child was given and did not answer goes to this one, in order.
-        for item, _ in self._in_flight:
-            self._send(child, item)
+        return reader
 
     def alive(self) -> bool:
         """Whether the storing process runs now (not exited, not between restarts)."""
@@ -147,8 +187,10 @@ class StoringProcess:
         )
 
     def pid(self) -> int | None:
-        """The storing process's PID."""
-        return self._child.pid if self._child is not None else None
+        """The storing process's PID (None while a thread of this process stores)."""
+        if self.in_process or self._child is None:
+            return None
+        return self._child.pid
 
     def flush(self, deadline: float) -> bool:
         """Wait until everything appended so far is answered, or the monotonic deadline."""
@@ -173,6 +215,7 @@ class StoringProcess:
         self._wake.set()
         if self._dispatcher.is_alive():
             self._dispatcher.join(max(0.0, deadline - time.monotonic()) + 1.0)
+        self._drop_next()
         child = self._child
         if child is None:
             return
@@ -192,15 +235,24 @@ class StoringProcess:
         _live.discard(self)
         self.spool.settle_ranges()
 
+    def after_storing(self, action: Callable[[], None]) -> None:
+        """Run `action` (closing the stores) now, or once an abandoned storing thread ends:
+        it may still be writing through them."""
+        child = self._child
+        if isinstance(child, InProcessChild):
+            child.when_ended(action)
+        else:
+            action()
+
     def release(self) -> None:
         """Stop without waiting: the child answers what it was sent, then exits."""
         self._stopping = True
         self._stopped.set()
         self._wake.set()
-        child = self._child
-        if child is not None and child.stdin is not None:
-            with contextlib.suppress(OSError, ValueError), self._send_lock:
-                child.stdin.close()
+        for child in (self._child, self._next):
+            if child is not None and child.stdin is not None:
+                with contextlib.suppress(OSError, ValueError), self._send_lock:
+                    child.stdin.close()
         _live.discard(self)
 
     def abandon_after_fork(self) -> None:
@@ -210,8 +262,9 @@ class StoringProcess:
         self._abandoned = True
         self._stopping = True
         self._stopped.set()
-        child = self._child
-        if child is not None:
+        for child in (self._child, self._next):
+            if child is None:
+                continue
             # Point the pipe descriptors at /dev/null: that lets go of the pipes, and the file
             # objects around them may still flush or close later without touching a
             # descriptor number the process has since reused.
@@ -221,7 +274,8 @@ class StoringProcess:
                     with contextlib.suppress(OSError, ValueError):
                         os.dup2(null, pipe.fileno())
             os.close(null)
-            # The Popen object belongs to the parent: never wait on or kill it from here.
+            # The Popen object belongs to the parent (a storing thread is not here at all):
+            # never wait on or kill it from here.
             child.returncode = 0
         _live.discard(self)
 
@@ -242,12 +296,116 @@ class StoringProcess:
         if child is None or child.poll() is not None:
             self._restart()
             return
-        while len(self._in_flight) < _MAX_IN_FLIGHT:
+        if self.in_process and self._promoting():
+            return
+        child = self._child
+        assert child is not None
+        # A storing thread is sent one range at a time: what it holds when a process takes
+        # over is what the process waits for.
+        most = 1 if self.in_process else _MAX_IN_FLIGHT
+        while len(self._in_flight) < most:
             taken = self._take_range()
             if taken is None:
                 break
             self._in_flight.append(taken)
             self._send(child, taken[0])
+
+    # --- storer="auto": from a storing thread to a storing process ---------------------
+
+    def pin(self) -> bool:
+        """Keep storing in this process's thread from now on (callbacks need it); False if the
+        load was handed to a storing process already."""
+        with self._promotion:
+            if not self.in_process:
+                return False
+            self.pinned = True
+            return True
+
+    def _promoting(self) -> bool:
+        """Whether ranges wait for a promotion under way; starts one when the load asks.
+
+        From then on the thread is sent nothing more. Once it has answered what it was sent
+        and the process says it is ready, the thread ends and the process takes the ranges:
+        answers keep coming in order.
+        """
+        nxt = self._next
+        if nxt is None:
+            if self.pinned or time.monotonic() < self._promote_after:
+                return False
+            with self.spool.lock:
+                backlog = self.spool.pending_locked()
+            if backlog < PROMOTE_AT:
+                return False
+            self._begin_promotion()
+            return self._next is not None
+        if nxt.poll() is not None:
+            log.error(
+                "the storing process for a heavier load exited as it started (code %s): "
+                "storing goes on in this process's thread", nxt.returncode,
+            )  # fmt: skip
+            self._drop_next()
+            self._promote_after = time.monotonic() + _PROMOTE_RETRY_S
+            return False
+        if self.pinned:
+            self._drop_next()
+            return False
+        if self._in_flight or not self._next_ready.is_set():
+            return True  # the thread's answers and the process's first word wake this
+        with self._promotion:
+            if not self._pinned_now():
+                self._switch_to_next()
+                return False
+        self._drop_next()
+        return False
+
+    def _pinned_now(self) -> bool:
+        """Whether pin() came, from another thread, since the last look."""
+        return self.pinned
+
+    def _begin_promotion(self) -> None:
+        nxt = self._start_process()
+        if nxt is None:
+            self._promote_after = time.monotonic() + _PROMOTE_RETRY_S
+            return
+        self._next_ready.clear()
+        self._next = nxt
+        self._next_reader = self._start_reader(nxt)
+        log.info("memcollect: a sustained load; starting a storing process (pid %s)", nxt.pid)
+
+    def _switch_to_next(self) -> None:
+        """The thread has answered everything: end it and let the process store."""
+        thread, reader = self._child, self._reader
+        assert thread is not None
+        with contextlib.suppress(OSError, ValueError), self._send_lock:
+            assert thread.stdin is not None
+            thread.stdin.close()
+        thread.wait(None)
+        if reader is not None:
+            reader.join(1.0)
+        if thread.stdout is not None:
+            thread.stdout.close()
+        self._child, self._reader = self._next, self._next_reader
+        self._next = self._next_reader = None
+        self.in_process = False
+
+    def _drop_next(self) -> None:
+        """End the process started for a promotion that will not happen."""
+        nxt, self._next = self._next, None
+        if nxt is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            assert nxt.stdin is not None
+            nxt.stdin.close()  # it was sent nothing: it exits at once
+        try:
+            nxt.wait(5.0)
+        except subprocess.TimeoutExpired:
+            nxt.kill()
+            nxt.wait()
+        if self._next_reader is not None:
+            self._next_reader.join(1.0)
+        if nxt.stdout is not None:
+            nxt.stdout.close()
+        self._next_reader = None
 
     def _restart(self) -> None:
         child = self._child
@@ -287,7 +445,7 @@ class StoringProcess:
             self._next_number += 1
             return item, segment
 
-    def _send(self, child: subprocess.Popen[bytes], item: Range) -> None:
+    def _send(self, child: subprocess.Popen[bytes] | InProcessChild, item: Range) -> None:
         with self._send_lock:
             try:
                 assert child.stdin is not None
@@ -296,13 +454,19 @@ class StoringProcess:
             except (OSError, ValueError):
                 pass  # it died: the dispatcher restarts it and sends this again
 
-    def _read_loop(self, child: subprocess.Popen[bytes], answers: IO[bytes]) -> None:
+    def _read_loop(
+        self, child: subprocess.Popen[bytes] | InProcessChild, answers: IO[bytes]
+    ) -> None:
         for line in answers:
             try:
                 done = decode_done(line)
             except msgspec.DecodeError:
                 log.warning("storing process said something unexpected: %r", line[:200])
                 continue
+            if child is self._next:
+                # A process started for a promotion: its first word says it is ready.
+                self._next_ready.set()
+                self._wake.set()
             try:
                 self._apply(done)
             except Exception:  # pragma: no cover - a bug; the reader must keep reading

@@ -16,12 +16,19 @@ from ..spool import Spool
 from ..spooling import SpoolTrouble, open_spool
 from ..stats import Latency
 from .collecting import StoringProcess
+from .inprocess import Shared
+from .overflow import Overflow
 
 __all__ = ["ProcessPipeline", "check_process_storer"]
 
 CALLBACKS_NEED_THREAD = (
     "on_stored and on_failure callbacks run where memories are stored, which with "
     "storer='process' is another process: use storer='thread' to have callbacks"
+)
+CALLBACKS_AFTER_HANDOVER = (
+    "on_stored and on_failure callbacks run where memories are stored, and this collector "
+    "has handed its load to a storing process (storer='auto'): pass the callbacks to "
+    "MemoryCollector() or register them before collecting, or use storer='thread'"
 )
 
 
@@ -42,12 +49,13 @@ def check_process_storer(given_backend: bool, url: str, callbacks: bool) -> None
 
 
 class ProcessPipeline(Pipeline):
-    """Appends to the spool only; a storing process stores what it holds."""
+    """Appends to the spool only; a storing process stores what it holds (storer="auto": a
+    thread of this process until the load asks for a process)."""
 
     callbacks = False
     spool: Spool
 
-    def __init__(self, parts: Parts) -> None:
+    def __init__(self, parts: Parts, start_in_thread: bool = False) -> None:
         super().__init__(parts)
         self.spool = spool = open_spool(parts.config, None)
         # Left by a process that died: counted as accepted (and replayed) here, as the
@@ -56,21 +64,33 @@ class ProcessPipeline(Pipeline):
         parts.counters.replayed += spool.adopted_records
         # What the storing process last said of its circuit.
         self.mirror = CircuitBreaker(parts.config.max_retries, parts.config.retry_max)
+        shared = (
+            Shared(parts.backend, parts.fallback, parts.on_stored, parts.on_failure, parts.spans)
+            if start_in_thread
+            else None
+        )
         self.storer = StoringProcess(
-            spool, parts.config, parts.counters, self.mirror, parts.on_change
+            spool, parts.config, parts.counters, self.mirror, parts.on_change, shared=shared
         )
         fallback = parts.fallback
         self._moving = shared_lock(fallback.move_lock_path() if fallback is not None else None)
+        # What the spool refuses (a full disk) is stored from RAM, as the thread would.
+        self._overflow = Overflow(parts)
         self._trouble = SpoolTrouble(
             spool,
             parts.clock,
-            f"with storer='process' the spool is the only queue, so memories are handled as "
-            f"on_full={parts.config.on_full!r} says (drop_lowest drops them)",
+            f"memories are kept in RAM (up to max_queue_size={parts.config.max_queue_size}) "
+            f"and stored from there until the disk takes them again; beyond that, "
+            f"on_full={parts.config.on_full!r} decides",
         )
 
     def start(self) -> None:
         """Start the storing process."""
         self.storer.start()
+
+    def allow_callbacks(self) -> bool:
+        """Whether callbacks can be called: while storing from a thread, which they keep."""
+        return self.storer.pin()
 
     @property
     def accepted(self) -> int:
@@ -89,8 +109,8 @@ class ProcessPipeline(Pipeline):
 
     @property
     def queue_depth(self) -> int:  # type: ignore[override]
-        """Records in the spool not yet stored."""
-        return self.spool.pending()
+        """Records in the spool not yet stored, and those the spool refused."""
+        return self.spool.pending() + len(self._overflow)
 
     def circuit(self) -> CircuitBreaker:
         """The storing process's circuit, as it last said."""
@@ -131,8 +151,7 @@ class ProcessPipeline(Pipeline):
                 spool.start_backlog_locked(*placed)
                 self._accepted += 1
                 return
-        self._trouble.log()
-        self._spool_full([memory])
+        self._refused([memory])
 
     def put_many(self, memories: Sequence[Memory], force: bool = False) -> None:
         """Append memories to the spool, for the storing process to read."""
@@ -145,8 +164,16 @@ class ProcessPipeline(Pipeline):
                 spool.start_backlog_locked(*placed)
                 self._accepted += len(memories)
                 return
+        self._refused(memories)
+
+    def _refused(self, memories: Sequence[Memory]) -> None:
+        """The spool refused: RAM keeps what it has room for, on_full decides the rest."""
         self._trouble.log()
-        self._spool_full(memories)
+        kept = self._overflow.take(memories)
+        if kept:
+            self.count_accepted(kept)
+        if kept < len(memories):
+            self._spool_full(memories[kept:])
 
     def _spool_full(self, memories: Sequence[Memory]) -> None:
         """The spool is the only queue: when it refuses, on_full says what happens."""
@@ -185,12 +212,18 @@ class ProcessPipeline(Pipeline):
         """Wait until the storing process has answered everything appended so far."""
         if self.spool.fsync:
             self.spool.sync()  # accepted means on disk now, even if storing times out
-        return self.storer.flush(time.monotonic() + (timeout if timeout is not None else 1e9))
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        return self._overflow.flush(deadline) & self.storer.flush(deadline)
 
     def close(self, timeout: float | None) -> None:
         """Let the storing process answer what it was sent, then end it; release the stores."""
-        self.storer.stop(time.monotonic() + (timeout if timeout is not None else 1e9))
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        self._overflow.close(deadline)
+        self.storer.stop(deadline)
         self.spool.close()  # what the storing process did not answer waits on disk
+        self.storer.after_storing(self._close_stores)
+
+    def _close_stores(self) -> None:
         self.parts.backend.close()
         if self.parts.fallback is not None:
             self.parts.fallback.close()
@@ -205,9 +238,11 @@ class ProcessPipeline(Pipeline):
         super().let_go_after_fork()
 
     def pending(self, ids: list[str]) -> dict[str, Memory]:
-        """Memories in the spool not yet answered, by id."""
-        return self.spool.find_many(ids, everything=True)
+        """Memories in the spool not yet answered, and those the spool refused, by id."""
+        return self.spool.find_many(ids, everything=True) | self._overflow.find(ids)
 
     def rotate(self) -> None:
-        """Start a new segment, so that the full one's stored bytes can go."""
+        """Start a new segment, so that the full one's stored bytes can go (at once, when
+        all its records were answered: a delete() must leave no bytes of them behind)."""
         self.spool.rotate()
+        self.spool.settle_ranges()

@@ -217,11 +217,12 @@ _COUNT_DELETION = (
 )
 
 
-# Rows per INSERT statement. executemany() releases the GIL around each row's step and must
-# win it back from the thread calling collect() every time (a wait of up to the switch
-# interval); one statement of many rows releases it once, and SQLite stores those rows on
-# the other core while collect() goes on.
-ROWS_PER_INSERT = 256
+# Rows per INSERT statement. Each statement releases the GIL while SQLite steps it, and must
+# win it back from the thread calling collect(): a wait of up to the switch interval (5 ms),
+# whatever the statement's size. A whole batch in one statement waits once; 256 rows a
+# statement stored half as many rows a second while collect() was being called (alone, the
+# big statement is ~5% slower to bind: bench/collect.py's floor keeps 256).
+ROWS_PER_INSERT = 2048
 
 
 _ROW_PARAMS = len(_COLUMNS.split(", "))
@@ -237,15 +238,17 @@ def _insert_statement(rows: int) -> str:
 _INSERTS = {n: _insert_statement(n) for n in (1 << k for k in range(ROWS_PER_INSERT.bit_length()))}
 
 
-def _insert_rows(conn: sqlite3.Connection, batch: Sequence[Memory]) -> None:
-    """Insert memories (ids already stored are skipped), up to ROWS_PER_INSERT per statement."""
+def _insert_rows(
+    conn: sqlite3.Connection, batch: Sequence[Memory], per_statement: int = ROWS_PER_INSERT
+) -> None:
+    """Insert memories (ids already stored are skipped), up to `per_statement` a statement."""
     # SQLite before 3.32 takes at most 999 parameters a statement.
     most = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _ROW_PARAMS
     encode, ranks = _json_encode, PRIORITY_RANK
     start = 0
     while start < len(batch):
         # Power-of-two sizes: a handful of statements, each prepared once and cached.
-        size = ROWS_PER_INSERT
+        size = per_statement
         while size > len(batch) - start or size > most:
             size //= 2
         # One flat parameter list, built row by row in place: a tuple a row flattened

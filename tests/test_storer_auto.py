@@ -1,0 +1,213 @@
+"""storer="auto", the default: a thread stores a short script, a storing process a load."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import memcollect as mc
+from memcollect.backends import open_backend
+from memcollect.collector import storer_for
+from memcollect.config import Config
+from memcollect.spool import iter_spool_records
+from memcollect.storer import collecting as storer
+
+from .conftest import wait_for
+from .test_storer_process import run_script, stored_ids, write_lock_held
+
+Make = Callable[..., mc.MemoryCollector]
+
+
+def auto_collector(
+    make: Make, tmp_path: Path, options: str = "", **fields: object
+) -> mc.MemoryCollector:
+    fields.setdefault("durability", "spool")
+    collector = make(f"sqlite:///{tmp_path}/m.db{options}", **fields)
+    assert collector.config.storer == "auto"  # the default
+    return collector
+
+
+def storing_children() -> list[int]:
+    """PIDs of this process's children that are storing processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and b"memcollect.storer" in cmdline and " Z " not in stat:
+            found.append(int(entry.name))
+    return found
+
+
+def promoted(make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> mc.MemoryCollector:
+    """A collector whose load went to a storing process: while the store is locked, the
+    thread cannot keep up, and the backlog passes the (lowered) mark."""
+    monkeypatch.setattr(storer, "PROMOTE_AT", 500)
+    c = auto_collector(make, tmp_path, batch_size=64)
+    c.collect("note", "the store exists")
+    assert c.flush(timeout=30)
+    with write_lock_held(tmp_path / "m.db"):
+        for i in range(2000):
+            c.collect("note", f"while locked {i}")
+        assert wait_for(lambda: storing_children() != [], 60)
+    assert wait_for(lambda: c.stats().storer_pid is not None, 60)
+    return c
+
+
+def test_a_short_script_is_stored_by_a_thread_and_starts_no_process(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    c = auto_collector(make_collector, tmp_path)
+    ids = [c.collect("note", f"quick {i}") for i in range(200)]
+    assert c.flush(timeout=30)
+    assert sorted(stored_ids(tmp_path / "m.db")) == sorted(ids)
+    assert c.stats().storer_pid is None
+    assert storing_children() == []
+    c.close()
+    assert not list((tmp_path / "data" / "spool").rglob("seg-*.log"))
+
+
+def test_a_sustained_load_moves_to_a_storing_process_and_nothing_is_lost_or_doubled(
+    make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = promoted(make_collector, tmp_path, monkeypatch)
+    pid = c.stats().storer_pid
+    assert pid in storing_children()
+    more = [c.collect("note", f"after the move {i}") for i in range(3000)]
+    assert c.flush(timeout=60)
+    stored = stored_ids(tmp_path / "m.db")
+    assert len(stored) == len(set(stored)) == 1 + 2000 + 3000
+    assert set(more) <= set(stored)
+    s = c.stats()
+    assert s.stored == len(stored) and s.storer_restarts == 0 and s.storer_pid == pid
+    c.close()
+    assert wait_for(lambda: pid not in storing_children(), 30)
+
+
+def test_kill_9_of_the_process_that_took_over_loses_nothing(
+    make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = promoted(make_collector, tmp_path, monkeypatch)
+    first = c.stats().storer_pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    ids = [c.collect("note", f"after the kill {i}") for i in range(2000)]
+    assert c.flush(timeout=60)
+    stored = stored_ids(tmp_path / "m.db")
+    assert len(stored) == len(set(stored)) == 1 + 2000 + 2000
+    assert set(ids) <= set(stored)
+    s = c.stats()
+    # Started again as a process, not as a thread: the load is still there.
+    assert s.storer_restarts >= 1 and s.storer_pid not in (None, first)
+
+
+def test_callbacks_registered_later_keep_the_storing_in_the_thread(
+    make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storer, "PROMOTE_AT", 100)
+    c = auto_collector(make_collector, tmp_path, "?busy_timeout=0.05", batch_size=64)
+    seen: list[str] = []
+    c.on_stored(lambda batch: seen.extend(m.id for m in batch))
+    c.collect("note", "the store exists")
+    assert c.flush(timeout=30)
+    with write_lock_held(tmp_path / "m.db"):
+        ids = [c.collect("note", f"while locked {i}") for i in range(2000)]
+        # Writes fail and are retried, reported by the thread's heartbeats: the dispatcher
+        # has seen the backlog over the mark round after round meanwhile.
+        assert wait_for(lambda: c.stats().failed >= 3, 60)
+    assert c.flush(timeout=60)
+    assert set(ids) <= set(seen)
+    assert c.stats().storer_pid is None and storing_children() == []
+
+
+def test_a_callback_after_the_load_moved_to_a_process_is_refused_with_what_to_do(
+    make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = promoted(make_collector, tmp_path, monkeypatch)
+    with pytest.raises(mc.ValidationError, match=r"pass the callbacks to MemoryCollector\(\)"):
+        c.on_stored(lambda batch: None)
+
+
+def test_close_past_its_deadline_leaves_what_the_thread_did_not_store_in_the_spool(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    c = auto_collector(make_collector, tmp_path, "?busy_timeout=0.05")
+    c.collect("note", "the store exists")
+    assert c.flush(timeout=30)
+    with write_lock_held(tmp_path / "m.db"):
+        ids = [c.collect("note", f"kept {i}") for i in range(50)]
+        assert wait_for(lambda: c.stats().failed >= 1, 60)
+        c.close(timeout=0.2)  # the thread is stuck retrying: it is given up, not waited for
+        assert not set(ids) & set(stored_ids(tmp_path / "m.db"))
+        kept = {m.id for m in iter_spool_records(tmp_path / "data" / "spool")}
+        assert set(ids) <= kept  # not answered: still in the spool
+    again = auto_collector(make_collector, tmp_path)
+    assert again.flush(timeout=30)
+    stored = stored_ids(tmp_path / "m.db")
+    assert len(stored) == len(set(stored)) and set(ids) <= set(stored)
+
+
+SHORT = """
+import sys, memcollect as mc
+c = mc.MemoryCollector(sys.argv[1], data_dir=sys.argv[2])
+for i in range(100):
+    c.collect("note", f"from a short script {i}")
+print(c.stats().storer_pid)
+"""
+
+
+def test_a_script_that_never_closes_is_stored_at_exit_by_the_thread(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    assert run_script(SHORT, f"sqlite:///{db}", str(tmp_path / "d")).strip() == "None"
+    assert len(stored_ids(db)) == 100
+
+
+# (fields, a Backend object given, callbacks given, a clock of the caller's, cores): storer
+WHERE = [
+    (({}, False, False, False, 2), "auto"),
+    (({"durability": "memory"}, False, False, False, 2), "thread"),
+    (({}, True, False, False, 2), "thread"),
+    (({}, False, True, False, 2), "thread"),
+    (({}, False, False, True, 2), "thread"),
+    (({"backend": "memory://"}, False, False, False, 2), "thread"),
+    (({}, False, False, False, 1), "thread"),
+    (({"storer": "process"}, False, False, False, 1), "process"),
+    (({"storer": "thread"}, False, False, False, 2), "thread"),
+]
+
+
+@pytest.mark.parametrize(("case", "expected"), WHERE)
+def test_auto_stores_from_a_thread_wherever_a_process_could_not_do_it_all(
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[dict[str, str], bool, bool, bool, int],
+    expected: str,
+) -> None:
+    fields, given_backend, callbacks, own_clock, cores = case
+    monkeypatch.setattr("memcollect.collector._cores", lambda: cores)
+    config = Config(**{"backend": "sqlite:///x.db", **fields})
+    clock = (lambda: 0.0) if own_clock else time.monotonic
+    assert storer_for(config, given_backend, callbacks, clock) == expected
+
+
+def test_a_backend_object_and_callbacks_work_under_the_default(tmp_path: Path) -> None:
+    backend = open_backend(f"sqlite:///{tmp_path}/b.db")
+    seen: list[str] = []
+    with mc.MemoryCollector(
+        backend, data_dir=str(tmp_path / "d"), on_stored=lambda b: seen.extend(m.id for m in b)
+    ) as c:
+        memory_id = c.collect("note", "given a backend")
+        assert c.flush(timeout=30)
+    assert seen == [memory_id]
+    with sqlite3.connect(tmp_path / "b.db") as conn:
+        assert conn.execute("SELECT count(*) FROM memories").fetchone()[0] == 1
