@@ -166,6 +166,7 @@ class SpoolPipeline(RamPipeline):
     def _refill(self) -> int:
         """Worker: read records waiting on disk back into RAM, oldest first."""
         spool = self.spool
+        spool.prefault()
         if not spool.backlog:
             return 0
         inbox = self.inbox
