@@ -53,3 +53,23 @@ def test_segments_smaller_than_a_page_are_prefaulted_and_written_as_before(
         spool.prefault()  # returns: a segment of less than a page is done in one step
     assert [m.id for m in iter_spool_records(tmp_path)] == ids
     spool.close()
+
+
+def test_pages_written_leave_the_mapping_and_the_records_stay(tmp_path: Path) -> None:
+    spool = spool_of(tmp_path, 16 << 20)
+    path = spool.current.path
+    frames = []
+    for i in range(40_000):  # ~6 MB of records
+        memory = make_memory("note", f"record {i} " + "x" * 100, None, None, None, None, None,
+                             None, 1 << 20)  # fmt: skip
+        frames.append(memory.id)
+        with spool.lock:
+            assert spool.append_locked(encode_frame(memory), 1) is not None
+        if i % 1000 == 0:
+            spool.prefault()
+    spool.prefault()
+    assert spool.current.size > 6 << 20
+    # What is mapped in: the megabyte not yet let go, and the two prefaulted ahead.
+    assert resident_kb(path) <= 3 * 1024 + 512
+    assert [m.id for m in iter_spool_records(tmp_path)] == frames
+    spool.close()

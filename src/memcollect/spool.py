@@ -34,6 +34,9 @@ SEGMENT_BYTES = 8 << 20
 _PREFAULT_AHEAD = 2 << 20
 _PREFAULT_CHUNK = 256 << 10
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14
+# Pages written are let go of the mapping a megabyte at a time (the page cache keeps them, and
+# the file): a full segment otherwise stays in this process's RSS until it rotates.
+_RELEASE_EVERY = 1 << 20
 # Up to this many ids, find_many() looks for them in a span's bytes before decoding it.
 _IDS_SOUGHT_IN_BYTES = 8
 # How much of a segment one read-back takes at most (then the next refill goes on from there).
@@ -176,7 +179,7 @@ class Spool:
         self._fd = -1
         self._map: mmap.mmap | None = None
         self._capacity = 0
-        self._prefaulted = 0
+        self._prefaulted = self._released = 0
         self._can_prefault = hasattr(mmap.mmap, "madvise") and os.uname().sysname == "Linux"
         self.current = self._adopt_all()
         if self._map is None:
@@ -274,7 +277,7 @@ class Spool:
             # the GIL on each call. Not logged: this runs under the lock.
             os.ftruncate(self._fd, 0)
         self._capacity = capacity
-        self._prefaulted = 0
+        self._prefaulted = self._released = 0
         segment = Segment(path, number)
         self.segments[path] = segment
         if self.fsync:
@@ -282,7 +285,14 @@ class Spool:
         return segment
 
     def prefault(self) -> None:
-        """Fault in the pages the next appends will write, so that collect() does not."""
+        """Fault in the pages the next appends will write, so that collect() does not; let go
+        of those written."""
+        with self.lock:
+            written = self.current.size & ~(mmap.PAGESIZE - 1)
+            if self._map is not None and written - self._released >= _RELEASE_EVERY:
+                with contextlib.suppress(OSError, ValueError):
+                    self._map.madvise(mmap.MADV_DONTNEED, self._released, written - self._released)
+                self._released = written
         while self._can_prefault:
             with self.lock:
                 # Page-aligned (or the capacity): what is done, or the page being written.
