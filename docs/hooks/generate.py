@@ -370,6 +370,15 @@ def bench_postgres() -> str:
         f"{_per_s(alone[0])} / {_per_s(alone[1])} |",
         f"| 4 producer processes, one database (total) | {_per_s(data['four_processes_per_s'])} |",
     ]
+    if "default_writers1_per_s" in data:
+        copy = data["copy_one_connection_per_s"]
+        rows += [
+            f"| the default collector (spool, `storer='auto'`), `writers=2` / `writers=1` | "
+            f"{_per_s(data['default_per_s'])} / {_per_s(data['default_writers1_per_s'])} |",
+            f"| … `writers=1` against `COPY` on one connection in the same runs "
+            f"({_per_s(copy)}) | {data['default_writers1_per_s'] / copy:.0%} of it (target ≥ 90%)"
+            f"; memory mode {data['one_collector_writers1_per_s'] / copy:.0%} |",
+        ]
     search = data.get("search")
     if search:
         rows.append(
