@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 import uuid
@@ -66,6 +67,30 @@ def test_any_text_has_a_fingerprint_and_normalizing_is_stable(text: str) -> None
     once = normalize(text)
     assert normalize(once) == once
     assert len(fingerprint_of("note", text)) == 16
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=12),
+            st.sampled_from(["3000ms", "v2", "/var/log/a.log", "a@b.io", "10.0.0.1:80", "0x7f"]),
+            st.sampled_from([" ", "\t", "\n", "\x1f", "\u00a0", "\u2003", "\u3000"]),
+        ),
+        max_size=30,
+    ).map("".join)
+)
+def test_normalizing_skips_only_words_that_need_no_look(text: str) -> None:
+    from memcollect.groups import _QUOTED, _URL, _word
+
+    # The definition: split on whitespace, look at each word holding a digit or an address
+    # sign, join with single spaces.
+    lowered = text.lower()
+    lowered = _QUOTED.sub("<str>", lowered)
+    lowered = _URL.sub("<url>", lowered) if "://" in lowered else lowered
+    look = re.compile(r"[\d/\\@]").search
+    words = [_word(w) if look(w) else w for w in lowered.split()]
+    assert normalize(text) == " ".join(words)
 
 
 def fill(c: mc.MemoryCollector) -> None:

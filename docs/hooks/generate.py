@@ -348,8 +348,9 @@ def _floor_rows(data: dict[str, Any]) -> list[str]:
             f"{_per_s(growth['first_per_s'])} | {growth['last_share']:.0%} (target ≥ 80%) |"
         )
         rows.append(
-            f"| RSS after storing {growth['memories']:,} (flushed; stored by the "
-            f"{growth.get('stored_by', 'thread')}) | {growth['rss_mb']:.0f} MB"
+            f"| RSS after storing {growth['memories']:,} (stored by the "
+            f"{growth.get('stored_by', 'thread')}): flushed / once idle | "
+            f"{growth['rss_mb']:.0f} / {growth.get('rss_idle_mb', growth['rss_mb']):.0f} MB"
             f" | the same process before the collector: "
             f"{growth.get('rss_before_collector_mb', 0):.0f} MB | target ≤ 40 MB |"
         )

@@ -57,7 +57,8 @@ __all__ = [
 ]
 
 # Each word is looked at alone, and only when it holds a digit or a sign of an address:
-# most words of most memories are plain, and a plain word costs one check.
+# most words of most memories are plain: letters alone pass one str method (no digit is a
+# letter), any other word one regex search.
 _NEEDS_A_LOOK = re.compile(r"[\d/\\@]")
 _QUOTED = re.compile(r"'[^'\n]{1,200}'|\"[^\"\n]{1,200}\"|`[^`\n]{1,200}`")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+")
@@ -105,7 +106,7 @@ def normalize(content: str) -> str:
     if "://" in text:
         text = _URL.sub("<url>", text)
     look = _NEEDS_A_LOOK.search
-    return " ".join(_word(w) if look(w) else w for w in text.split())
+    return " ".join([w if w.isalpha() or not look(w) else _word(w) for w in text.split()])
 
 
 def fingerprint_of(category: str, content: str) -> str:

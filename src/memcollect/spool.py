@@ -37,6 +37,8 @@ _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14
 # Pages written are let go of the mapping a megabyte at a time (the page cache keeps them, and
 # the file): a full segment otherwise stays in this process's RSS until it rotates.
 _RELEASE_EVERY = 1 << 20
+# Rounds of a dispatcher (20 ms apart) without an append before the spool is idle.
+_IDLE_ROUNDS = 5
 # Up to this many ids, find_many() looks for them in a span's bytes before decoding it.
 _IDS_SOUGHT_IN_BYTES = 8
 # How much of a segment one read-back takes at most (then the next refill goes on from there).
@@ -181,6 +183,9 @@ class Spool:
         self._capacity = 0
         self._prefaulted = self._released = 0
         self._can_prefault = hasattr(mmap.mmap, "madvise") and os.uname().sysname == "Linux"
+        self._seen: tuple[int, int] = (-1, -1)
+        self._rested_at: tuple[int, int] = (-1, -1)
+        self._idle_rounds = 0
         self.current = self._adopt_all()
         if self._map is None:
             log.info("spool %s: memory mapping unavailable, using plain writes", self.dir)
@@ -287,6 +292,8 @@ class Spool:
     def prefault(self) -> None:
         """Fault in the pages the next appends will write, so that collect() does not; let go
         of those written."""
+        if self._rested_at == (self.current.number, self.current.size):
+            return  # released while idle, and nothing appended since
         with self.lock:
             written = self.current.size & ~(mmap.PAGESIZE - 1)
             if self._map is not None and written - self._released >= _RELEASE_EVERY:
@@ -306,6 +313,32 @@ class Spool:
                     self._can_prefault = False
                     return
                 self._prefaulted = end
+
+    def release_pages(self) -> None:
+        """While nothing is appended: unmap the segment's pages, written and faulted in
+        ahead alike (the page cache keeps the bytes; the next appends fault them in again)."""
+        with self.lock:
+            if self._map is None:
+                return
+            written = self.current.size & ~(mmap.PAGESIZE - 1)
+            end = max(self._prefaulted, -(-self.current.size // mmap.PAGESIZE) * mmap.PAGESIZE)
+            if end > self._released:
+                with contextlib.suppress(OSError, ValueError):
+                    self._map.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
+            self._released = self._prefaulted = written
+            self._rested_at = (self.current.number, self.current.size)
+
+    def release_when_idle(self) -> None:
+        """prefault() for a caller that comes round often: after a few rounds in which
+        nothing was appended, release_pages() once instead."""
+        seen = (self.current.number, self.current.size)
+        if seen != self._seen:
+            self._seen, self._idle_rounds = seen, 0
+            self.prefault()
+            return
+        self._idle_rounds += 1
+        if self._idle_rounds == _IDLE_ROUNDS:
+            self.release_pages()
 
     def append_locked(self, data: bytes, count: int) -> tuple[Segment, int] | None:
         """Append framed records (caller holds `lock`): their segment and starting offset,

@@ -92,6 +92,7 @@ class SpoolPipeline(RamPipeline):
         )
         # What spilled to disk is read back into RAM by the worker, oldest first.
         self.worker.refill = self._refill
+        self.worker.storing.caught_up.append(self.spool.release_pages)
 
     def put(self, memory: Memory) -> None:
         """Append one memory to the spool, and queue it in RAM while there is room."""

@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover - an interpreter built without it
 
 from .backends.base import Backend
 from .config import Config
+from .heap import give_back
 from .locks import SharedLock, shared_lock
 from .model import DeadLetter, Memory
 from .retry import CircuitBreaker, RetryPolicy, retry_after
@@ -150,6 +151,8 @@ class Storing:
         # Whether the backend may have work put off for a quiet moment (Backend.idle_work):
         # at start (what an earlier process left) and after every batch stored.
         self.idle_due = True
+        #: Called once the backend's put-off work is done: what else may let go of RAM.
+        self.caught_up: list[Callable[[], None]] = []
         # When the write under way began (None between writes): a write that hangs shows.
         self.writing_since: float | None = None
 
@@ -377,6 +380,12 @@ class Storing:
         """Run the backend's put-off work once; idle_due says whether more is waiting."""
         try:
             self.idle_due = self.backend.idle_work()
+            if not self.idle_due:
+                # All caught up: what the burst needed in RAM goes back to the system.
+                self.backend.release_memory()
+                for release in self.caught_up:
+                    release()
+                give_back()
         except Exception:  # a backend's own bug must not stop storing
             log.exception("%s: idle work failed", self.backend.url)
             self.idle_due = False

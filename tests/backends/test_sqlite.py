@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -359,3 +360,58 @@ def test_filter_only_search_is_newest_first_by_id_for_rare_and_common_values(
     assert store.search(SearchQuery(session="s-old", agent="busy", limit=100)) == [imported]
     assert store.search(SearchQuery(session="s-none", limit=100)) == []
     store.close()
+
+
+def _sqlite_heap() -> Callable[[], int] | None:
+    """SQLite's own count of the heap it holds, when Python's sqlite3 uses the shared library."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("sqlite3")
+    if name is None:
+        return None
+    lib = ctypes.CDLL(name)
+    lib.sqlite3_libversion.restype = ctypes.c_char_p
+    if lib.sqlite3_libversion().decode() != sqlite3.sqlite_version:
+        return None  # Python carries its own copy: the library's count is not its
+    lib.sqlite3_memory_used.restype = ctypes.c_int64
+    return lambda: int(lib.sqlite3_memory_used())
+
+
+def test_an_idle_store_lets_go_of_what_a_burst_needed(store: SQLiteBackend) -> None:
+    heap = _sqlite_heap()
+    if heap is None:
+        pytest.skip("Python's sqlite3 does not use the shared libsqlite3 here: no heap count")
+    writer = store._writer
+    store.write_batch([mem(f"burst {i} of many rows") for i in range(3000)])
+    after_burst = heap()
+    store.release_memory()
+    # The inserts of 2,048 rows and more were prepared on a connection now closed.
+    assert store._writer is not writer
+    assert heap() < after_burst - 4_000_000
+    # The fresh writer stores on, and a trickle of small batches keeps it.
+    store.write_batch([mem("one more, afterwards")])
+    writer = store._writer
+    store.release_memory()
+    assert store._writer is writer
+    assert store.count() == 3001
+    assert len(store.search(SearchQuery(text="burst", limit=5000))) == 3000
+
+
+def test_the_collector_lets_go_once_idle(tmp_path: Path) -> None:
+    heap = _sqlite_heap()
+    if heap is None:
+        pytest.skip("Python's sqlite3 does not use the shared libsqlite3 here: no heap count")
+    c = mc.MemoryCollector(f"sqlite:///{tmp_path}/c.db", storer="thread")
+    try:
+        c.collect_batch([{"category": "note", "content": f"note {i}"} for i in range(5000)])
+        assert c.flush(30)
+        backend = c._backend
+        assert isinstance(backend, SQLiteBackend)
+        # Once the groups are folded the worker is idle and renews its writer.
+        assert wait_for(lambda: not backend._renew_writer)
+        c.collect("note", "one more")
+        assert c.flush(30)
+        assert c.count() == 5001
+    finally:
+        c.close()

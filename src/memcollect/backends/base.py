@@ -254,6 +254,10 @@ class Backend(ABC):
         say), run by the worker when its queue is short; True while more is waiting."""
         return False
 
+    def release_memory(self) -> None:
+        """Let go of caches the store can fill again, once its put-off work is done."""
+        return None  # a store without caches of its own keeps nothing
+
     def pending_embeddings(self) -> int:
         """How many stored memories wait for their embedding (0 without semantic recall)."""
         return 0

@@ -294,7 +294,7 @@ class StoringProcess:
     def _dispatch_once(self) -> None:
         self._wake.wait(_LINGER_S)
         self._wake.clear()
-        self.spool.prefault()
+        self.spool.release_when_idle()
         child = self._child
         if child is None or child.poll() is not None:
             self._restart()

@@ -10,7 +10,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -107,6 +107,8 @@ class SQLiteConnection(SqlStore):
         self.has_fts = False
         self._write_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
+        #: The writer prepared an insert of many rows since it was opened (release_memory).
+        self._renew_writer = False
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -304,6 +306,32 @@ class SQLiteConnection(SqlStore):
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 finally:
                     conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+
+    def release_memory(self) -> None:
+        """Let go of the connections' page caches (up to 2 MB each) and of the writer's
+        prepared inserts of many rows (up to 8 MB): both are made again when next needed."""
+        if self._memory_db:
+            return  # its pages are the database itself
+        with self._write_lock:
+            if self._writer is not None and not self._renew_writer:
+                self._writer.execute("PRAGMA shrink_memory")
+            elif self._writer is not None:
+                # The statement cache cannot be emptied but by closing its connection.
+                try:
+                    fresh = self._connect()
+                    if self._checkpointer is not None:
+                        fresh.execute("PRAGMA wal_autocheckpoint=0")
+                except sqlite3.Error:  # locked or unreadable now: keep the one that works
+                    self._writer.execute("PRAGMA shrink_memory")
+                else:
+                    self._writer.close()
+                    self._writer, self._renew_writer = fresh, False
+        with self._readers_lock:
+            readers = list(self._readers)
+        for conn in readers:
+            # One closed by its thread meanwhile has nothing to free.
+            with suppress(sqlite3.Error):
+                conn.execute("PRAGMA shrink_memory")
 
     def classify(self, exc: BaseException) -> ErrorKind | None:
         """Busy, locked, I/O and disk-full errors pass; constraint and data errors do not."""

@@ -31,6 +31,10 @@ from .vectors import _EMBED_CHUNK
 
 log = logging.getLogger("memcollect")
 
+#: A batch this large prepares inserts of a megabyte or more, which the writer lets go of
+#: once idle (release_memory); a trickle of small batches keeps its connection.
+_MANY_ROWS = 64
+
 
 class SQLiteBackend(KeptGroups):
     """Memories in one SQLite file; safe for several threads and processes at once.
@@ -78,6 +82,7 @@ class SQLiteBackend(KeptGroups):
                 conn.execute(f"{_FTS_FILL} WHERE seq > ?", (top,))
 
         self._write(insert)
+        self._renew_writer = self._renew_writer or len(batch) >= _MANY_ROWS
         self._stored_rows()
 
     def idle_work(self) -> bool:
