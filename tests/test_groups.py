@@ -251,7 +251,7 @@ def test_a_store_written_before_groups_were_kept_folds_its_rows(
 def test_groups_are_kept_off_the_write_path_and_folded_before_a_read(
     make_collector: Make, tmp_path: Path
 ) -> None:
-    from memcollect.backends.sqlite import FOLD_CHUNK
+    from memcollect.backends.sqlite import FOLD_CHUNK, SQLiteBackend
 
     path = tmp_path / "kept.db"
     c = make_collector(f"sqlite:///{path}")
@@ -277,6 +277,10 @@ def test_groups_are_kept_off_the_write_path_and_folded_before_a_read(
         assert unfolded == (0,) and int(upto.fetchone()[0]) == top
     # A period reads the folded rows by time; a delete recounts its group at once.
     assert [g.in_period for g in c.groups(since="1h")] == [n]
+    # Each fold had a larger page cache for its transaction alone: the writer is back at 2 MB.
+    backend = c._backend
+    assert isinstance(backend, SQLiteBackend) and backend._writer is not None
+    assert backend._writer.execute("PRAGMA cache_size").fetchone() == (-2000,)
     assert c.delete(category="error", timeout=30) == n
     assert c.groups() == [] and c.group(group.fingerprint) is None
 

@@ -30,6 +30,9 @@ from .schema import (
 )
 
 log = logging.getLogger("memcollect")
+
+#: SQLite's own default page cache a connection (PRAGMA cache_size=-2000).
+_CACHE_KB = 2000
 T = TypeVar("T")
 
 # When more memories than this hold every word of a query, only the newest of them are
@@ -276,10 +279,16 @@ class SQLiteConnection(SqlStore):
                 f"{self.path} could not be read ({exc}): try again once it is readable"
             ) from None
 
-    def _write(self, action: Callable[[sqlite3.Connection], object], erase: bool = False) -> None:
+    def _write(
+        self,
+        action: Callable[[sqlite3.Connection], object],
+        erase: bool = False,
+        cache_kb: int | None = None,
+    ) -> None:
         """Run `action` in a write transaction. erase=True for deletes: deleted means gone
         from the file too, where SQLite overwrites what it frees, and from the write-ahead
-        log, which holds the old pages until it is emptied (when no reader needs it)."""
+        log, which holds the old pages until it is emptied (when no reader needs it).
+        cache_kb: the page cache for this transaction alone (back to SQLite's 2 MB after)."""
         if not self._opened:
             self._open()
         with self._write_lock:
@@ -287,12 +296,16 @@ class SQLiteConnection(SqlStore):
             assert conn is not None
             if erase:
                 conn.execute("PRAGMA secure_delete=ON")
+            if cache_kb is not None:
+                conn.execute(f"PRAGMA cache_size=-{int(cache_kb)}")
             try:
                 with self._transaction(conn):
                     action(conn)
             finally:
                 if erase:
                     conn.execute("PRAGMA secure_delete=OFF")
+                if cache_kb is not None:
+                    conn.execute(f"PRAGMA cache_size=-{_CACHE_KB}")  # the pages over it are freed
             checkpointer = self._checkpointer
             if checkpointer is not None and not checkpointer.nudge():
                 # Its thread failed: the writer checkpoints in its commits again.

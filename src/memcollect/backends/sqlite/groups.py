@@ -14,8 +14,14 @@ from .vectors import SemanticSearch
 
 __all__ = ["FOLD_CHUNK", "KeptGroups"]
 
-#: Rows folded in one transaction: a few tens of milliseconds of the write lock.
-FOLD_CHUNK = 4096
+#: Rows folded in one transaction, and the page cache it has. A chunk's rows land all over
+#: the groups' B-trees; with the pages they dirty held in RAM to the commit, each is written
+#: once however many rows it takes, where a smaller cache writes some twice and a smaller
+#: chunk writes each page for fewer rows. At half a million memories (bench corpus) a row
+#: folds in ~50 µs this way, ~90 µs at 4,096 rows in 2 MB. The cache is SQLite's 2 MB again
+#: after each chunk; up to ~0.8 s of the write lock a chunk at a million.
+FOLD_CHUNK = 16_384
+_FOLD_CACHE_KB = 16_384
 
 _UPTO = "SELECT CAST(value AS INTEGER) FROM memcollect_meta WHERE key = 'groups_upto'"
 _SET_UPTO = "INSERT OR REPLACE INTO memcollect_meta VALUES ('groups_upto', ?)"
@@ -65,7 +71,7 @@ class KeptGroups(SemanticSearch):
 
     def _fold_chunk(self) -> int:
         done: list[int] = []
-        self._write(lambda conn: done.append(self._fold(conn, FOLD_CHUNK)))
+        self._write(lambda conn: done.append(self._fold(conn, FOLD_CHUNK)), cache_kb=_FOLD_CACHE_KB)
         return done[0]
 
     def fold_groups(self) -> None:
