@@ -10,20 +10,36 @@ drained by whoever starts next.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import mmap
 import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from .frames import HEADER, MAGIC, encode_frame, encode_record, read_frames, read_memories
 from .model import Memory
+from .spool_files import (
+    fsync_dir,
+    iter_spool_records,
+    number_of,
+    read_span,
+    remove_quietly,
+    segment_files,
+    try_lock,
+)
 
-__all__ = ["Segment", "Spool", "encode_frame", "encode_record", "read_frames", "read_memories"]
+__all__ = [
+    "Segment",
+    "Spool",
+    "encode_frame",
+    "encode_record",
+    "iter_spool_records",
+    "read_frames",
+    "read_memories",
+]
 
 log = logging.getLogger("memcollect")
 
@@ -76,67 +92,6 @@ class Segment:
     def deletable(self) -> bool:
         """Sealed, read back, and every record in it stored or dead-lettered."""
         return self.sealed and self.outstanding <= 0 and self.read_offset is None
-
-
-def _try_lock(directory: Path) -> int | None:
-    """The locked descriptor of a spool directory's lock file; None when another process
-    holds it, or the directory cannot be used (gone, or its `lock` is not a file)."""
-    try:
-        fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        # Removed by its owner's close() meanwhile (a race with no loser), or a `lock` that
-        # is a directory: skipped, and every other spool is still used.
-        if not isinstance(exc, FileNotFoundError):
-            log.warning("spool %s cannot be used (%s: %s): skipped", directory,
-                        type(exc).__name__, exc)  # fmt: skip
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # The lock is ours only if the file is still there: its owner may have removed the
-        # directory between our open and our lock, leaving us a lock on nothing.
-        held, there = os.fstat(fd), os.stat(directory / "lock")
-        if (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino):
-            raise FileNotFoundError(directory / "lock")
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _segment_files(directory: Path) -> list[tuple[int, Path]]:
-    """The segment files of a directory, oldest first; anything else named like one (a
-    directory, a dangling link) is skipped and said once."""
-    found = []
-    try:
-        paths = list(directory.glob("seg-*.log"))
-    except OSError:
-        return []
-    for path in paths:
-        try:
-            number = int(path.stem[4:])
-        except ValueError:
-            continue
-        if not path.is_file():
-            log.warning("spool %s is not a file: skipped", path)
-            continue
-        found.append((number, path))
-    return sorted(found)
-
-
-def _number_of(path: Path) -> int:
-    """The number in a segment's name (0 when there is none)."""
-    digits = path.stem[4:]
-    return int(digits) if digits.isdigit() else 0
-
-
-def _remove_quietly(directory: Path) -> None:
-    """Remove a spool directory and its files; another process removing them at the same
-    time, or something in it that is not ours to remove, leaves it as it is."""
-    with contextlib.suppress(OSError):
-        for leftover in directory.iterdir():
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-        directory.rmdir()
 
 
 class Spool:
@@ -209,7 +164,7 @@ class Spool:
                 directory.mkdir(exist_ok=True)
             except OSError:
                 continue  # a file named like the directory: try another name
-            fd = _try_lock(directory)
+            fd = try_lock(directory)
             if fd is not None:
                 return directory, fd
         raise OSError(f"could not lock a spool directory under {self.root}")
@@ -218,17 +173,17 @@ class Spool:
         """Take over our own leftovers and every spool whose owner is gone; open a segment."""
         # Numbered past every name in use, files or not: an entry named like a segment that
         # cannot be read must not be written over either.
-        last = max((_number_of(p) for p in self.dir.glob("seg-*.log")), default=0)
-        for number, path in _segment_files(self.dir):
+        last = max((number_of(p) for p in self.dir.glob("seg-*.log")), default=0)
+        for number, path in segment_files(self.dir):
             self._adopt_segment(path, number)
         for directory in sorted(
             p for p in self.root.iterdir() if p.is_dir() and not p.is_symlink() and p != self.dir
         ):
-            fd = _try_lock(directory)
+            fd = try_lock(directory)
             if fd is None:
                 continue  # its owner is alive
             self._adopted_dirs[directory] = fd
-            for number, path in _segment_files(directory):
+            for number, path in segment_files(directory):
                 self._adopt_segment(path, number)
             self._forget_dir_if_empty(directory)
         return self._open_segment(last + 1)
@@ -262,7 +217,7 @@ class Spool:
         if any(s.path.parent == directory for s in self.segments.values()):
             return
         fd = self._adopted_dirs.pop(directory)
-        _remove_quietly(directory)
+        remove_quietly(directory)
         os.close(fd)
 
     # --- writing -------------------------------------------------------------------------
@@ -286,7 +241,7 @@ class Spool:
         segment = Segment(path, number)
         self.segments[path] = segment
         if self.fsync:
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         return segment
 
     def prefault(self) -> None:
@@ -462,7 +417,7 @@ class Spool:
         while self.backlog and len(out) < limit:
             segment = self.backlog[0]
             start = segment.read_offset or 0
-            data = _read(segment.path, start, min(segment.size - start, chunk))
+            data = read_span(segment.path, start, min(segment.size - start, chunk))
             # Under the lock every appended frame is complete: reaching the end is the end.
             whole = start + len(data) >= segment.size
             records, _, stop = read_frames(data, final=whole)
@@ -503,7 +458,7 @@ class Spool:
             if not missing:
                 break
             try:
-                data = _read(path, start, end - start)
+                data = read_span(path, start, end - start)
             except FileNotFoundError:
                 continue
             # A few ids are looked for in the bytes first: most spans hold none of them, and
@@ -623,7 +578,7 @@ class Spool:
             self._adopted_dirs.clear()
             if not left and self.dir.name != "main":
                 # Removed while still locked: nobody adopts it while its files go.
-                _remove_quietly(self.dir)
+                remove_quietly(self.dir)
             os.close(self._lock_fd)
         if left:
             log.warning("%d memories left in the spool at %s for the next start",
@@ -643,25 +598,3 @@ class Spool:
         self._closed = True
         if self._fsync_thread is not None:
             self._fsync_stop.set()
-
-
-def _read(path: Path, start: int, size: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(start)
-        return f.read(size)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def iter_spool_records(root: Path) -> Iterator[Memory]:
-    """Every readable record under a spool root (for inspection and tests)."""
-    for directory in sorted(p for p in root.iterdir() if p.is_dir()):
-        for _, path in _segment_files(directory):
-            for _, memory in read_frames(path.read_bytes())[0]:
-                yield memory
