@@ -375,6 +375,11 @@ def lines_forever(path):
             for line in f:
                 yield line.rstrip("\\n")
 corpus, n, chunk = lines_forever(sys.argv[1]), int(sys.argv[2]), 10_000
+if sys.argv[3] == "fold-after":
+    # The reference: nothing folded into groups while the load runs (the first read of
+    # groups folds it all, after): what storing alone does as the store grows.
+    from memcollect.backends.keptgroups import IdleFolds
+    IdleFolds.step = lambda self, fold: False
 rng = random.Random(4)
 categories = ["bug", "error", "feedback", "performance", "decision", "note"]
 tmp = tempfile.mkdtemp()
@@ -405,17 +410,18 @@ print(json.dumps({"rates": rates, "rss_mb": after, "rss_idle_mb": idle, "rss_bef
 """
 
 
-def bench_growth(n: int) -> dict[str, Any]:
+def bench_growth(n: int, folding: str = "as-shipped") -> dict[str, Any]:
     """Stored/s of the default collector (spool, storer="auto", FTS) as the store grows,
     10,000 varied memories at a time, and the process's RSS once all n are stored; in a
     fresh interpreter that streams its corpus from a file, so that RSS is the collector's
-    (each chunk is flushed before the next: the storing thread stores them all)."""
+    (each chunk is flushed before the next: the storing thread stores them all).
+    folding="fold-after": the same with groups folded only after the load."""
     env = dict(os.environ, PYTHONPATH=str(HERE.parent / "src"))
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "lines.txt"
         corpus.write_text("\n".join(varied_lines(random.Random(4))) + "\n", encoding="utf-8")
         out = subprocess.run(
-            [sys.executable, "-c", GROWTH, str(corpus), str(n)],
+            [sys.executable, "-c", GROWTH, str(corpus), str(n), folding],
             capture_output=True, text=True, env=env, check=True,
         )  # fmt: skip
     found = json.loads(out.stdout.splitlines()[-1])
@@ -502,6 +508,7 @@ def main() -> None:
         results["search_templated"] = bench_search(n_search, tmp, templated_corpus)
     results["footprint"] = bench_footprint()
     results["growth"] = bench_growth(100_000 if args.quick else 1_000_000)
+    results["growth_fold_after"] = bench_growth(100_000 if args.quick else 1_000_000, "fold-after")
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
 
@@ -568,6 +575,17 @@ def growth_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{g['rss_mb']:.1f} / {g.get('rss_idle_mb', g['rss_mb']):.1f} / "
             f"{g['rss_closed_mb']:.1f} MB ({g.get('rss_before_collector_mb', 0):.1f})",
             "≤ 40 MB",
+        ),
+        *(
+            [
+                (
+                    "… the same load, its groups folded only after it (storing alone)",
+                    f"{a['first_per_s']:,.0f} / {a['last_per_s']:,.0f} ({a['last_share']:.0%})",
+                    "reference",
+                )
+            ]
+            if (a := r.get("growth_fold_after"))
+            else []
         ),
     ]
 

@@ -347,6 +347,13 @@ def _floor_rows(data: dict[str, Any]) -> list[str]:
             f"last tenth {_per_s(growth['last_per_s'])} | first tenth "
             f"{_per_s(growth['first_per_s'])} | {growth['last_share']:.0%} (target ≥ 80%) |"
         )
+        after = data.get("growth_fold_after")
+        if after:
+            rows.append(
+                "| … the same load, its groups folded only after it (storing alone) | "
+                f"last tenth {_per_s(after['last_per_s'])} | first tenth "
+                f"{_per_s(after['first_per_s'])} | {after['last_share']:.0%} (reference) |"
+            )
         rows.append(
             f"| RSS after storing {growth['memories']:,} (stored by the "
             f"{growth.get('stored_by', 'thread')}): flushed / once idle | "

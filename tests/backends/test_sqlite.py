@@ -415,3 +415,30 @@ def test_the_collector_lets_go_once_idle(tmp_path: Path) -> None:
         assert c.count() == 5001
     finally:
         c.close()
+
+
+def test_a_fold_in_a_quiet_moment_is_sized_by_how_long_it_has_been_quiet(
+    store: SQLiteBackend,
+) -> None:
+    import time
+
+    def folded() -> int:
+        return int(store._read("SELECT count(*) FROM group_members")[0][0])
+
+    store.write_batch([mem(f"event {i} happened") for i in range(1000)])
+    # Just written, folding dear: the least a quiet moment folds, and more is waiting.
+    store._fold_cost_s = 1.0
+    assert store.idle_work() is True
+    assert folded() == 256
+    # Quiet for an hour, folding cheap: the rest at once.
+    store._last_write, store._fold_cost_s = time.monotonic() - 3600, 1e-3
+    assert store.idle_work() is False
+    assert folded() == 1000
+    # What a fold of many rows cost is what the next fold is sized by.
+    assert store._fold_cost_s < 1e-3
+    # A read of groups folds whatever is left, however recent the rows.
+    store.write_batch([mem(f"later event {i}") for i in range(300)])
+    store._fold_cost_s = 1.0
+    assert store.idle_work() is True and folded() == 1256
+    store.fold_groups()
+    assert folded() == 1300

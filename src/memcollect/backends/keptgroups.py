@@ -97,8 +97,9 @@ class IdleFolds:
         to reach it is tried again at once (and only a fold that fails again says so)."""
         self.error, self._retry_at = None, 0.0
 
-    def step(self, fold: Callable[[], int]) -> bool:
-        """Fold one chunk unless pausing after a failure; True while more waits."""
+    def step(self, fold: Callable[[], int], limit: int | None = None) -> bool:
+        """Fold one chunk (of `limit` rows, or the whole chunk) unless pausing after a
+        failure; True while more waits."""
         if time.monotonic() < self._retry_at:
             return False
         try:
@@ -112,7 +113,7 @@ class IdleFolds:
             self.error = str(exc)
             return False
         self._failures, self.error = 0, None
-        return done == self.chunk
+        return done == (self.chunk if limit is None else limit)
 
 
 class KeptGroupReads:

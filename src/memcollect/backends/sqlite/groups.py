@@ -4,9 +4,11 @@ folded, by this process's worker in its quiet moments or by any read of groups."
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable
 
 from ...groups import Group, GroupDetail, GroupQuery
+from ...heap import give_back
 from ...report import Summary
 from ..keptgroups import MEMBER_COLUMNS, Dialect, IdleFolds, KeptGroupReads, fold_rows, recount
 from .schema import _COLUMNS, _from_row
@@ -22,6 +24,8 @@ __all__ = ["FOLD_CHUNK", "KeptGroups"]
 #: after each chunk; up to ~0.8 s of the write lock a chunk at a million.
 FOLD_CHUNK = 16_384
 _FOLD_CACHE_KB = 16_384
+#: The fewest rows a fold in a quiet moment takes (~10-30 ms at a million memories).
+_FOLD_AT_LEAST = 256
 
 _UPTO = "SELECT CAST(value AS INTEGER) FROM memcollect_meta WHERE key = 'groups_upto'"
 _SET_UPTO = "INSERT OR REPLACE INTO memcollect_meta VALUES ('groups_upto', ?)"
@@ -49,6 +53,9 @@ class KeptGroups(SemanticSearch):
         self._fold_behind = True  # this process stored rows that may not be folded yet
         self._kept = KeptGroupReads(_DIALECT, self._read, _COLUMNS, _from_row)
         self._idle_folds = IdleFolds(FOLD_CHUNK, self.path)
+        # When this process last stored rows, and what folding a row has cost lately.
+        self._last_write = time.monotonic()
+        self._fold_cost_s = 50e-6
 
     # --- folding -------------------------------------------------------------------------
 
@@ -69,9 +76,14 @@ class KeptGroups(SemanticSearch):
         conn.execute(_SET_UPTO, (rows[-1][0],))
         return len(rows)
 
-    def _fold_chunk(self) -> int:
+    def _fold_chunk(self, limit: int = FOLD_CHUNK) -> int:
         done: list[int] = []
-        self._write(lambda conn: done.append(self._fold(conn, FOLD_CHUNK)), cache_kb=_FOLD_CACHE_KB)
+        started = time.perf_counter()
+        self._write(lambda conn: done.append(self._fold(conn, limit)), cache_kb=_FOLD_CACHE_KB)
+        give_back()  # the pages of the larger cache, freed at its end (~0.1 ms)
+        if done[0] >= 64:
+            cost = (time.perf_counter() - started) / done[0]
+            self._fold_cost_s = 0.7 * self._fold_cost_s + 0.3 * cost
         return done[0]
 
     def fold_groups(self) -> None:
@@ -84,14 +96,22 @@ class KeptGroups(SemanticSearch):
         self._fold_behind = False
 
     def _fold_step(self) -> bool:
-        """Fold a chunk of the rows this process stored, if any wait; True while more do."""
+        """Fold a chunk of the rows this process stored, if any wait; True while more do.
+
+        A quiet moment may end with the next memory: a fold takes no longer than the
+        store has been quiet so far (at least _FOLD_AT_LEAST rows), so that memories
+        arriving wait for it at most that long again. Under a load that leaves no longer
+        gaps, the rest waits for a longer quiet moment, or for the next read of groups."""
         if self._fold_behind:
-            self._fold_behind = self._idle_folds.step(self._fold_chunk)
+            quiet_s = time.monotonic() - self._last_write
+            limit = max(_FOLD_AT_LEAST, min(FOLD_CHUNK, int(quiet_s / self._fold_cost_s)))
+            self._fold_behind = self._idle_folds.step(lambda: self._fold_chunk(limit), limit)
         return self._fold_behind
 
     def _stored_rows(self) -> None:
         """A batch was stored: its rows wait for the next fold."""
         self._fold_behind = True
+        self._last_write = time.monotonic()
         self._idle_folds.written()
 
     def _groups_before_delete(self, conn: sqlite3.Connection, seqs: list[tuple[int]]) -> set[str]:
