@@ -247,7 +247,7 @@ class Spool:
     def prefault(self) -> None:
         """Fault in the pages the next appends will write, so that collect() does not; let go
         of those written."""
-        if self._rested_at == (self.current.number, self.current.size):
+        if self._rested_at == self._position():
             return  # released while idle, and nothing appended since
         with self.lock:
             written = self.current.size & ~(mmap.PAGESIZE - 1)
@@ -269,6 +269,10 @@ class Spool:
                     return
                 self._prefaulted = end
 
+    def _position(self) -> tuple[int, int]:
+        """Where the next append goes: the current segment's number and size."""
+        return (self.current.number, self.current.size)
+
     def release_pages(self) -> None:
         """While nothing is appended: unmap the segment's pages, written and faulted in
         ahead alike (the page cache keeps the bytes; the next appends fault them in again)."""
@@ -281,12 +285,12 @@ class Spool:
                 with contextlib.suppress(OSError, ValueError):
                     self._map.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
             self._released = self._prefaulted = written
-            self._rested_at = (self.current.number, self.current.size)
+            self._rested_at = self._position()
 
     def release_when_idle(self) -> None:
         """prefault() for a caller that comes round often: after a few rounds in which
         nothing was appended, release_pages() once instead."""
-        seen = (self.current.number, self.current.size)
+        seen = self._position()
         if seen != self._seen:
             self._seen, self._idle_rounds = seen, 0
             self.prefault()
