@@ -229,3 +229,28 @@ def test_put_off_work_waits_while_the_circuit_is_not_closed() -> None:
     r.storing.idle_due = True
     r.worker.step()  # stored, then quiet: the first step of work
     assert backend.calls == 1
+
+
+class CannotRelease(PutOffWork):
+    """A store whose giving back of memory fails once caught up."""
+
+    def release_memory(self) -> None:
+        raise OSError("no such thing")
+
+
+def test_a_release_that_fails_only_warns_in_one_line_and_storing_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = CannotRelease(steps=2)
+    r = rig(backend=backend, batch_timeout=0.0)
+    r.put("one")
+    r.worker.step()  # stores; the put-off step is due
+    with caplog.at_level("WARNING", logger="memcollect"):
+        r.worker.step()  # the step, then caught up: the release fails
+    warnings = [rec for rec in caplog.records if "give back memory" in rec.getMessage()]
+    assert len(warnings) == 1 and warnings[0].exc_info is None
+    assert "OSError: no such thing" in warnings[0].getMessage()
+    assert not r.storing.idle_due
+    r.put("two")
+    r.worker.step()
+    assert len(backend.written) == 2

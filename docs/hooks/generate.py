@@ -383,9 +383,10 @@ def bench_postgres() -> str:
         rows += [
             f"| the default collector (spool, `storer='auto'`), `writers=2` / `writers=1` | "
             f"{_per_s(data['default_per_s'])} / {_per_s(data['default_writers1_per_s'])} |",
-            f"| … `writers=1` against `COPY` on one connection in the same runs "
-            f"({_per_s(copy)}) | {data['default_writers1_per_s'] / copy:.0%} of it (target ≥ 90%)"
-            f"; memory mode {data['one_collector_writers1_per_s'] / copy:.0%} |",
+            f"| … against `COPY` on one connection in the same runs ({_per_s(copy)}), "
+            f"`writers=2` / `writers=1` | {data['default_per_s'] / copy:.0%} / "
+            f"{data['default_writers1_per_s'] / copy:.0%} of it (target ≥ 90%); memory mode, "
+            f"`writers=1`, {data['one_collector_writers1_per_s'] / copy:.0%} |",
         ]
     search = data.get("search")
     if search:

@@ -380,15 +380,28 @@ class Storing:
         """Run the backend's put-off work once; idle_due says whether more is waiting."""
         try:
             self.idle_due = self.backend.idle_work()
-            if not self.idle_due:
-                # All caught up: what the burst needed in RAM goes back to the system.
-                self.backend.release_memory()
-                for release in self.caught_up:
-                    release()
-                give_back()
         except Exception:  # a backend's own bug must not stop storing
             log.exception("%s: idle work failed", self.backend.url)
             self.idle_due = False
+            return
+        if not self.idle_due:
+            self.release_memory()
+
+    def release_memory(self) -> None:
+        """Give back what a burst needed in RAM, once caught up; a failure only warns."""
+        try:
+            self.backend.release_memory()
+            for release in self.caught_up:
+                release()
+            give_back()
+        except Exception as exc:  # noqa: BLE001 - memory kept is not memories lost
+            log.warning(
+                "%s: could not give back memory after a load (%s: %s); it is tried again "
+                "the next time storing catches up",
+                self.backend.url,
+                type(exc).__name__,
+                exc,
+            )
 
 
 class Interruptible:

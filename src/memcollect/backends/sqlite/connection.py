@@ -177,9 +177,14 @@ class SQLiteConnection(SqlStore):
                     "not be checked"
                 ) from None
             if self.background_checkpoints:
-                conn.execute("PRAGMA wal_autocheckpoint=0")
                 self._checkpointer = _Checkpointer(self.path, self.busy_timeout)
+            self._leave_checkpoints(conn)
             self._opened = True
+
+    def _leave_checkpoints(self, writer: sqlite3.Connection) -> None:
+        """Keep the writer's commits from checkpointing while the checkpointer thread does."""
+        if self._checkpointer is not None:
+            writer.execute("PRAGMA wal_autocheckpoint=0")
 
     def _schema_changes(self, conn: sqlite3.Connection) -> bool:
         """Whether opening must write: a migration, the full-text index, a new embedder.
@@ -332,8 +337,7 @@ class SQLiteConnection(SqlStore):
                 # The statement cache cannot be emptied but by closing its connection.
                 try:
                     fresh = self._connect()
-                    if self._checkpointer is not None:
-                        fresh.execute("PRAGMA wal_autocheckpoint=0")
+                    self._leave_checkpoints(fresh)
                 except sqlite3.Error:  # locked or unreadable now: keep the one that works
                     self._writer.execute("PRAGMA shrink_memory")
                 else:
