@@ -153,6 +153,9 @@ class Storing:
         self.idle_due = True
         #: Called once the backend's put-off work is done: what else may let go of RAM.
         self.caught_up: list[Callable[[], None]] = []
+        # The last release failure warned of: a trickle of memories catches up after every
+        # batch, and the same failure must not write a line each time.
+        self._release_error = ""
         # When the write under way began (None between writes): a write that hangs shows.
         self.writing_since: float | None = None
 
@@ -395,13 +398,17 @@ class Storing:
                 release()
             give_back()
         except Exception as exc:  # noqa: BLE001 - memory kept is not memories lost
-            log.warning(
-                "%s: could not give back memory after a load (%s: %s); it is tried again "
-                "the next time storing catches up",
-                self.backend.url,
-                type(exc).__name__,
-                exc,
-            )
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self._release_error:
+                log.warning(
+                    "%s: could not give back memory after a load (%s); it is tried again "
+                    "each time storing catches up",
+                    self.backend.url,
+                    error,
+                )
+            self._release_error = error
+        else:
+            self._release_error = ""
 
 
 class Interruptible:
