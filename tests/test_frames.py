@@ -3,10 +3,20 @@ back is a prefix of what was written, never garbage."""
 
 from __future__ import annotations
 
+import zlib
+
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memcollect.frames import encode_frame, read_frames, read_memories
+from memcollect.frames import (
+    HEADER,
+    MAGIC,
+    encode_frame,
+    read_batches,
+    read_frames,
+    read_memories,
+)
 from memcollect.model import Memory
 from memcollect.validate import make_memory
 
@@ -62,6 +72,40 @@ def test_whole_frames_read_fast_as_they_read_slow(written: list[Memory]) -> None
     blob = b"".join(encode_frame(m) for m in written)
     assert ids(read_memories(blob)) == ids(written)
     assert ids(read_memories(blob[:-1])) == ids(written[:-1])  # falls back to the careful read
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(memories, max_size=12), st.integers(1, 5), st.booleans())
+def test_batches_read_what_a_whole_read_reads_and_each_resumes_where_it_ended(
+    written: list[Memory], size: int, torn: bool
+) -> None:
+    blob = b"".join(encode_frame(m) for m in written)
+    if torn:
+        blob = blob[:-1]  # the careful read takes over
+    batches = list(read_batches(blob, size))
+    assert [m.id for batch, _ in batches for m in batch] == ids(read_memories(blob))
+    assert all(len(batch) == size for batch, _ in batches[:-1])
+    for number, (_, end) in enumerate(batches):
+        # What follows a batch's end is exactly what the later batches hold.
+        later = [m.id for batch, _ in batches[number + 1 :] for m in batch]
+        assert ids(read_memories(blob[end:])) == later
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(memories, min_size=1, max_size=6), st.lists(st.booleans(), min_size=6, max_size=6))
+def test_records_an_earlier_version_wrote_as_maps_are_read_beside_arrays(
+    written: list[Memory], as_maps: list[bool]
+) -> None:
+    def frame(memory: Memory, as_map: bool) -> bytes:
+        if not as_map:
+            return encode_frame(memory)
+        payload = msgspec.msgpack.encode(memory)  # a Struct as a map of its fields
+        return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+    blob = b"".join(frame(m, as_map) for m, as_map in zip(written, as_maps, strict=False))
+    assert read_memories(blob) == written  # every field, in order
+    assert [m for _, m in read_frames(blob)[0]] == written
+    assert len(encode_frame(written[0])) < len(frame(written[0], True))
 
 
 def _ends(written: list[Memory]) -> list[int]:

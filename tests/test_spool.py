@@ -89,7 +89,7 @@ def test_segments_rotate_and_are_deleted_once_acknowledged(tmp_path: Path) -> No
     spool = Spool(tmp_path, fsync=False, fsync_interval=0.02, max_bytes=1 << 30,
                   segment_bytes=600)  # fmt: skip
     placed = []
-    for i in range(10):
+    for i in range(20):
         frame = encode_frame(mem(f"m{i}"))
         with spool.lock:
             result = spool.append_locked(frame, 1)

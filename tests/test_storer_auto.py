@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,47 @@ def test_a_sustained_load_moves_to_a_storing_process_and_nothing_is_lost_or_doub
     assert s.stored == len(stored) and s.storer_restarts == 0 and s.storer_pid == pid
     c.close()
     assert wait_for(lambda: pid not in storing_children(), 30)
+
+
+def test_a_thread_holding_a_long_range_hands_its_rest_to_the_process_that_takes_over(
+    make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storer, "PROMOTE_AT", 10**9)  # no promotion until the range is held
+    c = auto_collector(make_collector, tmp_path, batch_size=64)
+    c.collect("note", "the store exists")
+    assert c.flush(timeout=30)
+    backend, shared = c._backend, c._pipeline.storer._shared
+    assert shared is not None
+    # The thread's first two batches each wait for their gate; the rest go straight through.
+    gates = [threading.Event(), threading.Event()]
+    thread_batches: list[int] = []
+    write_batch = backend.write_batch
+
+    def gated(batch: Sequence[mc.Memory]) -> None:
+        thread_batches.append(len(batch))
+        if len(thread_batches) <= len(gates):
+            gates[len(thread_batches) - 1].wait(60)
+        write_batch(batch)
+
+    monkeypatch.setattr(backend, "write_batch", gated)
+    first = c.collect("note", "held while the rest is collected")
+    assert wait_for(lambda: thread_batches == [1], 30)
+    ids = [c.collect("note", f"one long range {i}") for i in range(3000)]
+    gates[0].set()  # the thread stores the first range and is sent the 3,000 as its next
+    assert wait_for(lambda: len(thread_batches) == 2, 30)
+    monkeypatch.setattr(storer, "PROMOTE_AT", 500)
+    # The process starts and says it is ready; the thread is told to hand over mid-range.
+    assert wait_for(shared.hand_over.is_set, 60)
+    gates[1].set()
+    assert c.flush(timeout=60)
+    assert thread_batches == [1, 64]  # one batch of the long range, then the process took over
+    stored = stored_ids(tmp_path / "m.db")
+    assert len(stored) == len(set(stored)) == 1 + 1 + 3000
+    assert {first, *ids} <= set(stored)
+    s = c.stats()
+    assert s.stored == len(stored) and s.storer_pid in storing_children()
+    c.close()
+    assert not list((tmp_path / "data" / "spool").rglob("seg-*.log"))
 
 
 def test_kill_9_of_the_process_that_took_over_loses_nothing(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import sqlite3
@@ -10,19 +11,24 @@ import subprocess
 import sys
 import textwrap
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import memcollect as mc
 from memcollect.backends import open_backend
+from memcollect.config import Config
 from memcollect.locks import shared_lock
 from memcollect.spool import iter_spool_records
 from memcollect.storer import collecting as storer
+from memcollect.storer.child import Child
 
 from .conftest import ROOT, wait_for
+from .services import POSTGRES_URL, drop_schema, require_postgres
 
 Make = Callable[..., mc.MemoryCollector]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
@@ -136,6 +142,34 @@ def test_kill_9_of_the_storing_process_loses_nothing(make_collector: Make, tmp_p
     s = c.stats()
     assert s.storer_restarts >= 1 and s.storer_pid not in (None, first)
     assert s.stored >= len(ids)  # what the dead process stored unanswered is stored again
+
+
+def test_a_storing_process_into_postgresql_reads_ahead_and_a_kill_9_loses_nothing(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    schema = f"storer_{uuid.uuid4().hex[:10]}"
+    url = f"{require_postgres()}?schema={schema}"
+    try:
+        # While one range is stored into a server, the next is read: the storing process
+        # decides it from the store it opens.
+        for store, reads_ahead in ((url, True), (f"sqlite:///{tmp_path}/r.db", False)):
+            child = Child(Config(backend=store), io.BytesIO())
+            assert child.read_ahead is reads_ahead
+            child.close()
+        c = make_collector(url, durability="spool", storer="process", batch_size=64)
+        ids = [c.collect("note", f"before {i}") for i in range(20_000)]
+        first = c.stats().storer_pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        ids += [c.collect("note", f"after {i}") for i in range(2000)]
+        assert c.flush(timeout=120)
+        with psycopg.connect(POSTGRES_URL) as conn:
+            stored = [row[0] for row in conn.execute(f'SELECT id FROM "{schema}".memories')]
+        assert len(stored) == len(set(stored)) and set(stored) == set(ids)
+        assert c.stats().storer_restarts >= 1
+        c.close()
+    finally:
+        drop_schema(schema)
 
 
 PRODUCER = """

@@ -1,5 +1,6 @@
 """The spool's frame format: `b"MC"`, the payload's length and CRC32 (little-endian u32
-each), then the payload (the Memory as msgpack).
+each), then the payload: the Memory's fields in order, as a msgpack array (a map of them, as
+earlier versions wrote, is read too).
 
 The magic lets a reader find the next frame after a corrupt stretch; the CRC tells a torn tail
 (a write cut short by kill -9) from a record.
@@ -9,24 +10,51 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 
 from .model import Memory
 
-__all__ = ["HEADER", "MAGIC", "encode_frame", "encode_record", "read_frames", "read_memories"]
+__all__ = [
+    "HEADER",
+    "MAGIC",
+    "encode_frame",
+    "encode_record",
+    "read_batches",
+    "read_frames",
+    "read_memories",
+]
 
 MAGIC = b"MC"
 HEADER = struct.Struct("<2sII")
 MAX_PAYLOAD = 64 << 20
 
-_encode = encode_record = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(Memory).decode
+# A record as an array of the fields, not a map naming them: collect() encodes it in half the
+# time, and it takes 40% less of the spool.
+Fields = tuple[
+    str, str, str, dict[str, Any], str, tuple[str, ...], str | None, str | None, str | None,
+    float, str, str,
+]  # fmt: skip
+_encode = msgspec.msgpack.Encoder().encode
+_astuple = msgspec.structs.astuple
+_decode_either = msgspec.msgpack.Decoder(Memory | Fields).decode
+
+
+def encode_record(memory: Memory) -> bytes:
+    """One memory as a frame's payload."""
+    return _encode(_astuple(memory))
+
+
+def _decode(payload: bytes | memoryview) -> Memory:
+    found = _decode_either(payload)
+    return found if isinstance(found, Memory) else Memory(*found)
 
 
 def encode_frame(memory: Memory) -> bytes:
     """One memory as a framed record."""
-    payload = _encode(memory)
+    payload = _encode(_astuple(memory))
     return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
@@ -87,6 +115,36 @@ def read_memories(data: bytes) -> list[Memory]:
     except (ValueError, struct.error, msgspec.DecodeError):
         return [memory for _, memory in read_frames(data)[0]]
     return out
+
+
+def read_batches(data: bytes, size: int) -> Iterator[tuple[list[Memory], int]]:
+    """The memories of `data` as read_memories reads them, `size` at a time, each batch with
+    the offset just past its last frame: where a reader that stops after it resumes."""
+    unpack, crc32, view = HEADER.unpack_from, zlib.crc32, memoryview(data)
+    pos, end, header = 0, len(data), HEADER.size
+    batch: list[Memory] = []
+    start = 0  # where the batch being read begins
+    try:
+        while pos < end:
+            magic, length, crc = unpack(data, pos)
+            frame_end = pos + header + length
+            payload = view[pos + header : frame_end]
+            if magic != MAGIC or frame_end > end or crc32(payload) != crc:
+                raise ValueError("not a whole, valid frame")
+            batch.append(_decode(payload))
+            pos = frame_end
+            if len(batch) == size:
+                yield batch, pos
+                batch, start = [], pos
+    except (ValueError, struct.error, msgspec.DecodeError):
+        # Not what a live process appended: the rest is read as read_frames reads it.
+        records = read_frames(bytes(view[start:]))[0]
+        for first in range(0, len(records), size):
+            part = records[first : first + size]
+            yield [memory for _, memory in part], start + part[-1][0]
+        return
+    if batch:
+        yield batch, pos
 
 
 def _zeros_from(data: bytes, pos: int) -> bool:

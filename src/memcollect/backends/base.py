@@ -143,6 +143,9 @@ class Backend(ABC):
     persistent: ClassVar[bool] = True
     #: search() takes mode="semantic" and "hybrid".
     supports_semantic: bool = False
+    #: A write mostly waits for a server: a storing process reads and prepares the next
+    #: memories meanwhile.
+    waits_on_server: ClassVar[bool] = False
 
     def __init__(self, url: str) -> None:
         #: The store's URL as stats, health, logs and errors show it: without a password.

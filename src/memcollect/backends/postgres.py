@@ -180,6 +180,7 @@ class PostgresBackend(SqlStore):
     """
 
     name = "postgresql"
+    waits_on_server = True
     MARK = "%s"
     RECORD = "record::text"
 

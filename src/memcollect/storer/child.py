@@ -9,22 +9,29 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from typing import IO
 
 import msgspec
 
 from ..backends import open_backend
 from ..config import Config
-from ..frames import read_memories
+from ..frames import read_batches
+from ..model import Memory
 from ..retry import CircuitBreaker
 from ..stats import Counters
-from ..storing import Storing
+from ..storing import Storing, hash_contents
 from .inprocess import Shared
 from .protocol import COUNTED, PROTOCOL, Done, Range, decode_range, encode
 
 __all__ = ["main"]
 
 log = logging.getLogger("memcollect")
+
+# Memories of a range, with the offset just past the last one's frame.
+Batch = tuple[list[Memory], int]
+# A storing thread's batches while a storing process starts to take over from it.
+_STEP_WHILE_PROMOTING = 256
 
 # How often the child reports its circuit, while it has no range to answer.
 HEARTBEAT_S = 0.5
@@ -60,15 +67,20 @@ class Child:
             **(shared.options() if shared is not None else {}),
         )
         self.storing.check_fallback()
-        self.ranges: deque[Range] = deque()
+        # A process storing into a server reads each range as it arrives, while the main
+        # thread waits for the server's answer to the range before (the GIL is free then);
+        # into SQLite, the two threads would only take the GIL from each other.
+        self.read_ahead = shared is None and self.backend.waits_on_server
+        self.ranges: deque[tuple[Range, list[Batch] | None]] = deque()
         self.arrived = threading.Condition()
         self.ended = False
         self._answer_lock = threading.Lock()
         self._reported = _counts(self.counters)
         self._reported_drops: Counter[str] = Counter()
 
-    def answer(self, number: int, records: int) -> None:
-        """Tell the collecting process what became of a range (number -1: a heartbeat)."""
+    def answer(self, number: int, records: int, stored_to: int = -1) -> None:
+        """Tell the collecting process what became of a range (number -1: a heartbeat);
+        `stored_to`: where a thread handing over to a process stopped short of its end."""
         if self.abandoned():
             return
         with self._answer_lock:
@@ -89,6 +101,7 @@ class Child:
                 circuit_failures=self.breaker.failures,
                 circuit_open_for=-1.0 if opened is None else time.monotonic() - opened,
                 circuit_error=self.breaker.last_error,
+                stored_to=stored_to,
             )
             self.answers.write(encode(done) + b"\n")
             self.answers.flush()
@@ -97,8 +110,9 @@ class Child:
         """Queue the ranges sent; note the end of input."""
         for line in requests:
             item = decode_range(line)
+            batches = self.read_range(item) if self.read_ahead else None
             with self.arrived:
-                self.ranges.append(item)
+                self.ranges.append((item, batches))
                 self.arrived.notify()
         with self.arrived:
             self.ended = True
@@ -118,31 +132,71 @@ class Child:
         """Store ranges as they come; between them, the backend's put-off work."""
         storing = self.storing
         while not self.abandoned():
+            # A thread handing over to a process ends soon: put-off work is the process's.
+            handing_over = self.shared is not None and self.shared.hand_over.is_set()
             with self.arrived:
                 idle = not (self.ranges or self.ended)
-                if idle and not (storing.idle_due or storing.may_move):
+                if idle and (handing_over or not (storing.idle_due or storing.may_move)):
                     self.arrived.wait(HEARTBEAT_S)
                 item = self.ranges.popleft() if self.ranges else None
                 ended = self.ended
             if item is not None:
-                self.answer(item.number, self.store_range(item))
+                self.answer(item[0].number, *self.store_range(*item))
             elif ended:
                 return
+            elif handing_over:
+                continue
             elif storing.may_move:
                 storing.move_from_fallback()
             elif storing.idle_due:
                 storing.idle_step()
 
-    def store_range(self, item: Range) -> int:
-        """Store the records of one range, batch by batch; how many records it held."""
-        with open(item.path, "rb") as f:
-            f.seek(item.start)
-            data = f.read(item.end - item.start)
-        memories = read_memories(data)
-        size = self.config.batch_size
-        for start in range(0, len(memories), size):
-            self.storing.store(memories[start : start + size])
-        return len(memories)
+    def read_range(self, item: Range) -> list[Batch]:
+        """The range's memories, batch by batch, their contents hashed."""
+        batches = list(read_batches(_read(item), self.config.batch_size))
+        for batch, _ in batches:
+            hash_contents(batch)
+        return batches
+
+    def store_range(self, item: Range, batches: list[Batch] | None = None) -> tuple[int, int]:
+        """Store the records of one range (read ahead, or read now), batch by batch; how many
+        records were stored, and where a storing thread stopped for a process taking over
+        (-1: at the range's end)."""
+        if self.shared is None:
+            return self._store_batches(
+                batches or read_batches(_read(item), self.config.batch_size)
+            ), -1
+        return self._store_handing_over(item, self.shared)
+
+    def _store_batches(self, batches: Iterable[Batch]) -> int:
+        stored = 0
+        for batch, _ in batches:
+            self.storing.store(batch)
+            stored += len(batch)
+        return stored
+
+    def _store_handing_over(self, item: Range, shared: Shared) -> tuple[int, int]:
+        """A storing thread's store_range: it may stop short for a process taking over."""
+        size, most = item.end - item.start, self.config.batch_size
+        stored = 0
+        batch: list[Memory] = []
+        # Read in small steps: a whole batch is stored at once, unless a process is starting,
+        # when the thread stores each step, to stop soon after the process says it is ready.
+        for part, end in read_batches(_read(item), min(most, _STEP_WHILE_PROMOTING)):
+            batch.extend(part)
+            if len(batch) < most and not shared.promoting.is_set():
+                continue
+            self.storing.store(batch)
+            stored += len(batch)
+            batch = []
+            if shared.hand_over.is_set() and end < size:
+                # The process stores the rest on the other core, instead of waiting for this
+                # thread to store a range of the whole backlog.
+                return stored, item.start + end
+        if batch:
+            self.storing.store(batch)
+            stored += len(batch)
+        return stored, -1
 
     def close(self) -> None:
         """Release the stores (those of the collecting process are its own to close)."""
@@ -151,6 +205,12 @@ class Child:
         self.backend.close()
         if self.fallback is not None:
             self.fallback.close()
+
+
+def _read(item: Range) -> bytes:
+    with open(item.path, "rb") as f:
+        f.seek(item.start)
+        return f.read(item.end - item.start)
 
 
 def _background_checkpoints(url: str) -> str:

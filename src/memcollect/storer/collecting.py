@@ -109,6 +109,9 @@ class StoringProcess:
         self._next_ready = threading.Event()
         self._promote_after = 0.0
         self._promotion = threading.Lock()
+        # The first range in flight is the rest of one a storing thread stopped short of, for
+        # the process taking over: it waits to be sent to that process.
+        self._handed_back = False
         _live.add(self)
 
     # --- life ----------------------------------------------------------------------------
@@ -126,6 +129,11 @@ class StoringProcess:
         self._child = child
         self._reader = self._start_reader(child)
         # Whatever a dead child was given and did not answer goes to this one, in order.
+        self._resend_in_flight(child)
+
+    def _resend_in_flight(self, child: subprocess.Popen[bytes] | InProcessChild) -> None:
+        """Send the child every range in flight, in order."""
+        self._handed_back = False
         for item, _ in self._in_flight:
             self._send(child, item)
 
@@ -345,21 +353,25 @@ class StoringProcess:
                 "the storing process for a heavier load exited as it started (code %s): "
                 "storing goes on in this process's thread", nxt.returncode,
             )  # fmt: skip
-            self._drop_next()
+            self._stay_on_thread()
             self._promote_after = time.monotonic() + _PROMOTE_RETRY_S
             return False
         if self.pinned:
-            self._drop_next()
+            self._stay_on_thread()
             return False
         if not self._next_ready.is_set():
             return False  # the thread stores on while the process starts
-        if self._in_flight:
-            return True  # from now on the thread is sent nothing; its answer wakes this
+        if self._in_flight and not self._handed_back:
+            # From now on the thread is sent nothing: it stops after the batch it stores and
+            # answers how far it got, which wakes this.
+            assert self._shared is not None
+            self._shared.hand_over.set()
+            return True
         with self._promotion:
             if not self._pinned_now():
                 self._switch_to_next()
                 return False
-        self._drop_next()
+        self._stay_on_thread()
         return False
 
     def _pinned_now(self) -> bool:
@@ -373,13 +385,22 @@ class StoringProcess:
             return
         self._next_ready.clear()
         self._next = nxt
+        assert self._shared is not None
+        self._shared.promoting.set()
         self._next_reader = self._start_reader(nxt)
         log.info("memcollect: a sustained load; starting a storing process (pid %s)", nxt.pid)
 
     def _switch_to_next(self) -> None:
-        """The thread has answered everything: end it and let the process store."""
+        """The thread has answered everything: let the process store, and end the thread."""
         thread, reader = self._child, self._reader
         assert thread is not None
+        self._child, self._reader = self._next, self._next_reader
+        self._next = self._next_reader = None
+        self.in_process = False
+        assert self._child is not None
+        # The rest of what the thread stopped short of, first: the thread is sent nothing more
+        # and has answered all it was sent, so the process need not wait for it to end.
+        self._resend_in_flight(self._child)
         with contextlib.suppress(OSError, ValueError), self._send_lock:
             assert thread.stdin is not None
             thread.stdin.close()
@@ -388,10 +409,16 @@ class StoringProcess:
             reader.join(1.0)
         if thread.stdout is not None:
             thread.stdout.close()
-        self._child, self._reader = self._next, self._next_reader
-        self._next = self._next_reader = None
-        self.in_process = False
         log.info("memcollect: the storing process (pid %s) took over", self.pid())
+
+    def _stay_on_thread(self) -> None:
+        """Give up a promotion: the thread stores on, the rest of its range too."""
+        self._drop_next()
+        assert self._shared is not None
+        self._shared.promoting.clear()
+        self._shared.hand_over.clear()
+        if self._handed_back and self._child is not None:
+            self._resend_in_flight(self._child)
 
     def _drop_next(self) -> None:
         """End the process started for a promotion that will not happen."""
@@ -492,11 +519,22 @@ class StoringProcess:
         if not self._in_flight or self._in_flight[0][0].number != done.number:
             log.warning("storing process answered range %d out of order", done.number)
             return
-        answered, segment = self._in_flight.popleft()
+        answered, segment = self._in_flight[0]
+        stopped_short = 0 <= done.stored_to < answered.end
         spool = self.spool
         with spool.lock:
-            spool.ack_range_locked(segment, answered.end, done.records)
+            spool.ack_range_locked(
+                segment, done.stored_to if stopped_short else answered.end, done.records
+            )
             self.acked += done.records
+        if stopped_short:
+            # A storing thread handing over: the rest, under the same number, is the first
+            # range the storing process is sent.
+            self._in_flight[0] = (Range(answered.number, answered.path, done.stored_to,
+                                        answered.end), segment)  # fmt: skip
+            self._handed_back = True
+        else:
+            self._in_flight.popleft()
         with self._changed:
             self._changed.notify_all()
         self._restart_pause = _RESTART_PAUSE_S

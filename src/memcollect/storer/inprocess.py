@@ -46,6 +46,12 @@ class Shared:
         # retries stop waiting and nothing more is answered, so what was not stored stays
         # in the spool for the next start, as with a storing process that is killed.
         self.abandoned = threading.Event()
+        # Set while a storing process starts to take the load over: the thread stores smaller
+        # batches, so that it can stop soon once the process is ready.
+        self.promoting = threading.Event()
+        # Set when that process is ready: the thread stops after the batch it is storing and
+        # answers how far it got; the process stores the rest.
+        self.hand_over = threading.Event()
 
     def options(self) -> dict[str, Any]:
         """The Storing options that make it call back, trace, and give up as it is told."""

@@ -48,6 +48,9 @@ class Done(msgspec.Struct, array_like=True):
     circuit_failures: int
     circuit_open_for: float  # seconds since the circuit opened; -1 when closed
     circuit_error: str
+    # Where a storing thread stopped short of the range's end, for a process that takes the
+    # rest; -1: the range was stored to its end.
+    stored_to: int = -1
 
 
 encode = msgspec.json.Encoder().encode
