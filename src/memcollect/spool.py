@@ -1,10 +1,10 @@
 """The durable spool: an append-only, segmented log of accepted memories on disk.
 
 A frame is `b"MC"`, the payload's length and CRC32 (little-endian u32 each), then the payload
-(the Memory as msgpack). The magic lets a reader find the next frame after a corrupt stretch;
-the CRC tells a torn tail (a write cut short by kill -9) from a record. Each process claims a
-spool directory with an OS file lock; spools whose owner died (lock free) are adopted and
-drained by whoever starts next.
+(the Memory's fields as a msgpack array). The magic lets a reader find the next frame after a
+corrupt stretch; the CRC tells a torn tail (a write cut short by kill -9) from a record. Each
+process claims a spool directory with an OS file lock; spools whose owner died (lock free) are
+adopted and drained by whoever starts next.
 """
 
 from __future__ import annotations
