@@ -22,10 +22,13 @@ import pytest
 import memcollect as mc
 from memcollect.backends import open_backend
 from memcollect.config import Config
+from memcollect.frames import encode_frame
 from memcollect.locks import shared_lock
 from memcollect.spool import iter_spool_records
 from memcollect.storer import collecting as storer
 from memcollect.storer.child import Child
+from memcollect.storer.protocol import Range, decode_done, encode
+from memcollect.validate import make_memory
 
 from .conftest import ROOT, wait_for
 from .services import POSTGRES_URL, drop_schema, require_postgres
@@ -169,6 +172,35 @@ def test_a_storing_process_into_postgresql_reads_ahead_and_a_kill_9_loses_nothin
         assert c.stats().storer_restarts >= 1
         c.close()
     finally:
+        drop_schema(schema)
+
+
+def test_a_range_the_read_ahead_could_not_read_is_read_by_the_storing_thread_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = f"storer_{uuid.uuid4().hex[:10]}"
+    url = f"{require_postgres()}?schema={schema}"
+    memories = [make_memory("note", f"read late {i}", None, None, None, None, None, None,
+                            1 << 16) for i in range(10)]  # fmt: skip
+    segment = tmp_path / "seg-1.log"
+    segment.write_bytes(b"".join(encode_frame(m) for m in memories))
+    requests = io.BytesIO(encode(Range(0, str(segment), 0, segment.stat().st_size)) + b"\n")
+    answers = io.BytesIO()
+    child = Child(Config(backend=url), answers)
+    try:
+        assert child.read_ahead
+
+        def unreadable(item: Range) -> None:
+            raise OSError("the disk hiccupped")
+
+        monkeypatch.setattr(child, "read_range", unreadable)
+        child.listen(requests)  # queues the range unread, then the end of input
+        child.run()  # reads and stores it, answers, and returns at the end of input
+        done = [decode_done(line) for line in answers.getvalue().splitlines()]
+        assert [(d.number, d.records, d.stored_to) for d in done if d.number >= 0] == [(0, 10, -1)]
+        assert child.backend.count() == 10
+    finally:
+        child.close()
         drop_schema(schema)
 
 

@@ -110,7 +110,12 @@ class Child:
         """Queue the ranges sent; note the end of input."""
         for line in requests:
             item = decode_range(line)
-            batches = self.read_range(item) if self.read_ahead else None
+            batches = None
+            if self.read_ahead:
+                try:
+                    batches = self.read_range(item)
+                except Exception:  # noqa: BLE001 - read again, and reported, by the main thread
+                    batches = None
             with self.arrived:
                 self.ranges.append((item, batches))
                 self.arrived.notify()
