@@ -167,11 +167,11 @@ class Child:
         """Store the records of one range (read ahead, or read now), batch by batch; how many
         records were stored, and where a storing thread stopped for a process taking over
         (-1: at the range's end)."""
-        if self.shared is None:
-            return self._store_batches(
-                batches or read_batches(_read(item), self.config.batch_size)
-            ), -1
-        return self._store_handing_over(item, self.shared)
+        if self.shared is not None:
+            return self._store_handing_over(item, self.shared)
+        if batches is None:
+            return self._store_batches(read_batches(_read(item), self.config.batch_size)), -1
+        return self._store_batches(batches), -1
 
     def _store_batches(self, batches: Iterable[Batch]) -> int:
         stored = 0
