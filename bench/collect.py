@@ -16,6 +16,7 @@ import platform
 import queue
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -129,10 +130,11 @@ def bench_throughput(
     """Memories stored per second, end to end: first collect() to flush() returning."""
     suffix = "" if fts else "?fts=0"
     name = f"tp-{durability}-{'fts' if fts else 'nofts'}-{time.monotonic_ns()}.db"
+    data_dir = tmp / f"tp-{durability}-{fts}-{time.monotonic_ns()}"
     collector = mc.MemoryCollector(
         f"sqlite:///{tmp / name}{suffix}",
         durability=durability,
-        data_dir=str(tmp / f"tp-{durability}-{fts}-{time.monotonic_ns()}"),
+        data_dir=str(data_dir),
         profile="high_performance",
         max_queue_size=n + 1,
         storer=storer,
@@ -158,7 +160,16 @@ def bench_throughput(
     stats = collector.stats()
     collector.close()
     assert stats.stored == n, f"stored {stats.stored} of {n}"
+    remove_store(tmp / name)
+    shutil.rmtree(data_dir, ignore_errors=True)
     return n / elapsed
+
+
+def remove_store(path: Path) -> None:
+    """Delete a SQLite file and its log: the kernel writing back a run's files to disk must
+    not compete with the runs after it."""
+    for end in ("", "-wal", "-shm"):
+        Path(f"{path}{end}").unlink(missing_ok=True)
 
 
 def bench_raw_sqlite(n: int, tmp: Path, fts: bool, batch: int = 2048) -> float:
@@ -202,6 +213,7 @@ def bench_raw_sqlite(n: int, tmp: Path, fts: bool, batch: int = 2048) -> float:
     stored = conn.execute("SELECT count(*) FROM memories").fetchone()[0]
     conn.close()
     assert stored == n, f"stored {stored} of {n}"
+    remove_store(path)
     return n / elapsed
 
 
