@@ -96,19 +96,14 @@ def test_a_sustained_load_moves_to_a_storing_process_and_nothing_is_lost_or_doub
     assert wait_for(lambda: pid not in storing_children(), 30)
 
 
-def test_a_thread_holding_a_long_range_hands_its_rest_to_the_process_that_takes_over(
-    make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(storer, "PROMOTE_AT", 10**9)  # no promotion until the range is held
-    c = auto_collector(make_collector, tmp_path, batch_size=64)
-    c.collect("note", "the store exists")
-    assert c.flush(timeout=30)
-    backend, shared = c._backend, c._pipeline.storer._shared
-    assert shared is not None
-    # The thread's first two batches each wait for their gate; the rest go straight through.
-    gates = [threading.Event(), threading.Event()]
+def gate_first_batches(
+    monkeypatch: pytest.MonkeyPatch, backend: object, gates: list[threading.Event]
+) -> list[int]:
+    """The storing thread's first two batches each wait for their gate (appended to `gates`);
+    the rest go straight through. The sizes of the batches it writes, as they come."""
+    gates.extend([threading.Event(), threading.Event()])
     thread_batches: list[int] = []
-    write_batch = backend.write_batch
+    write_batch = backend.write_batch  # type: ignore[attr-defined]
 
     def gated(batch: Sequence[mc.Memory]) -> None:
         thread_batches.append(len(batch))
@@ -117,11 +112,34 @@ def test_a_thread_holding_a_long_range_hands_its_rest_to_the_process_that_takes_
         write_batch(batch)
 
     monkeypatch.setattr(backend, "write_batch", gated)
+    return thread_batches
+
+
+def long_range_held(
+    c: mc.MemoryCollector, thread_batches: list[int], gates: list[threading.Event]
+) -> list[str]:
+    """Make the storing thread hold a range of 3,000 memories, stuck in its first batch; the
+    ids collected (one before them, then the 3,000)."""
     first = c.collect("note", "held while the rest is collected")
     assert wait_for(lambda: thread_batches == [1], 30)
-    ids = [c.collect("note", f"one long range {i}") for i in range(3000)]
+    ids = [first, *(c.collect("note", f"one long range {i}") for i in range(3000))]
     gates[0].set()  # the thread stores the first range and is sent the 3,000 as its next
     assert wait_for(lambda: len(thread_batches) == 2, 30)
+    return ids
+
+
+def test_a_thread_holding_a_long_range_hands_its_rest_to_the_process_that_takes_over(
+    make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storer, "PROMOTE_AT", 10**9)  # no promotion until the range is held
+    c = auto_collector(make_collector, tmp_path, batch_size=64)
+    c.collect("note", "the store exists")
+    assert c.flush(timeout=30)
+    shared = c._pipeline.storer._shared
+    assert shared is not None
+    gates: list[threading.Event] = []
+    thread_batches = gate_first_batches(monkeypatch, c._backend, gates)
+    ids = long_range_held(c, thread_batches, gates)
     monkeypatch.setattr(storer, "PROMOTE_AT", 500)
     # The process starts and says it is ready; the thread is told to hand over mid-range.
     assert wait_for(shared.hand_over.is_set, 60)
@@ -130,9 +148,44 @@ def test_a_thread_holding_a_long_range_hands_its_rest_to_the_process_that_takes_
     assert thread_batches == [1, 64]  # one batch of the long range, then the process took over
     stored = stored_ids(tmp_path / "m.db")
     assert len(stored) == len(set(stored)) == 1 + 1 + 3000
-    assert {first, *ids} <= set(stored)
+    assert set(ids) <= set(stored)
     s = c.stats()
     assert s.stored == len(stored) and s.storer_pid in storing_children()
+    c.close()
+    assert not list((tmp_path / "data" / "spool").rglob("seg-*.log"))
+
+
+def test_a_hand_over_given_up_leaves_the_rest_of_the_range_to_the_thread(
+    make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storer, "PROMOTE_AT", 10**9)
+    c = auto_collector(make_collector, tmp_path, batch_size=64)
+    c.collect("note", "the store exists")
+    assert c.flush(timeout=30)
+    backend, process = c._backend, c._pipeline.storer
+    assert process._shared is not None
+    gates: list[threading.Event] = []
+    thread_batches = gate_first_batches(monkeypatch, backend, gates)
+    ids = long_range_held(c, thread_batches, gates)
+    monkeypatch.setattr(storer, "PROMOTE_AT", 500)
+    assert wait_for(process._shared.hand_over.is_set, 60)  # a process is ready to take over
+    # The thread answers how far it got; the dispatcher is made to see the process gone
+    # before it can switch, as when the process dies at that moment.
+    switch = process._switch_to_next
+    monkeypatch.setattr(process, "_switch_to_next", lambda: None)
+    gates[1].set()
+    assert wait_for(lambda: process._handed_back, 30)
+    ready = process._next
+    assert ready is not None
+    os.kill(ready.pid, signal.SIGKILL)
+    assert wait_for(lambda: ready.poll() is not None, 30)  # dead before it could take over
+    monkeypatch.setattr(process, "_switch_to_next", switch)
+    assert c.flush(timeout=60)
+    stored = stored_ids(tmp_path / "m.db")
+    assert len(stored) == len(set(stored)) == 1 + 1 + 3000 and set(ids) <= set(stored)
+    assert len(thread_batches) > 2  # the thread stored the rest itself
+    s = c.stats()
+    assert s.stored == len(stored) and s.storer_pid is None and storing_children() == []
     c.close()
     assert not list((tmp_path / "data" / "spool").rglob("seg-*.log"))
 
