@@ -55,7 +55,9 @@ def drop(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def one_collector(n: int, writers: int = 2, durability: str = "memory") -> float:
+def one_collector(
+    n: int, writers: int = 2, durability: str = "memory", storer: str = "auto"
+) -> float:
     """Stored per second, end to end, one collector into one PostgreSQL (durability="spool":
     the default collector, storer="auto", which hands this load to a storing process)."""
     schema = f"b_{uuid.uuid4().hex[:10]}"
@@ -67,6 +69,7 @@ def one_collector(n: int, writers: int = 2, durability: str = "memory") -> float
             profile="high_performance",
             max_queue_size=n + 1,
             data_dir=data_dir,
+            storer=storer,
         )
         started = time.perf_counter()
         for item in items:
@@ -198,10 +201,12 @@ def main() -> None:
     single: dict[int, list[float]] = {1: [], 2: []}
     default: dict[int, list[float]] = {1: [], 2: []}
     copy_one: list[float] = []
+    process: list[float] = []  # storer='process': the storing process from the first memory
     for _ in range(3):
         for writers in (2, 1):
             single[writers].append(one_collector(n, writers))
             default[writers].append(one_collector(n, writers, durability="spool"))
+        process.append(one_collector(n, durability="spool", storer="process"))
         copy_one.append(server_alone(n, 1))
     storing = {
         "default_per_s": statistics.median(default[2]),
@@ -210,6 +215,8 @@ def main() -> None:
         "default_writers1_runs": default[1],
         "copy_one_connection_per_s": statistics.median(copy_one),
         "copy_one_connection_runs": copy_one,
+        "process_per_s": statistics.median(process),
+        "process_runs": process,
     }
     if args.storing:
         # Only the stored/s rows, measured again into the results kept.
@@ -272,6 +279,17 @@ def default_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             "… memory mode (a storing thread), writers=1, against the same COPY",
             f"{r['one_collector_writers1_per_s'] / copy:.0%}",
             "reference",
+        ),
+        *(
+            [
+                (
+                    "… storer='process' (a storing process from the start), writers=2",
+                    f"{r['process_per_s']:,.0f}, {r['process_per_s'] / copy:.0%}",
+                    "reference",
+                )
+            ]
+            if "process_per_s" in r
+            else []
         ),
     ]
 

@@ -388,6 +388,12 @@ def bench_postgres() -> str:
             f"{data['default_writers1_per_s'] / copy:.0%} of it (target ≥ 90%); memory mode, "
             f"`writers=1`, {data['one_collector_writers1_per_s'] / copy:.0%} |",
         ]
+        if "process_per_s" in data:
+            rows.append(
+                f"| … `storer='process'` (a storing process from the first memory), "
+                f"`writers=2` | {_per_s(data['process_per_s'])}, "
+                f"{data['process_per_s'] / copy:.0%} of `COPY` |"
+            )
     search = data.get("search")
     if search:
         rows.append(
