@@ -3,8 +3,11 @@ parts (shared by the store and its semantic search)."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from ..model import PRIORITIES, PRIORITY_RANK, Memory
 from ..query import SearchQuery
@@ -30,14 +33,35 @@ COLUMNS = (
 )
 
 
+_json_encode = msgspec.json.Encoder().encode
+# PostgreSQL's binary form of a text[]: dimensions, a null flag, the element type (text), then
+# the length and lower bound of its one dimension, then each element's length and bytes.
+_ARRAY_HEADER = struct.Struct("!iiIii")
+_EMPTY_ARRAY = struct.pack("!iiI", 0, 0, 25)
+_TEXT_OID = 25
+
+
+def _text_array(tags: tuple[str, ...]) -> bytes:
+    if not tags:
+        return _EMPTY_ARRAY
+    parts = [_ARRAY_HEADER.pack(1, 0, _TEXT_OID, len(tags), 1)]
+    for tag in tags:
+        data = tag.encode()
+        parts += (len(data).to_bytes(4, "big"), data)
+    return b"".join(parts)
+
+
 def to_row(m: Memory) -> tuple[Any, ...]:
+    """A memory as a row for copy_rows()."""
+    # metadata and tags in the binary form the server reads for jsonb and text[], made here:
+    # psycopg's dumpers for them cost a third of the client's time a row.
     return (
         m.id,
         m.category,
         m.content,
-        m.metadata,  # encoded by the connection's JSON dumper (msgspec)
+        b"\x01" + _json_encode(m.metadata),  # jsonb's binary form: a version, then the JSON
         PRIORITY_RANK[m.priority],
-        list(m.tags),
+        _text_array(m.tags),
         m.project,
         m.agent,
         m.session,
@@ -47,8 +71,9 @@ def to_row(m: Memory) -> tuple[Any, ...]:
     )
 
 
+# bytea: the two columns' binary forms go through as they are.
 _COPY_TYPES = [
-    "text", "text", "text", "jsonb", "int2", "text[]", "text", "text", "text", "float8", "text",
+    "text", "text", "text", "bytea", "int2", "bytea", "text", "text", "text", "float8", "text",
     "text",
 ]  # fmt: skip
 
