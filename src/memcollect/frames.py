@@ -33,13 +33,13 @@ MAX_PAYLOAD = 64 << 20
 
 # A record as an array of the fields, not a map naming them: collect() encodes it in half the
 # time, and it takes 40% less of the spool.
-Fields = tuple[
+_RecordFields = tuple[
     str, str, str, dict[str, Any], str, tuple[str, ...], str | None, str | None, str | None,
     float, str, str,
 ]  # fmt: skip
 _encode = msgspec.msgpack.Encoder().encode
 _astuple = msgspec.structs.astuple
-_decode_either = msgspec.msgpack.Decoder(Memory | Fields).decode
+_decode_either = msgspec.msgpack.Decoder(Memory | _RecordFields).decode
 
 
 def encode_record(memory: Memory) -> bytes:

@@ -36,9 +36,9 @@ COLUMNS = (
 _json_encode = msgspec.json.Encoder().encode
 # PostgreSQL's binary form of a text[]: dimensions, a null flag, the element type (text), then
 # the length and lower bound of its one dimension, then each element's length and bytes.
-_ARRAY_HEADER = struct.Struct("!iiIii")
-_EMPTY_ARRAY = struct.pack("!iiI", 0, 0, 25)
 _TEXT_OID = 25
+_ARRAY_HEADER = struct.Struct("!iiIii")
+_EMPTY_ARRAY = struct.pack("!iiI", 0, 0, _TEXT_OID)  # no dimensions
 
 
 def _text_array(tags: tuple[str, ...]) -> bytes:
