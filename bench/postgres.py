@@ -263,7 +263,7 @@ def default_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "default_writers1_per_s" not in r:
         return []
     copy = r["copy_one_connection_per_s"]
-    return [
+    rows = [
         (
             "stored/s, the default collector (spool, storer='auto'), writers=2 / writers=1",
             f"{r['default_per_s']:,.0f} / {r['default_writers1_per_s']:,.0f}",
@@ -280,18 +280,16 @@ def default_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{r['one_collector_writers1_per_s'] / copy:.0%}",
             "reference",
         ),
-        *(
-            [
-                (
-                    "… storer='process' (a storing process from the start), writers=2",
-                    f"{r['process_per_s']:,.0f}, {r['process_per_s'] / copy:.0%}",
-                    "reference",
-                )
-            ]
-            if "process_per_s" in r
-            else []
-        ),
     ]
+    if "process_per_s" in r:
+        rows.append(
+            (
+                "… storer='process' (a storing process from the start), writers=2",
+                f"{r['process_per_s']:,.0f}, {r['process_per_s'] / copy:.0%}",
+                "reference",
+            )
+        )
+    return rows
 
 
 def print_table(r: dict[str, Any]) -> None:

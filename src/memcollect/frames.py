@@ -54,7 +54,7 @@ def _decode(payload: bytes | memoryview) -> Memory:
 
 def encode_frame(memory: Memory) -> bytes:
     """One memory as a framed record."""
-    payload = _encode(_astuple(memory))
+    payload = encode_record(memory)
     return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
@@ -100,26 +100,14 @@ def read_frames(data: bytes, *, final: bool = True) -> tuple[list[tuple[int, Mem
 def read_memories(data: bytes) -> list[Memory]:
     """The memories of `data`, which should be whole, valid frames and nothing else (what a
     live process appended); anything else is read as read_frames reads it."""
-    out: list[Memory] = []
-    append, decode, unpack, crc32 = out.append, _decode, HEADER.unpack_from, zlib.crc32
-    view = memoryview(data)
-    pos, end, size = 0, len(data), HEADER.size
-    try:
-        while pos < end:
-            magic, length, crc = unpack(data, pos)
-            start, pos = pos + size, pos + size + length
-            payload = view[start:pos]
-            if magic != MAGIC or pos > end or crc32(payload) != crc:
-                raise ValueError("not a whole, valid frame")
-            append(decode(payload))
-    except (ValueError, struct.error, msgspec.DecodeError):
-        return [memory for _, memory in read_frames(data)[0]]
-    return out
+    # One batch larger than `data` can hold: every record, in one list.
+    return [memory for batch, _ in read_batches(data, len(data) + 1) for memory in batch]
 
 
 def read_batches(data: bytes, size: int) -> Iterator[tuple[list[Memory], int]]:
-    """The memories of `data` as read_memories reads them, `size` at a time, each batch with
-    the offset just past its last frame: where a reader that stops after it resumes."""
+    """The memories of `data` (whole, valid frames, or else read as read_frames reads them),
+    `size` at a time, each batch with the offset just past its last frame: where a reader that
+    stops after it resumes."""
     unpack, crc32, view = HEADER.unpack_from, zlib.crc32, memoryview(data)
     pos, end, header = 0, len(data), HEADER.size
     batch: list[Memory] = []

@@ -112,10 +112,9 @@ class Child:
             item = decode_range(line)
             batches = None
             if self.read_ahead:
-                try:
+                # What cannot be read here is read again, and reported, by the main thread.
+                with contextlib.suppress(Exception):
                     batches = self.read_range(item)
-                except Exception:  # noqa: BLE001 - read again, and reported, by the main thread
-                    batches = None
             with self.arrived:
                 self.ranges.append((item, batches))
                 self.arrived.notify()
