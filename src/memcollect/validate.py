@@ -302,10 +302,6 @@ def make_memory(  # noqa: PLR0917 - positional on the hot path: keywords cost ti
     else:
         md = check_metadata(metadata) if metadata else _empty_metadata(metadata)
     tag_tuple = _fast_tags(tags) if tags else _empty_tags(tags)
-    if project is None and agent is None and session is None:
-        labels: tuple[str | None, str | None, str | None] = (None, None, None)
-    else:
-        labels = check_labels(project, agent, session)
     if priority is None:
         prio = DEFAULT_PRIORITY.get(cat, "medium")
     else:
@@ -314,35 +310,47 @@ def make_memory(  # noqa: PLR0917 - positional on the hot path: keywords cost ti
             if (type(priority) is str and priority in PRIORITY_RANK)
             else (check_priority(priority, cat))
         )
+    if project is None and agent is None and session is None:
+        now = time.time()
+        return Memory(_id_at(now), cat, content, md, prio, tag_tuple, None, None, None, now)
+    labels = check_labels(project, agent, session)
     now = time.time()
     return Memory(_id_at(now), cat, content, md, prio, tag_tuple, *labels, now)
 
 
 def _fast_metadata(metadata: dict[Any, Any]) -> dict[str, Any]:
-    # A flat dict of str keys and plain scalars is copied as is; anything else is walked.
+    # A flat dict of known str keys and plain scalars is copied as is; anything else is
+    # walked. Strings first: they are most values.
     for key, item in metadata.items():
         t = type(item)
-        if (
-            type(key) is not str
-            or key not in _known_keys
-            or not (
-                (t is int and _INT_MIN <= item <= _INT_MAX)
-                or t is bool
-                or item is None
-                or (t is str and "\x00" not in item and (item.isascii() or _utf8(item)))
-                or (t is float and item - item == 0)  # false for NaN and ±inf
-            )
+        if t is str:
+            if "\x00" in item or not (item.isascii() or _utf8(item)):
+                return check_metadata(metadata)
+        elif not (
+            (t is int and _INT_MIN <= item <= _INT_MAX)
+            or t is bool
+            or item is None
+            or (t is float and item - item == 0)  # false for NaN and ±inf
         ):
+            return check_metadata(metadata)
+        if type(key) is not str or key not in _known_keys:
             return check_metadata(metadata)
     return metadata.copy()
 
 
-def _fast_tags(tags: object) -> tuple[str, ...]:
-    if isinstance(tags, (list, tuple)) and type(tags) in (list, tuple):
-        for tag in tags:
-            if type(tag) is not str or tag not in _known_tags:
-                return check_tags(tags)
-        return (tags[0],) if len(tags) == 1 else tuple(dict.fromkeys(tags))
+def _fast_tags(tags: Any) -> tuple[str, ...]:
+    # A list or tuple of known tags; one tag, the usual case, without building a dict.
+    t = type(tags)
+    if t is list or t is tuple:
+        if len(tags) == 1:
+            tag = tags[0]
+            if type(tag) is str and tag in _known_tags:
+                return (tag,)
+        else:
+            for tag in tags:
+                if type(tag) is not str or tag not in _known_tags:
+                    return check_tags(tags)
+            return tuple(dict.fromkeys(tags))
     return check_tags(tags)
 
 

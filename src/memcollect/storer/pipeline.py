@@ -145,12 +145,18 @@ class ProcessPipeline(Pipeline):
         payload = encode_record(memory)
         crc = _crc32(payload)
         spool = self.spool
-        with spool.lock:
+        # acquire/release, not `with`: half the cost, on every collect().
+        lock = spool.lock
+        lock.acquire()
+        try:
             placed = spool.append_one_locked(payload, crc)
             if placed is not None:
-                spool.start_backlog_locked(*placed)
+                if placed[0].read_offset is None:
+                    spool.start_backlog_locked(*placed)
                 self._accepted += 1
                 return
+        finally:
+            lock.release()
         self._refused([memory])
 
     def put_many(self, memories: Sequence[Memory], force: bool = False) -> None:
