@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sqlite3
@@ -53,8 +54,10 @@ def storing_children() -> list[int]:
 
 def promoted(make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> mc.MemoryCollector:
     """A collector whose load went to a storing process: while the store is locked, the
-    thread cannot keep up, and the backlog passes the (lowered) mark."""
+    thread cannot keep up, and the backlog passes the (lowered) mark. The load counts as going
+    on for as long as the test takes (here the backlog alone decides)."""
     monkeypatch.setattr(storer, "PROMOTE_AT", 500)
+    monkeypatch.setattr(storer, "_LOAD_GONE_S", 1e9)
     c = auto_collector(make, tmp_path, batch_size=64)
     c.collect("note", "the store exists")
     assert c.flush(timeout=30)
@@ -132,6 +135,7 @@ def test_a_thread_holding_a_long_range_hands_its_rest_to_the_process_that_takes_
     make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(storer, "PROMOTE_AT", 10**9)  # no promotion until the range is held
+    monkeypatch.setattr(storer, "_LOAD_GONE_S", 1e9)  # the load goes on while the test runs
     c = auto_collector(make_collector, tmp_path, batch_size=64)
     c.collect("note", "the store exists")
     assert c.flush(timeout=30)
@@ -159,6 +163,7 @@ def test_a_hand_over_given_up_leaves_the_rest_of_the_range_to_the_thread(
     make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(storer, "PROMOTE_AT", 10**9)
+    monkeypatch.setattr(storer, "_LOAD_GONE_S", 1e9)
     c = auto_collector(make_collector, tmp_path, batch_size=64)
     c.collect("note", "the store exists")
     assert c.flush(timeout=30)
@@ -205,6 +210,44 @@ def test_kill_9_of_the_process_that_took_over_loses_nothing(
     s = c.stats()
     # Started again as a process, not as a thread: the load is still there.
     assert s.storer_restarts >= 1 and s.storer_pid not in (None, first)
+
+
+def test_a_promotion_is_given_up_when_the_load_ends_before_the_process_takes_over(
+    make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(storer, "PROMOTE_AT", 500)
+    caplog.set_level(logging.INFO, logger="memcollect")
+    c = auto_collector(make_collector, tmp_path, batch_size=64)
+    c.collect("note", "the store exists")
+    assert c.flush(timeout=30)
+    process = c._pipeline.storer
+    # The process started for the promotion gets its settings only once the test says so: it
+    # cannot be ready, and take over, before the load has ended.
+    send_settings = threading.Event()
+    hello = process._hello
+
+    def later(child: object) -> None:
+        threading.Thread(target=lambda: send_settings.wait(60) and hello(child)).start()
+
+    monkeypatch.setattr(process, "_hello", later)
+    ids: list[str] = []
+    with write_lock_held(tmp_path / "m.db"):
+        deadline = time.monotonic() + 60
+        while not storing_children() and time.monotonic() < deadline:
+            ids.extend(c.collect("note", f"a burst {len(ids)}") for _ in range(100))
+            time.sleep(0.002)  # a load that goes on, at a pace the machine keeps up with
+        started = storing_children()
+        assert started
+        # No more collect(): the dispatcher gives the promotion up and stops the process.
+        assert wait_for(lambda: not set(started) & set(storing_children()), 60)
+    send_settings.set()
+    assert c.flush(timeout=60)
+    stored = stored_ids(tmp_path / "m.db")
+    assert len(stored) == len(set(stored)) == 1 + len(ids)
+    assert c.stats().storer_pid is None  # the thread stored it all
+    assert any("the load ended" in r.getMessage() for r in caplog.records)
+    c.close()
 
 
 def test_callbacks_registered_later_keep_the_storing_in_the_thread(
@@ -265,6 +308,25 @@ print(c.stats().storer_pid)
 def test_a_script_that_never_closes_is_stored_at_exit_by_the_thread(tmp_path: Path) -> None:
     db = tmp_path / "m.db"
     assert run_script(SHORT, f"sqlite:///{db}", str(tmp_path / "d")).strip() == "None"
+    assert len(stored_ids(db)) == 100
+
+
+CLOSED = """
+import sys, memcollect as mc
+c = mc.MemoryCollector(sys.argv[1], data_dir=sys.argv[2])
+for i in range(100):
+    c.collect("note", f"from a short script {i}")
+c.close()
+print("subprocess" in sys.modules)
+"""
+
+
+def test_a_short_script_under_the_default_never_loads_what_only_a_process_needs(
+    tmp_path: Path,
+) -> None:
+    # subprocess is 4 ms of a short script's start: it is imported once a process is started.
+    db = tmp_path / "m.db"
+    assert run_script(CLOSED, f"sqlite:///{db}", str(tmp_path / "d")).strip() == "False"
     assert len(stored_ids(db)) == 100
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from typing import IO, Any
@@ -130,6 +129,8 @@ class InProcessChild:
             self._thread.join(timeout)
         code = self.poll()
         if code is None:
+            import subprocess  # as Popen.wait() raises; rare, so not imported up front
+
             raise subprocess.TimeoutExpired("memcollect-storing", timeout or 0.0)
         return code
 
