@@ -101,12 +101,18 @@ def bench_latency(n: int, tmp: Path) -> dict[str, float]:
     logger = logging.getLogger("bench.queuehandler")
     logger.propagate = False
     logger.setLevel(logging.INFO)
-    logger.addHandler(logging.handlers.QueueHandler(q))
+    # One handler a round: the logger outlives the round, and a handler left on it from the
+    # round before would make every later log call enqueue twice.
+    handler = logging.handlers.QueueHandler(q)
+    logger.addHandler(handler)
     listener = logging.handlers.QueueListener(q, logging.NullHandler())
     listener.start()
     extra = {"category": "bug", "metadata": METADATA, "tags": TAGS}
-    log_ns = time_calls(lambda i: logger.info(CONTENT, extra=extra), n)
-    listener.stop()
+    try:
+        log_ns = time_calls(lambda i: logger.info(CONTENT, extra=extra), n)
+    finally:
+        listener.stop()
+        logger.removeHandler(handler)
     return compare(time_collect(n, tmp, "memory"), log_ns, "queuehandler")
 
 
