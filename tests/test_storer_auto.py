@@ -217,6 +217,7 @@ def test_a_promotion_is_given_up_when_the_load_ends_before_the_process_takes_ove
     caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     monkeypatch.setattr(storer, "PROMOTE_AT", 500)
+    monkeypatch.setattr(storer, "_PROMOTE_PAUSE_S", 10.0)
     caplog.set_level(logging.INFO, logger="memcollect")
     c = auto_collector(make_collector, tmp_path, batch_size=64)
     c.collect("note", "the store exists")
@@ -241,6 +242,9 @@ def test_a_promotion_is_given_up_when_the_load_ends_before_the_process_takes_ove
         assert started
         # No more collect(): the dispatcher gives the promotion up and stops the process.
         assert wait_for(lambda: not set(started) & set(storing_children()), 60)
+        # The next promotion waits, and the one after a second give-up twice as long.
+        assert wait_for(lambda: process._promote_pause == 2 * 10.0, 30)
+        assert process._promote_after > time.monotonic()
     send_settings.set()
     assert c.flush(timeout=60)
     stored = stored_ids(tmp_path / "m.db")

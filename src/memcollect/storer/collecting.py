@@ -51,7 +51,9 @@ _PROMOTE_RETRY_S = 30.0
 # must still start and, at close(), stop (measured: 20,000 memories at close, 215 ms by the
 # thread against 290 ms by a process taking over, plus ~70 ms to stop it).
 _LOAD_GONE_S = 0.03
-# After a promotion given up that way, the next one waits this long.
+# After a promotion given up that way, the next one waits this long, twice as long after
+# each one given up in a row (up to _PROMOTE_RETRY_S): bursts with pauses between them must
+# not start and stop a process each.
 _PROMOTE_PAUSE_S = 1.0
 
 # Every StoringProcess of this process, so that a fork can let go of their pipes at once:
@@ -125,6 +127,7 @@ class StoringProcess:
         self._next_reader: threading.Thread | None = None
         self._next_ready = threading.Event()
         self._promote_after = 0.0
+        self._promote_pause = _PROMOTE_PAUSE_S
         self._promotion = threading.Lock()
         # Where the spool's appends were at the last look, and when they last moved.
         self._last_position = (-1, -1)
@@ -426,8 +429,8 @@ class StoringProcess:
         log.info("memcollect: the load ended before the storing process was needed: "
                  "storing goes on in this process's thread")  # fmt: skip
         self._stay_on_thread()
-        # Bursts with short pauses between them must not start a process for each.
-        self._promote_after = time.monotonic() + _PROMOTE_PAUSE_S
+        self._promote_after = time.monotonic() + self._promote_pause
+        self._promote_pause = min(self._promote_pause * 2, _PROMOTE_RETRY_S)
 
     def _pinned_now(self) -> bool:
         """Whether pin() came, from another thread, since the last look."""
