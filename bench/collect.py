@@ -7,6 +7,7 @@ Prints a table and writes bench/results.json.
 from __future__ import annotations
 
 import argparse
+import compileall
 import gc
 import json
 import logging
@@ -38,6 +39,13 @@ CONTENT = "Login fails on Safari 17 after password reset"
 METADATA = {"module": "auth", "build": 142}
 TAGS = ["auth"]
 FLOOR_ROWS_PER_INSERT = 256
+
+
+def compile_package() -> None:
+    """Write memcollect's bytecode, as an installed package has it: the processes a benchmark
+    starts (storing processes, scripts) must not compile it from source each time, as they
+    do under PYTHONDONTWRITEBYTECODE (measured: 30 ms more a start)."""
+    compileall.compile_dir(HERE.parent / "src", quiet=1)
 
 
 def percentiles(samples_ns: list[int]) -> tuple[float, float]:
@@ -466,6 +474,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer records, for a smoke run")
     parser.add_argument("--table", action="store_true", help="print bench/results.json again")
     args = parser.parse_args()
+    compile_package()
     if args.table:
         print_table(json.loads((HERE / "results.json").read_text()))
         return

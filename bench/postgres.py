@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 import psycopg  # noqa: E402
-from collect import memory, varied_corpus  # noqa: E402
+from collect import compile_package, memory, varied_corpus  # noqa: E402
 
 import memcollect as mc  # noqa: E402
 from memcollect.backends.base import SearchQuery  # noqa: E402
@@ -191,6 +191,7 @@ def main() -> None:
         "--storing", action="store_true", help="measure only stored/s again (not search)"
     )
     args = parser.parse_args()
+    compile_package()
     out = HERE / "results-postgres.json"
     if args.table:
         print_table(json.loads(out.read_text()))

@@ -519,6 +519,31 @@ def bench_handler() -> str:
     )
 
 
+def bench_short_scripts() -> str:
+    """What a short script pays for the default storer (bench/short_scripts.py)."""
+    data = _results("results-short-scripts.json")
+    rows = [
+        "| memories | the default (`storer='auto'`) | `storer='thread'` | default / thread |",
+        "|---|---|---|---|",
+    ]
+
+    def spread(runs: list[float], median: float) -> str:
+        return f"{median * 1000:.0f} ms ({min(runs) * 1000:.0f} to {max(runs) * 1000:.0f})"
+
+    for r in data["sizes"]:
+        auto = spread(r["runs"]["auto"], r["auto_s"])
+        thread = spread(r["runs"]["thread"], r["thread_s"])
+        rows.append(
+            f"| {r['memories']:,} | {auto} | {thread} | {r['auto_s'] / r['thread_s']:.2f}x |"
+        )
+    command = ".venv/bin/python bench/short_scripts.py"
+    return (
+        "\n".join(rows)
+        + f"\n\nMedians of {data['rounds']} runs each, interleaved, with their range.\n"
+        + _source("results-short-scripts.json", command, data)
+    )
+
+
 def bench_otel() -> str:
     """What OpenTelemetry costs collect() (bench/otel.py)."""
     data = _results("results-otel.json")
@@ -631,4 +656,5 @@ BENCHES: dict[str, Callable[[], str]] = {
     "otel": bench_otel,
     "mem0": bench_mem0,
     "groups": bench_groups,
+    "short-scripts": bench_short_scripts,
 }
