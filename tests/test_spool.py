@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,6 +106,76 @@ def test_segments_rotate_and_are_deleted_once_acknowledged(tmp_path: Path) -> No
     assert spool.pending() == 0
     assert spool.close() is True
     assert list(spool.dir.glob("seg-*.log")) == []
+
+
+def append(spool: Spool, text: str) -> str:
+    """Append one record; its id."""
+    memory = mem(text)
+    with spool.lock:
+        assert spool.append_locked(encode_frame(memory), 1) is not None
+    return memory.id
+
+
+def test_the_next_segment_is_made_ahead_and_the_rotation_takes_it(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, fsync=False, fsync_interval=0.02, max_bytes=1 << 30,
+                  segment_bytes=64 << 10)  # fmt: skip
+    first = spool.current
+    ids = [append(spool, "before half")]
+    spool.prefault()
+    successor = first.path.with_name(f"seg-{first.number + 1:08d}.log")
+    assert not successor.exists()  # not before the segment is half written
+    while spool.current.size * 2 < 64 << 10:
+        ids.append(append(spool, f"filling {len(ids)}"))
+    spool.prefault()  # what the background thread calls: the successor's file is made now
+    assert successor.exists() and successor not in spool.segments
+    while spool.current is first:
+        ids.append(append(spool, f"filling {len(ids)}"))
+    assert spool.current.path == successor  # the rotation took the file made ahead
+    while spool.current.size * 2 < 64 << 10:
+        ids.append(append(spool, f"second {len(ids)}"))
+    spool.prefault()
+    third = successor.with_name(f"seg-{first.number + 2:08d}.log")
+    assert third.exists()
+    assert [m.id for m in iter_spool_records(tmp_path)] == ids  # the empty file holds none
+    assert spool.close() is False  # nothing was stored: the records stay for the next start
+    assert not third.exists()  # a file made ahead and never written to goes at close
+    again = Spool(tmp_path, fsync=False, fsync_interval=0.02, max_bytes=1 << 30)
+    assert again.adopted_records == len(ids)
+    again.close()
+
+
+def test_a_file_made_ahead_and_left_by_a_crash_is_read_as_empty_and_removed(
+    tmp_path: Path,
+) -> None:
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / "src")!r})
+from memcollect.frames import encode_frame
+from memcollect.spool import Spool
+from memcollect.validate import make_memory
+from pathlib import Path
+spool = Spool(Path({str(tmp_path)!r}), fsync=False, fsync_interval=0.02, max_bytes=1 << 30,
+              segment_bytes=64 << 10)
+n = 0
+while spool.current.size * 2 < 64 << 10:
+    memory = make_memory("note", f"kept {{n}}", None, None, None, None, None, None, 1 << 16)
+    with spool.lock:
+        spool.append_locked(encode_frame(memory), 1)
+    n += 1
+spool.prefault()
+print(n, spool.current.number, flush=True)
+os._exit(0)  # no close(): the file made ahead is left on disk
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)  # fmt: skip
+    written, number = map(int, done.stdout.split())
+    left = tmp_path / "main" / f"seg-{number + 1:08d}.log"
+    assert left.exists()
+    spool = Spool(tmp_path, fsync=False, fsync_interval=0.02, max_bytes=1 << 30)
+    assert spool.adopted_records == written and spool.corrupt == 0
+    assert not left.exists()
+    assert spool.current.number > number + 1  # a new file, not the one left behind
+    spool.close()
 
 
 def test_find_many_reads_each_segment_once_for_any_number_of_ids(tmp_path: Path) -> None:

@@ -237,7 +237,6 @@ def test_a_promotion_is_given_up_when_the_load_ends_before_the_process_takes_ove
         deadline = time.monotonic() + 60
         while not storing_children() and time.monotonic() < deadline:
             ids.extend(c.collect("note", f"a burst {len(ids)}") for _ in range(100))
-            time.sleep(0.002)  # a load that goes on, at a pace the machine keeps up with
         started = storing_children()
         assert started
         # No more collect(): the dispatcher gives the promotion up and stops the process.

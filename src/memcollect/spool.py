@@ -22,6 +22,9 @@ from pathlib import Path
 from .frames import HEADER, MAGIC, encode_frame, encode_record, read_frames, read_memories
 from .model import Memory
 from .spool_files import (
+    MADV_POPULATE_WRITE,
+    SegmentFile,
+    find_in_spans,
     fsync_dir,
     iter_spool_records,
     number_of,
@@ -47,18 +50,15 @@ SEGMENT_BYTES = 8 << 20
 # The first write to each page of a fresh segment is a page fault, ~0.2-0.6 µs a record of
 # collect()'s time measured here. A background thread (the dispatcher, the worker) faults
 # the next pages in ahead of the writes, a chunk at a time under the lock.
-_HEADER_SIZE = HEADER.size
-_pack, _pack_into = HEADER.pack, HEADER.pack_into
 _PREFAULT_AHEAD = 2 << 20
 _PREFAULT_CHUNK = 256 << 10
-_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14
+_HEADER_SIZE = HEADER.size
+_pack, _pack_into = HEADER.pack, HEADER.pack_into
 # Pages written are let go of the mapping a megabyte at a time (the page cache keeps them, and
 # the file): a full segment otherwise stays in this process's RSS until it rotates.
 _RELEASE_EVERY = 1 << 20
 # Rounds of a dispatcher (20 ms apart) without an append before the spool is idle.
 _IDLE_ROUNDS = 5
-# Up to this many ids, find_many() looks for them in a span's bytes before decoding it.
-_IDS_SOUGHT_IN_BYTES = 8
 # How much of a segment one read-back takes at most (then the next refill goes on from there).
 READ_CHUNK_BYTES = 4 << 20
 
@@ -143,6 +143,11 @@ class Spool:
         self._mapped_end = 0
         self._prefaulted = self._released = 0
         self._can_prefault = hasattr(mmap.mmap, "madvise") and os.uname().sysname == "Linux"
+        # The next segment's file, made by the background thread once the current one is
+        # half full: a rotation inside collect() then takes it instead of making one (a new
+        # file's first written page alone costs 2-2.5 ms on ext4).
+        self._spare: SegmentFile | None = None
+        self._making_spare = False
         self._seen: tuple[int, int] = (-1, -1)
         self._rested_at: tuple[int, int] = (-1, -1)
         self._idle_rounds = 0
@@ -228,42 +233,65 @@ class Spool:
     # --- writing -------------------------------------------------------------------------
 
     def _open_segment(self, number: int, capacity: int | None = None) -> Segment:
-        path = self.dir / f"seg-{number:08d}.log"
         capacity = max(capacity or 0, self.segment_bytes)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self._map = None
-        try:
-            # Reserve the blocks now, so a full disk is an error here and never a SIGBUS
-            # when a page of the mapping is first written.
-            os.posix_fallocate(self._fd, 0, capacity)
-            self._map = mmap.mmap(self._fd, capacity)
-        except (OSError, ValueError):
-            # No mapping here (a filesystem without fallocate): plain writes, which release
-            # the GIL on each call. Not logged: this runs under the lock.
-            os.ftruncate(self._fd, 0)
-        self._capacity = capacity
-        self._mapped_end = capacity if self._map is not None and not self._closed else 0
-        self._prefaulted = self._released = 0
-        if self._map is not None and self._can_prefault:
-            # A new file's first written page costs milliseconds (measured: 2-2.5 ms on ext4),
-            # once: taken here, not by the first collect() that appends to it.
-            try:
-                self._map.madvise(_MADV_POPULATE_WRITE, 0, min(capacity, _PREFAULT_CHUNK))
-            except (OSError, ValueError):  # an older kernel: collect() faults pages in
-                self._can_prefault = False
-            else:
-                self._prefaulted = min(capacity, _PREFAULT_CHUNK)
-        segment = Segment(path, number)
-        self.segments[path] = segment
+        # The first chunk is faulted in now: a new file's first written page costs
+        # milliseconds (2-2.5 ms on ext4), which the first collect() must not pay.
+        populate = min(capacity, _PREFAULT_CHUNK) if self._can_prefault else 0
+        opened = SegmentFile.create(number, self._segment_path(number), capacity, populate)
+        if opened.map is not None and populate and not opened.prefaulted:
+            self._can_prefault = False  # an older kernel: collect() faults pages in
+        segment = self._write_to(opened)
         if self.fsync:
             fsync_dir(self.dir)
         return segment
+
+    def _segment_path(self, number: int) -> Path:
+        return self.dir / f"seg-{number:08d}.log"
+
+    def _write_to(self, opened: SegmentFile) -> Segment:
+        """Make a segment's open file the one appends go to."""
+        self._fd, self._map, self._capacity = opened.fd, opened.map, opened.capacity
+        self._mapped_end = opened.capacity if opened.map is not None and not self._closed else 0
+        self._prefaulted, self._released = opened.prefaulted, 0
+        segment = Segment(opened.path, opened.number)
+        self.segments[opened.path] = segment
+        return segment
+
+    def _make_spare(self) -> None:
+        """Make the next segment's file ahead, outside the lock, once the current one is half
+        written (called by the background thread, from prefault())."""
+        with self.lock:
+            if (
+                self._spare is not None or self._making_spare or self._closed
+                or self._map is None or self.current.size * 2 < self._capacity
+            ):  # fmt: skip
+                return
+            number = self.current.number + 1
+            self._making_spare = True
+        populate = min(self.segment_bytes, _PREFAULT_CHUNK) if self._can_prefault else 0
+        spare = SegmentFile.spare(number, self._segment_path(number), self.segment_bytes, populate)
+        if spare is not None and self.fsync:
+            fsync_dir(self.dir)
+        with self.lock:
+            self._making_spare = False
+            if spare is None:
+                return
+            if self._closed or self.current.number + 1 != number:
+                spare.drop(delete=spare.path not in self.segments)  # rotated meanwhile
+                return
+            self._spare = spare
+
+    def _drop_spare_locked(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.drop(delete=spare.path not in self.segments)
 
     def prefault(self) -> None:
         """Fault in the pages the next appends will write, so that collect() does not; let go
         of those written."""
         if self._rested_at == self.position():
             return  # released while idle, and nothing appended since
+        self._make_spare()
         with self.lock:
             written = self.current.size & ~(mmap.PAGESIZE - 1)
             if self._map is not None and written - self._released >= _RELEASE_EVERY:
@@ -278,7 +306,7 @@ class Spool:
                 if self._map is None or end <= start or start > self.current.size + _PREFAULT_AHEAD:
                     return
                 try:
-                    self._map.madvise(_MADV_POPULATE_WRITE, start, end - start)
+                    self._map.madvise(MADV_POPULATE_WRITE, start, end - start)
                 except (OSError, ValueError):  # an older kernel: collect() faults them in
                     self._can_prefault = False
                     return
@@ -301,6 +329,11 @@ class Spool:
                     self._map.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
             self._released = self._prefaulted = written
             self._rested_at = self.position()
+            spare = self._spare
+            if spare is not None and spare.map is not None and spare.prefaulted:
+                with contextlib.suppress(OSError, ValueError):
+                    spare.map.madvise(mmap.MADV_DONTNEED, 0, spare.prefaulted)
+                self._spare = spare._replace(prefaulted=0)
 
     def release_when_idle(self) -> None:
         """prefault() for a caller that comes round often: after a few rounds in which
@@ -387,7 +420,13 @@ class Spool:
     def _rotate_locked(self, needed: int = 0) -> Segment:
         old = self.current
         self._close_current_locked()
-        self.current = self._open_segment(old.number + 1, needed)
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.number == old.number + 1 and spare.capacity >= needed:
+            self.current = self._write_to(spare)
+        else:
+            if spare is not None:
+                spare.drop(delete=True)
+            self.current = self._open_segment(old.number + 1, needed)
         self.delete_if_done_locked(old)
         return self.current
 
@@ -469,31 +508,12 @@ class Spool:
 
     def find_many(self, ids: Iterable[str], *, everything: bool = False) -> dict[str, Memory]:
         """find() for many ids, reading each segment once; those found, by id."""
-        wanted = set(ids)
-        found: dict[str, Memory] = {}
         with self.lock:
             if everything:
                 spans = [(s.path, s.done_offset, s.size) for s in self.segments.values()]
             else:
                 spans = [(s.path, s.read_offset or 0, s.size) for s in self.backlog]
-        for path, start, end in spans:
-            missing = wanted.difference(found)
-            if not missing:
-                break
-            try:
-                data = read_span(path, start, end - start)
-            except FileNotFoundError:
-                continue
-            # A few ids are looked for in the bytes first: most spans hold none of them, and
-            # that costs less than decoding every record.
-            if len(missing) <= _IDS_SOUGHT_IN_BYTES and not any(
-                memory_id.encode() in data for memory_id in missing
-            ):
-                continue
-            for _, memory in read_frames(data, final=False)[0]:
-                if memory.id in missing and memory.id not in found:
-                    found[memory.id] = memory
-        return found
+        return find_in_spans(spans, ids)
 
     # --- acknowledging -------------------------------------------------------------------
 
@@ -594,6 +614,7 @@ class Spool:
             if self._fsync_thread is not None:
                 self._fsync_stop.set()
             self._close_current_locked()
+            self._drop_spare_locked()
             for segment in list(self.segments.values()):
                 self.delete_if_done_locked(segment)
             left = bool(self.segments)
@@ -612,6 +633,9 @@ class Spool:
     def abandon_after_fork(self) -> None:
         """In a forked child: let go of the parent's files without touching its locks."""
         self._mapped_end = 0
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.drop(delete=False)  # the parent's
         if self._map is not None:
             self._map.close()  # the child's copy of the mapping; the parent's is untouched
             self._map = None

@@ -6,14 +6,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from .frames import read_frames
 from .model import Memory
 
 __all__ = [
+    "SegmentFile",
+    "find_in_spans",
     "fsync_dir",
     "iter_spool_records",
     "number_of",
@@ -24,6 +28,79 @@ __all__ = [
 ]
 
 log = logging.getLogger("memcollect")
+
+# Up to this many ids, find_in_spans() looks for them in a span's bytes before decoding it.
+_IDS_SOUGHT_IN_BYTES = 8
+
+# Linux 5.14's madvise(MADV_POPULATE_WRITE): the pages faulted in, writable, at once.
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+
+class SegmentFile(NamedTuple):
+    """A segment's file, open for appends: mapped, unless it could not be."""
+
+    number: int
+    path: Path
+    fd: int
+    map: mmap.mmap | None
+    capacity: int
+    prefaulted: int  # how much of the mapping is faulted in, from its start
+
+    @classmethod
+    def create(cls, number: int, path: Path, capacity: int, populate: int) -> SegmentFile:
+        """A new file of `capacity` bytes, reserved on disk, mapped and its first `populate`
+        bytes faulted in; unmapped (plain writes) where the filesystem cannot reserve or
+        map it."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            # Reserve the blocks now, so a full disk is an error here and never a SIGBUS
+            # when a page of the mapping is first written.
+            os.posix_fallocate(fd, 0, capacity)
+            mapped = mmap.mmap(fd, capacity)
+        except (OSError, ValueError):
+            os.ftruncate(fd, 0)
+            return cls(number, path, fd, None, capacity, 0)
+        return cls(number, path, fd, mapped, capacity, _populate(mapped, populate))
+
+    @classmethod
+    def spare(cls, number: int, path: Path, capacity: int, populate: int) -> SegmentFile | None:
+        """create() ahead of the rotation that will write to it, for a name nobody opened:
+        None where it cannot be made mapped (the rotation then makes its file itself)."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError:
+            return None
+        try:
+            os.posix_fallocate(fd, 0, capacity)
+            mapped = mmap.mmap(fd, capacity)
+        except (OSError, ValueError):
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        return cls(number, path, fd, mapped, capacity, _populate(mapped, populate))
+
+    def drop(self, *, delete: bool) -> None:
+        """Close the file; `delete`: remove it too (it is no segment's)."""
+        if self.map is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.map.close()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        if delete:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
+def _populate(mapped: mmap.mmap, size: int) -> int:
+    """Fault in the first `size` bytes of a mapping; how many were (0 on an older kernel)."""
+    if not size:
+        return 0
+    try:
+        mapped.madvise(MADV_POPULATE_WRITE, 0, size)
+    except (OSError, ValueError):
+        return 0
+    return size
 
 
 def try_lock(directory: Path) -> int | None:
@@ -109,3 +186,28 @@ def iter_spool_records(root: Path) -> Iterator[Memory]:
         for _, path in segment_files(directory):
             for _, memory in read_frames(path.read_bytes())[0]:
                 yield memory
+
+
+def find_in_spans(spans: Iterable[tuple[Path, int, int]], ids: Iterable[str]) -> dict[str, Memory]:
+    """The records of the given ids found in (path, start, end) spans of segments, by id,
+    reading each span once; a file gone meanwhile is skipped."""
+    wanted = set(ids)
+    found: dict[str, Memory] = {}
+    for path, start, end in spans:
+        missing = wanted.difference(found)
+        if not missing:
+            break
+        try:
+            data = read_span(path, start, end - start)
+        except FileNotFoundError:
+            continue
+        # A few ids are looked for in the bytes first: most spans hold none of them, and
+        # that costs less than decoding every record.
+        if len(missing) <= _IDS_SOUGHT_IN_BYTES and not any(
+            memory_id.encode() in data for memory_id in missing
+        ):
+            continue
+        for _, memory in read_frames(data, final=False)[0]:
+            if memory.id in missing and memory.id not in found:
+                found[memory.id] = memory
+    return found
