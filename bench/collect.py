@@ -48,6 +48,17 @@ def compile_package() -> None:
     compileall.compile_dir(HERE.parent / "src", quiet=1)
 
 
+def run_header(command: str) -> dict[str, Any]:
+    """What a results file says of its run: the machine, the day, the command."""
+    return {
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
+        "date": time.strftime("%Y-%m-%d"),
+        "command": command,
+    }
+
+
 def percentiles(samples_ns: list[int]) -> tuple[float, float]:
     """p50 and p99 in microseconds."""
     samples_ns.sort()
@@ -481,13 +492,7 @@ def main() -> None:
     n_latency = 20_000 if args.quick else 200_000
     n_throughput = 20_000 if args.quick else 200_000
     n_search = 10_000 if args.quick else 100_000
-    results: dict[str, Any] = {
-        "machine": (
-            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-        ),
-        "date": time.strftime("%Y-%m-%d"),
-        "command": "python bench/collect.py" + (" --quick" if args.quick else ""),
-    }
+    results: dict[str, Any] = run_header("python bench/collect.py" + (" --quick" * args.quick))
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         # Latencies and searches too: each number is the median of three rounds, ours and

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 sys.path.insert(0, str(HERE))
 
-from collect import compile_package  # noqa: E402
+from collect import compile_package, run_header  # noqa: E402
 
 # The script each run starts: it prints the seconds from the collector's creation to close()
 # returning.
@@ -78,14 +76,8 @@ def main() -> None:
     compile_package()
     sizes = [1_000, 10_000] if args.quick else [100, 1_000, 5_000, 10_000, 20_000, 50_000]
     rounds = 3 if args.quick else 7
-    results: dict[str, object] = {
-        "machine": (
-            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-        ),
-        "date": time.strftime("%Y-%m-%d"),
-        "command": "python bench/short_scripts.py" + (" --quick" if args.quick else ""),
-        "rounds": rounds,
-    }
+    command = "python bench/short_scripts.py" + (" --quick" * args.quick)
+    results: dict[str, object] = run_header(command) | {"rounds": rounds}
     rows = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
