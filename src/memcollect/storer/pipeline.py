@@ -151,7 +151,7 @@ class ProcessPipeline(Pipeline):
         try:
             placed = spool.append_one_locked(payload, crc)
             if placed is not None:
-                if placed[0].read_offset is None:
+                if placed[0].read_offset is None:  # else a no-op: the call is saved
                     spool.start_backlog_locked(*placed)
                 self._accepted += 1
                 return
