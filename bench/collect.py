@@ -567,7 +567,7 @@ def floor_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("sqlite3 alone, same rows, no FTS (the floor)", f"{nofts:,.0f}", "reference"),
         (
             "the default (spool, storer='auto') + FTS5, share of the floor",
-            f"{r['throughput_spool_fts_per_s'] / fts:.0%}",
+            f"{r['throughput_spool_fts_per_s'] / fts:.1%}",
             "≥ 85%",
         ),
         (
@@ -577,14 +577,14 @@ def floor_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ),
         (
             "storer='process' + FTS5, share of the floor",
-            f"{r['throughput_process_fts_per_s'] / fts:.0%}",
+            f"{r['throughput_process_fts_per_s'] / fts:.1%}",
             "≥ 85%",
         ),
         (
             "FTS off: the default / memory mode / storer='process', share of the floor",
-            (f"{default_nofts / nofts:.0%} / " if default_nofts else "")
-            + f"{r['throughput_nofts_per_s'] / nofts:.0%} / "
-            f"{r['throughput_process_nofts_per_s'] / nofts:.0%}",
+            (f"{default_nofts / nofts:.1%} / " if default_nofts else "")
+            + f"{r['throughput_nofts_per_s'] / nofts:.1%} / "
+            f"{r['throughput_process_nofts_per_s'] / nofts:.1%}",
             "≥ 85%",
         ),
     ]
@@ -598,7 +598,7 @@ def growth_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [
         (
             f"stored/s, default collector: first / last tenth of {g['memories']:,} varied",
-            f"{g['first_per_s']:,.0f} / {g['last_per_s']:,.0f} ({g['last_share']:.0%})",
+            f"{g['first_per_s']:,.0f} / {g['last_per_s']:,.0f} ({g['last_share']:.1%})",
             "last ≥ 80% of first",
         ),
         (

@@ -272,7 +272,7 @@ def default_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ),
         (
             "… against COPY on one connection, same run (median of 3), writers=2 / writers=1",
-            f"{r['default_per_s'] / copy:.0%} / {r['default_writers1_per_s'] / copy:.0%} "
+            f"{r['default_per_s'] / copy:.1%} / {r['default_writers1_per_s'] / copy:.1%} "
             f"of {copy:,.0f}",
             "≥ 90%",
         ),

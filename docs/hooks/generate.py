@@ -338,14 +338,14 @@ def _floor_rows(data: dict[str, Any]) -> list[str]:
                 continue
             rows.append(
                 f"| {label} | {_per_s(data[ours])} | sqlite3 alone, same memories: "
-                f"{_per_s(floor)} | {data[ours] / floor:.0%} of it (target ≥ 85%) |"
+                f"{_per_s(floor)} | {data[ours] / floor:.1%} of it (target ≥ 85%) |"
             )
     growth = data.get("growth")
     if growth:
         rows.append(
             f"| stored/s as the store grows to {growth['memories']:,}, default collector | "
             f"last tenth {_per_s(growth['last_per_s'])} | first tenth "
-            f"{_per_s(growth['first_per_s'])} | {growth['last_share']:.0%} (target ≥ 80%) |"
+            f"{_per_s(growth['first_per_s'])} | {growth['last_share']:.1%} (target ≥ 80%) |"
         )
         after = data.get("growth_fold_after")
         if after:
@@ -384,8 +384,8 @@ def bench_postgres() -> str:
             f"| the default collector (spool, `storer='auto'`), `writers=2` / `writers=1` | "
             f"{_per_s(data['default_per_s'])} / {_per_s(data['default_writers1_per_s'])} |",
             f"| … against `COPY` on one connection in the same runs ({_per_s(copy)}), "
-            f"`writers=2` / `writers=1` | {data['default_per_s'] / copy:.0%} / "
-            f"{data['default_writers1_per_s'] / copy:.0%} of it (target ≥ 90%); memory mode, "
+            f"`writers=2` / `writers=1` | {data['default_per_s'] / copy:.1%} / "
+            f"{data['default_writers1_per_s'] / copy:.1%} of it (target ≥ 90%); memory mode, "
             f"`writers=1`, {data['one_collector_writers1_per_s'] / copy:.0%} |",
         ]
         if "process_per_s" in data:
