@@ -123,7 +123,7 @@ def test_the_next_segment_is_made_ahead_and_the_rotation_takes_it(tmp_path: Path
     ids = [append(spool, "before half")]
     spool.prefault()
     successor = first.path.with_name(f"seg-{first.number + 1:08d}.log")
-    assert not successor.exists()  # not before the segment is half written
+    assert not successor.exists()  # not before the segment is a quarter written
     while spool.current.size * 2 < 64 << 10:
         ids.append(append(spool, f"filling {len(ids)}"))
     spool.prefault()  # what the background thread calls: the successor's file is made now

@@ -143,9 +143,9 @@ class Spool:
         self._mapped_end = 0
         self._prefaulted = self._released = 0
         self._can_prefault = hasattr(mmap.mmap, "madvise") and os.uname().sysname == "Linux"
-        # The next segment's file, made by the background thread once the current one is
-        # half full: a rotation inside collect() then takes it instead of making one (a new
-        # file's first write through its mapping alone costs 2-3 ms on ext4).
+        # The next segment's file, made by the background thread once a quarter of the current
+        # one is written: a rotation inside collect() then takes it instead of making one (a
+        # new file's first write through its mapping alone costs 2-3 ms on ext4).
         self._spare: SegmentFile | None = None
         self._making_spare = False
         self._seen: tuple[int, int] = (-1, -1)
@@ -258,12 +258,12 @@ class Spool:
         return segment
 
     def _make_spare(self) -> None:
-        """Make the next segment's file ahead, outside the lock, once the current one is half
-        written (called by the background thread, from prefault())."""
+        """Make the next segment's file ahead, outside the lock, once a quarter of the current
+        one is written (called by the background thread, from prefault())."""
         with self.lock:
             if (
                 self._spare is not None or self._making_spare or self._closed
-                or self._map is None or self.current.size * 2 < self._capacity
+                or self._map is None or self.current.size * 4 < self._capacity
             ):  # fmt: skip
                 return
             number = self.current.number + 1
