@@ -58,6 +58,7 @@ def promoted(make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> mc.
     on for as long as the test takes (here the backlog alone decides)."""
     monkeypatch.setattr(storer, "PROMOTE_AT", 500)
     monkeypatch.setattr(storer, "_LOAD_GONE_S", 1e9)
+    monkeypatch.setattr(storer, "_LOAD_GONE_WHILE_FLUSHING_S", 1e9)
     c = auto_collector(make, tmp_path, batch_size=64)
     c.collect("note", "the store exists")
     assert c.flush(timeout=30)
@@ -136,6 +137,7 @@ def test_a_thread_holding_a_long_range_hands_its_rest_to_the_process_that_takes_
 ) -> None:
     monkeypatch.setattr(storer, "PROMOTE_AT", 10**9)  # no promotion until the range is held
     monkeypatch.setattr(storer, "_LOAD_GONE_S", 1e9)  # the load goes on while the test runs
+    monkeypatch.setattr(storer, "_LOAD_GONE_WHILE_FLUSHING_S", 1e9)
     c = auto_collector(make_collector, tmp_path, batch_size=64)
     c.collect("note", "the store exists")
     assert c.flush(timeout=30)
@@ -164,6 +166,7 @@ def test_a_hand_over_given_up_leaves_the_rest_of_the_range_to_the_thread(
 ) -> None:
     monkeypatch.setattr(storer, "PROMOTE_AT", 10**9)
     monkeypatch.setattr(storer, "_LOAD_GONE_S", 1e9)
+    monkeypatch.setattr(storer, "_LOAD_GONE_WHILE_FLUSHING_S", 1e9)
     c = auto_collector(make_collector, tmp_path, batch_size=64)
     c.collect("note", "the store exists")
     assert c.flush(timeout=30)
@@ -212,6 +215,28 @@ def test_kill_9_of_the_process_that_took_over_loses_nothing(
     assert s.storer_restarts >= 1 and s.storer_pid not in (None, first)
 
 
+def promotion_held_back(
+    c: mc.MemoryCollector, monkeypatch: pytest.MonkeyPatch, send_settings: threading.Event
+) -> tuple[list[str], list[int]]:
+    """Collect (the store being locked by the caller) until a promotion starts a process,
+    which gets its settings only once `send_settings` is set: it cannot be ready, and take
+    over, before the test says so. The ids collected, and the storing processes started."""
+    process = c._pipeline.storer
+    hello = process._hello
+
+    def later(child: object) -> None:
+        threading.Thread(target=lambda: send_settings.wait(60) and hello(child)).start()
+
+    monkeypatch.setattr(process, "_hello", later)
+    ids: list[str] = []
+    deadline = time.monotonic() + 60
+    while not storing_children() and time.monotonic() < deadline:
+        ids.extend(c.collect("note", f"a burst {len(ids)}") for _ in range(100))
+    started = storing_children()
+    assert started
+    return ids, started
+
+
 def test_a_promotion_is_given_up_when_the_load_ends_before_the_process_takes_over(
     make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -223,22 +248,9 @@ def test_a_promotion_is_given_up_when_the_load_ends_before_the_process_takes_ove
     c.collect("note", "the store exists")
     assert c.flush(timeout=30)
     process = c._pipeline.storer
-    # The process started for the promotion gets its settings only once the test says so: it
-    # cannot be ready, and take over, before the load has ended.
     send_settings = threading.Event()
-    hello = process._hello
-
-    def later(child: object) -> None:
-        threading.Thread(target=lambda: send_settings.wait(60) and hello(child)).start()
-
-    monkeypatch.setattr(process, "_hello", later)
-    ids: list[str] = []
     with write_lock_held(tmp_path / "m.db"):
-        deadline = time.monotonic() + 60
-        while not storing_children() and time.monotonic() < deadline:
-            ids.extend(c.collect("note", f"a burst {len(ids)}") for _ in range(100))
-        started = storing_children()
-        assert started
+        ids, started = promotion_held_back(c, monkeypatch, send_settings)
         # No more collect(): the dispatcher gives the promotion up and stops the process.
         assert wait_for(lambda: not set(started) & set(storing_children()), 60)
         # The next promotion waits, and the one after a second give-up twice as long.
@@ -250,6 +262,29 @@ def test_a_promotion_is_given_up_when_the_load_ends_before_the_process_takes_ove
     assert len(stored) == len(set(stored)) == 1 + len(ids)
     assert c.stats().storer_pid is None  # the thread stored it all
     assert any("the load ended" in r.getMessage() for r in caplog.records)
+    c.close()
+
+
+def test_a_flush_waiting_for_a_burst_ends_the_load_at_its_first_pause(
+    make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storer, "PROMOTE_AT", 500)
+    monkeypatch.setattr(storer, "_LOAD_GONE_S", 1e9)  # without a flush, the load never ends
+    c = auto_collector(make_collector, tmp_path, batch_size=64)
+    c.collect("note", "the store exists")
+    assert c.flush(timeout=30)
+    send_settings = threading.Event()
+    flushed: list[bool] = []
+    with write_lock_held(tmp_path / "m.db"):
+        ids, started = promotion_held_back(c, monkeypatch, send_settings)
+        flushing = threading.Thread(target=lambda: flushed.append(c.flush(timeout=60)))
+        flushing.start()  # waits: the store is locked
+        assert wait_for(lambda: not set(started) & set(storing_children()), 60)
+    send_settings.set()
+    flushing.join(60)
+    assert flushed == [True]
+    assert len(stored_ids(tmp_path / "m.db")) == 1 + len(ids)
+    assert c.stats().storer_pid is None  # the thread stored it all
     c.close()
 
 

@@ -49,8 +49,11 @@ _PROMOTE_RETRY_S = 30.0
 # A load with no collect() for this long has ended: a promotion not yet done is given up, for
 # the thread alone, with the GIL to itself, stores a backlog about as fast as a process that
 # must still start and, at close(), stop (measured: 20,000 memories at close, 215 ms by the
-# thread against 290 ms by a process taking over, plus ~70 ms to stop it).
-_LOAD_GONE_S = 0.03
+# thread against 290 ms by a process taking over, plus ~70 ms to stop it). Longer than a
+# process takes to start, so that bursts with pauses between them still count as one load;
+# while a flush() waits, a short pause is enough: whoever collected is waiting for the store.
+_LOAD_GONE_S = 0.25
+_LOAD_GONE_WHILE_FLUSHING_S = 0.03
 # After a promotion given up that way, the next one waits this long, twice as long after
 # each one given up in a row (up to _PROMOTE_RETRY_S): bursts with pauses between them must
 # not start and stop a process each.
@@ -133,6 +136,7 @@ class StoringProcess:
         self._last_position = (-1, -1)
         self._appended_at = 0.0
         self._closing = False
+        self._flushing = 0  # flush() calls waiting now
         # The first range in flight is the rest of one a storing thread stopped short of, for
         # the process taking over: it waits to be sent to that process.
         self._handed_back = False
@@ -237,13 +241,17 @@ class StoringProcess:
         with self.spool.lock:
             target = self.acked + self.spool.pending_locked()
         with self._changed:
-            while self.acked < target:
-                self._wake.set()  # send what is appended now, without lingering
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(min(remaining, 0.05))
-            return True
+            self._flushing += 1  # a pause in collect() now likely ends the load: see _load_goes_on
+            try:
+                while self.acked < target:
+                    self._wake.set()  # send what is appended now, without lingering
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._changed.wait(min(remaining, 0.05))
+                return True
+            finally:
+                self._flushing -= 1
 
     def stop(self, deadline: float) -> None:
         """Let the child answer what it was sent (until the monotonic deadline), then end it."""
@@ -413,13 +421,14 @@ class StoringProcess:
         return False
 
     def _load_goes_on(self) -> bool:
-        """Whether collect() calls still come: the spool grew within the last _LOAD_GONE_S,
-        and close() has not begun."""
+        """Whether collect() calls still come: the spool grew within the last _LOAD_GONE_S
+        (_LOAD_GONE_WHILE_FLUSHING_S while a flush() waits), and close() has not begun."""
         now = time.monotonic()
         position = self.spool.position()
         if position != self._last_position:
             self._last_position, self._appended_at = position, now
-        return not self._closing and now - self._appended_at < _LOAD_GONE_S
+        window = _LOAD_GONE_WHILE_FLUSHING_S if self._flushing else _LOAD_GONE_S
+        return not self._closing and now - self._appended_at < window
 
     def _shared_hand_over(self) -> bool:
         """Whether the thread was told to hand over (then the switch goes through)."""
