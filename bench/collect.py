@@ -485,10 +485,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer records, for a smoke run")
     parser.add_argument("--table", action="store_true", help="print bench/results.json again")
     args = parser.parse_args()
-    compile_package()
     if args.table:
         print_table(json.loads((HERE / "results.json").read_text()))
         return
+    compile_package()
     n_latency = 20_000 if args.quick else 200_000
     n_throughput = 20_000 if args.quick else 200_000
     n_search = 10_000 if args.quick else 100_000

@@ -191,11 +191,11 @@ def main() -> None:
         "--storing", action="store_true", help="measure only stored/s again (not search)"
     )
     args = parser.parse_args()
-    compile_package()
     out = HERE / "results-postgres.json"
     if args.table:
         print_table(json.loads(out.read_text()))
         return
+    compile_package()
     n = 20_000 if args.quick else 100_000
     # writers=2 (the default) and writers=1 interleaved, so both meet the machine at one hour;
     # beside them the default collector (spool, storer="auto") and COPY on one connection.

@@ -52,12 +52,8 @@ class SegmentFile(NamedTuple):
         bytes faulted in; unmapped (plain writes) where the filesystem cannot reserve or
         map it."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            # Reserve the blocks now, so a full disk is an error here and never a SIGBUS
-            # when a page of the mapping is first written.
-            os.posix_fallocate(fd, 0, capacity)
-            mapped = mmap.mmap(fd, capacity)
-        except (OSError, ValueError):
+        mapped = _reserved_map(fd, capacity)
+        if mapped is None:
             os.ftruncate(fd, 0)
             return cls(number, path, fd, None, capacity, 0)
         return cls(number, path, fd, mapped, capacity, _populate(mapped, populate))
@@ -70,10 +66,8 @@ class SegmentFile(NamedTuple):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError:
             return None
-        try:
-            os.posix_fallocate(fd, 0, capacity)
-            mapped = mmap.mmap(fd, capacity)
-        except (OSError, ValueError):
+        mapped = _reserved_map(fd, capacity)
+        if mapped is None:
             os.close(fd)
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -90,6 +84,17 @@ class SegmentFile(NamedTuple):
         if delete:
             with contextlib.suppress(OSError):
                 self.path.unlink()
+
+
+def _reserved_map(fd: int, capacity: int) -> mmap.mmap | None:
+    """`capacity` bytes of the file reserved on disk and mapped; None where the filesystem
+    cannot do either. Reserved first, so that a full disk is an error here and never a
+    SIGBUS when a page of the mapping is first written."""
+    try:
+        os.posix_fallocate(fd, 0, capacity)
+        return mmap.mmap(fd, capacity)
+    except (OSError, ValueError):
+        return None
 
 
 def _touch(mapped: mmap.mmap, size: int) -> int:

@@ -400,13 +400,11 @@ class StoringProcess:
         if self.pinned:
             self._stay_on_thread()
             return False
-        if not self._next_ready.is_set():
-            if not load_goes_on and not self._shared_hand_over():
-                self._give_up_promotion()
-            return False  # the thread stores on while the process starts
         if not load_goes_on and not self._shared_hand_over():
-            self._give_up_promotion()
+            self._give_up_promotion()  # ready or not: once the thread hands over, it goes on
             return False
+        if not self._next_ready.is_set():
+            return False  # the thread stores on while the process starts
         if self._in_flight and not self._handed_back:
             # From now on the thread is sent nothing: it stops after the batch it stores and
             # answers how far it got, which wakes this.
