@@ -55,8 +55,14 @@ class CountingReads(FaultyBackend):
 
 @pytest.fixture(scope="session")
 def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One export of the embedding model per test session, never the developer's cache."""
-    return tmp_path_factory.mktemp("model-cache")
+    """One export of the embedding model per test run, never the developer's cache: the
+    workers of a parallel run share it (its entries are made once, under a lock)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return tmp_path_factory.mktemp("model-cache")
+    # A worker's base directory is the run's own, one per worker: its parent is the run's.
+    shared = tmp_path_factory.getbasetemp().parent / "model-cache"
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 @pytest.fixture(autouse=True)

@@ -204,15 +204,34 @@ _STATIC_VERSION = 1
 
 def _static_table(model: Path, tokenizer: Any) -> npt.NDArray[np.float32]:
     """Every token's vector: the model's output for it alone, SIF-weighted (cached)."""
+    target = _cache_file(model, "static", _STATIC_VERSION, ".npy")
+    cached = _cached_table(target)
+    if cached is not None:
+        return cached
+    with _one_maker(target):
+        cached = _cached_table(target)  # made by another process while this one waited
+        if cached is not None:
+            return cached
+        return _distilled_table(model, tokenizer, target)
+
+
+def _cached_table(target: Path) -> npt.NDArray[np.float32] | None:
+    """The cached static table, or None when there is none or it is damaged (made again)."""
     import numpy as np
 
-    target = _cache_file(model, "static", _STATIC_VERSION, ".npy")
-    if target.is_file():
-        try:
-            table: npt.NDArray[np.float32] = np.load(target)
-            return table
-        except (OSError, ValueError):
-            pass  # a damaged cache file is made again
+    if not target.is_file():
+        return None
+    try:
+        table: npt.NDArray[np.float32] = np.load(target)
+    except (OSError, ValueError):
+        return None
+    return table
+
+
+def _distilled_table(model: Path, tokenizer: Any, target: Path) -> npt.NDArray[np.float32]:
+    """The static table distilled from the model now, and cached at `target`."""
+    import numpy as np
+
     log.info("distilling static token vectors from %s (once per machine, ~15 s)", model)
     forward = _token_forward(model)
     size = tokenizer.get_vocab_size()
@@ -237,12 +256,12 @@ def _static_table(model: Path, tokenizer: Any) -> npt.NDArray[np.float32]:
     inverse_rank = 1.0 / np.arange(2, size + 2)
     probability = inverse_rank / inverse_rank.sum()
     table *= (SIF_A / (SIF_A + probability))[:, None]
-    table = table.astype(np.float32)
+    vectors: npt.NDArray[np.float32] = table.astype(np.float32)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".{os.getpid()}-{threading.get_ident()}.partial.npy")
-    np.save(partial, table)
+    np.save(partial, vectors)
     os.replace(partial, target)
-    return table
+    return vectors
 
 
 def _token_forward(model: Path) -> Any:
@@ -456,11 +475,23 @@ def _exported(model: Path) -> Path | None:
     if target.is_file():
         return target
     try:
-        import onnx  # noqa: F401 - the exporter needs it; checked here to fall back cleanly
-        import torch
-        from transformers import AutoModel
+        # What the exporter needs, checked here to fall back cleanly.
+        import onnx  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
     except ModuleNotFoundError:
         return None
+    with _one_maker(target):
+        if not target.is_file():  # else made by another process while this one waited
+            _export(model, target)
+    return target
+
+
+def _export(model: Path, target: Path) -> None:
+    """Export the model to ONNX at `target`."""
+    import torch
+    from transformers import AutoModel
+
     target.parent.mkdir(parents=True, exist_ok=True)
     with quiet_model_loading():
         transformer = AutoModel.from_pretrained(str(model), local_files_only=True).eval()
@@ -492,7 +523,28 @@ def _exported(model: Path) -> Path | None:
             dynamo=False,
         )
     os.replace(partial, target)
-    return target
+
+
+@contextlib.contextmanager
+def _one_maker(target: Path) -> Iterator[None]:
+    """Hold the lock of a cache entry while it is made: processes starting at once on a new
+    machine (a server's workers, a test run's) make it once, the others wait and read it,
+    instead of each spending a model's export or distillation of CPU on its own copy."""
+    try:
+        import fcntl
+    except ModuleNotFoundError:  # not POSIX: each process may make its own copy
+        yield
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(target.with_name(target.name + ".lock"), "a")  # noqa: SIM115
+    except OSError:
+        # An unwritable cache: the making fails as it would have, where it is reported.
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+        yield
 
 
 _shared: dict[tuple[str | None, str], Embedder | StaticEmbedder] = {}

@@ -407,7 +407,8 @@ def test_upkeep_merges_new_index_entries_and_analyzes_once_a_tenth_changed(
     from memcollect.testing import FakeClock
 
     schema = schema_of(pg_url)
-    store = PostgresBackend(pg_url)
+    # One connection: the one that writes is the one told to report its counts at once.
+    store = PostgresBackend(pg_url + "&pool_size=1")
     store.open()
     clock = FakeClock()
     upkeep = Upkeep(store._connection, store.url, clock=clock)
@@ -415,6 +416,15 @@ def test_upkeep_merges_new_index_entries_and_analyzes_once_a_tenth_changed(
     def rows(n: int) -> list[mc.Memory]:
         return [make_memory("note", f"row {i}", None, None, None, None, None, None, 1 << 20)
                 for i in range(n)]  # fmt: skip
+
+    def write(memories: list[mc.Memory]) -> None:
+        store.write_batch(memories)
+        # A session reports its counts when idle, but at most once a second, else 10 s later:
+        # made to report them as its next transaction ends (PostgreSQL 15 and newer).
+        with store._connection() as conn:
+            if conn.info.server_version >= 150000:
+                conn.execute("SELECT pg_stat_force_next_flush()")
+            conn.commit()
 
     try:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
@@ -440,9 +450,9 @@ def test_upkeep_merges_new_index_entries_and_analyzes_once_a_tenth_changed(
                 assert row is not None
                 return int(row[0])
 
-            store.write_batch(rows(3000))
-            # The writer's session reports its counts on its next transactions: wait for
-            # them rather than guess when.
+            write(rows(3000))
+            # The writer's session reports its counts as it goes idle: wait for them rather
+            # than guess when.
             assert wait_for(lambda: table()[1] >= 3000)
             assert table()[0] == 0 and pending() > 0
             assert upkeep.step() == ["merged", "analyzed"] and upkeep.error is None
@@ -452,7 +462,7 @@ def test_upkeep_merges_new_index_entries_and_analyzes_once_a_tenth_changed(
             clock.advance(CHECK_EVERY_S)
             assert upkeep.step() == []
             # A few rows: merged into the index, not worth a new analysis.
-            store.write_batch(rows(10))
+            write(rows(10))
             assert wait_for(lambda: table()[2] >= 3010)
             clock.advance(CHECK_EVERY_S)
             assert pending() > 0
