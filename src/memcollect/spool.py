@@ -24,12 +24,14 @@ from .model import Memory
 from .spool_files import (
     MADV_POPULATE_WRITE,
     SegmentFile,
+    claim_dir,
     find_in_spans,
     fsync_dir,
     iter_spool_records,
     number_of,
     read_span,
     remove_quietly,
+    scan_segment,
     segment_files,
     try_lock,
 )
@@ -134,7 +136,7 @@ class Spool:
         self._dirty = False
         self._closed = False
         root.mkdir(parents=True, exist_ok=True)
-        self.dir, self._lock_fd = self._claim()
+        self.dir, self._lock_fd = claim_dir(root)
         self._fd = -1
         self._map: mmap.mmap | None = None
         self._capacity = 0
@@ -164,21 +166,6 @@ class Spool:
 
     # --- ownership -----------------------------------------------------------------------
 
-    def _claim(self) -> tuple[Path, int]:
-        # "main" first; a directory of this process's own otherwise (main is taken, or
-        # cannot be used). A few tries: a fresh name cannot be taken by anyone else, but
-        # the directory can be swept away by a start that finds it empty and unlocked.
-        for name in ("main", *(f"p{os.getpid()}-{os.urandom(4).hex()}" for _ in range(3))):
-            directory = self.root / name
-            try:
-                directory.mkdir(exist_ok=True)
-            except OSError:
-                continue  # a file named like the directory: try another name
-            fd = try_lock(directory)
-            if fd is not None:
-                return directory, fd
-        raise OSError(f"could not lock a spool directory under {self.root}")
-
     def _adopt_all(self) -> Segment:
         """Take over our own leftovers and every spool whose owner is gone; open a segment."""
         # Numbered past every name in use, files or not: an entry named like a segment that
@@ -199,20 +186,15 @@ class Spool:
         return self._open_segment(last + 1)
 
     def _adopt_segment(self, path: Path, number: int) -> None:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            log.warning("spool %s cannot be read (%s: %s): skipped", path,
-                        type(exc).__name__, exc)  # fmt: skip
+        scanned = scan_segment(path)
+        if scanned is None:
             return
-        records, corrupt, end = read_frames(data)
+        records, corrupt, end = scanned
         self.corrupt += corrupt
-        if corrupt:
-            log.warning("spool %s: skipped %d corrupt stretch(es)", path, corrupt)
         segment = Segment(path, number, adopted=True)
         segment.size = end  # where the data ends, not the preallocated size
-        segment.outstanding = len(records)
-        self.adopted_records += len(records)
+        segment.outstanding = records
+        self.adopted_records += records
         self.bytes += segment.size
         self.segments[path] = segment
         if records:

@@ -17,12 +17,14 @@ from .model import Memory
 
 __all__ = [
     "SegmentFile",
+    "claim_dir",
     "find_in_spans",
     "fsync_dir",
     "iter_spool_records",
     "number_of",
     "read_span",
     "remove_quietly",
+    "scan_segment",
     "segment_files",
     "try_lock",
 ]
@@ -128,6 +130,38 @@ def _populate(mapped: mmap.mmap, size: int) -> int:
     except (OSError, ValueError):
         return 0
     return size
+
+
+def claim_dir(root: Path) -> tuple[Path, int]:
+    """A spool directory under `root` for this process, and its lock's descriptor."""
+    # "main" first; a directory of this process's own otherwise (main is taken, or cannot be
+    # used). A few tries: a fresh name cannot be taken by anyone else, but the directory can
+    # be swept away by a start that finds it empty and unlocked.
+    for name in ("main", *(f"p{os.getpid()}-{os.urandom(4).hex()}" for _ in range(3))):
+        directory = root / name
+        try:
+            directory.mkdir(exist_ok=True)
+        except OSError:
+            continue  # a file named like the directory: try another name
+        fd = try_lock(directory)
+        if fd is not None:
+            return directory, fd
+    raise OSError(f"could not lock a spool directory under {root}")
+
+
+def scan_segment(path: Path) -> tuple[int, int, int] | None:
+    """A left segment's whole records, corrupt stretches, and where its data ends; None
+    (logged) when it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        log.warning("spool %s cannot be read (%s: %s): skipped", path,
+                    type(exc).__name__, exc)  # fmt: skip
+        return None
+    records, corrupt, end = read_frames(data)
+    if corrupt:
+        log.warning("spool %s: skipped %d corrupt stretch(es)", path, corrupt)
+    return len(records), corrupt, end
 
 
 def try_lock(directory: Path) -> int | None:
