@@ -32,9 +32,10 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
-# Two worker processes: 112 s one by one, 77 s with two, on the 2-core machine (same hour);
-# worksteal keeps both busy to the end (the slow tests are not left to one: 193 s against
-# 208 s with the default scheduling, one run each, same hour).
+# Two worker processes, and worksteal keeps both busy to the end (the slow tests are not left
+# to one). On the 2-core machine of 2026-12-07, a slow one: 217-267 s of pytest in three runs,
+# a third of it loading, exporting and distilling the embedding model (once a run: the workers
+# share the model cache), after 66 s of mypy on a clean clone.
 test: lint typecheck
 	$(BIN)/python -m pytest -n 2 --dist worksteal
 
