@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 
@@ -27,7 +28,7 @@ from memcollect.locks import shared_lock
 from memcollect.spool import iter_spool_records
 from memcollect.storer import collecting as storer
 from memcollect.storer.child import Child
-from memcollect.storer.protocol import Range, decode_done, encode
+from memcollect.storer.protocol import PROTOCOL, Range, decode_done, encode
 from memcollect.validate import make_memory
 
 from .conftest import ROOT, wait_for
@@ -111,6 +112,61 @@ def test_everything_collected_is_stored_once_and_the_spool_is_emptied(
     c.close()
     assert wait_for(lambda: gone(pid))
     assert segments(tmp_path / "data") == []
+
+
+# A storing process whose loop fails as no store would: a bug.
+FAILING_CHILD = """
+import memcollect.storer.child as child
+def broken(self):
+    raise RuntimeError("a bug in the storing loop")
+child.Child.run = broken
+child.main()
+"""
+
+
+def _start_child(script: str, tmp_path: Path, backend: str) -> subprocess.Popen[bytes]:
+    """A storing process, told its settings as the collecting side tells them."""
+    settings = msgspec.structs.asdict(Config(backend=backend, data_dir=str(tmp_path)))
+    settings.update(durability="memory", storer="thread")
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=ENV,
+    )  # fmt: skip
+    assert child.stdin is not None
+    child.stdin.write(encode({"protocol": PROTOCOL, "config": settings}) + b"\n")
+    child.stdin.flush()
+    return child
+
+
+@pytest.mark.parametrize(
+    ("script", "backend", "said"),
+    [
+        (FAILING_CHILD, "sqlite:///{tmp}/m.db",
+         "unexpected RuntimeError at <string>:4: a bug in the storing loop"),
+        ("import memcollect.storer.child as c; c.main()", "sqlite:///{tmp}/m.db/in-a-file.db",
+         "the SQLite store {tmp}/m.db/in-a-file.db cannot be opened: its directory "
+         "{tmp}/m.db cannot be made (File exists)"),
+    ],
+    ids=["a-bug", "an-unusable-store"],
+)  # fmt: skip
+def test_a_storing_process_that_fails_says_why_in_one_line_and_exits(
+    tmp_path: Path, script: str, backend: str, said: str
+) -> None:
+    """No traceback, and no abort on the thread still reading the requests as it ends."""
+    (tmp_path / "m.db").write_text("a file where the store's directory should be")
+    if "in-a-file" not in backend:
+        (tmp_path / "m.db").unlink()
+    child = _start_child(script, tmp_path, backend.format(tmp=tmp_path))
+    try:
+        code = child.wait(timeout=120)  # stdin still open: that thread is blocked in it
+    finally:
+        child.kill()
+        _, err = child.communicate()
+    assert code == 1
+    lines = err.decode().splitlines()
+    assert len(lines) == 1, lines
+    prefix = "memcollect storer: stopped, the collecting process starts another: "
+    assert lines[0].startswith(prefix + said.format(tmp=tmp_path)), lines
 
 
 def test_what_process_storing_cannot_do_is_refused_up_front(

@@ -74,6 +74,32 @@ def test_schema_version_is_recorded_and_a_newer_one_refused(tmp_path: Path) -> N
         SQLiteBackend(f"sqlite:///{path}").open()
 
 
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("junk.db", "cannot be opened: it is not a SQLite database (file is not a database): "
+                    "name a new file or a memcollect store"),
+        ("a-directory", "cannot be opened (unable to open database file): check that the path "
+                        "names a file, not a directory"),
+        ("junk.db/store.db", "cannot be opened: its directory {tmp}/junk.db cannot be made "
+                             "(File exists): name a file in a directory this process can write"),
+    ],
+    ids=["not-a-database", "a-directory", "a-file-for-its-directory"],
+)  # fmt: skip
+def test_a_file_that_cannot_be_the_store_is_one_sentence_at_start(
+    tmp_path: Path, name: str, said: str
+) -> None:
+    (tmp_path / "junk.db").write_bytes(b"not a database, " * 64)
+    (tmp_path / "a-directory").mkdir()
+    path = tmp_path / name
+    with pytest.raises(mc.BackendError) as raised:
+        mc.MemoryCollector(f"sqlite:///{path}", data_dir=str(tmp_path / "d"), durability="memory")
+    message = str(raised.value)
+    assert message.startswith(f"the SQLite store {path} " + said.format(tmp=tmp_path)), message
+    assert "\n" not in message and "Traceback" not in message
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
 def test_fts_index_is_built_for_existing_rows_when_turned_on(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/late.db"
     plain = SQLiteBackend(url + "?fts=0")

@@ -5,17 +5,21 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import sys
 import threading
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import Iterable
+from pathlib import Path
 from typing import IO
 
 import msgspec
 
 from ..backends import open_backend
 from ..config import Config
+from ..errors import MemcollectError
 from ..frames import read_batches
 from ..model import Memory
 from ..retry import CircuitBreaker
@@ -243,7 +247,25 @@ def main() -> None:
         # speaks the old protocol, this process the new one.
         log.error("the collecting process runs another memcollect version: restart it")
         sys.exit(3)
-    serve(Config(**hello["config"]), requests, answers)
+    try:
+        serve(Config(**hello["config"]), requests, answers)
+    except Exception as exc:  # noqa: BLE001 - said in one line; the collecting side restarts
+        log.error("stopped, the collecting process starts another: %s", _why(exc))
+        with contextlib.suppress(OSError, ValueError):
+            answers.flush()
+        logging.shutdown()
+        # Not sys.exit(): the thread reading stdin holds its lock, and the interpreter would
+        # abort on it as it shuts down ("Fatal Python error"), after a traceback.
+        os._exit(1)
+
+
+def _why(exc: Exception) -> str:
+    """A failure as one line: memcollect's own sentence, else where it was raised."""
+    if isinstance(exc, MemcollectError):
+        return str(exc)
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"unexpected {type(exc).__name__}{where}: {exc}"
 
 
 def serve(

@@ -14,7 +14,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ...errors import TransientBackendError, ValidationError
+from ...errors import BackendError, TransientBackendError, ValidationError
 from ...retry import ErrorKind
 from .._sql import SqlStore, run_migrations
 from ..vectors import semantic_options
@@ -156,6 +156,27 @@ class SQLiteConnection(SqlStore):
             self._open()
         except TransientBackendError as exc:
             log.warning("%s; it is opened when first used", exc)
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise BackendError(self._unopenable(exc)) from None
+
+    def _unopenable(self, exc: OSError | sqlite3.DatabaseError) -> str:
+        """One sentence on why the file cannot be the store, and what to do."""
+        where = f"the SQLite store {self.path} cannot be opened"
+        if isinstance(exc, OSError):
+            directory = exc.filename or Path(self.path).parent
+            return (
+                f"{where}: its directory {directory} cannot be made ({exc.strerror or exc}): "
+                "name a file in a directory this process can write, in the backend URL"
+            )
+        if not isinstance(exc, sqlite3.OperationalError):
+            return (
+                f"{where}: it is not a SQLite database ({exc}): name a new file or a "
+                "memcollect store in the backend URL"
+            )
+        return (
+            f"{where} ({exc}): check that the path names a file, not a directory, in a "
+            "directory this process can write"
+        )
 
     def _open(self) -> None:
         with self._write_lock:
