@@ -124,6 +124,21 @@ def test_resources_give_a_memory_by_id_and_the_newest(tmp_path: Path) -> None:
     run(session, stdio(tmp_path / "d"))
 
 
+def test_over_http_a_port_in_use_is_one_line_naming_it(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("mcp", "--http", "--port", str(port), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: cannot listen on 127.0.0.1:{port} (Address already in use): stop what serves "
+        "there, or choose another --port"
+    )
+
+
 def test_over_http_a_token_is_required_and_sigterm_stores_and_exits_cleanly(
     tmp_path: Path,
 ) -> None:

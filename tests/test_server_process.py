@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -191,6 +192,36 @@ def test_the_server_refuses_a_bad_setting_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "MEMCOLLECT_BATCH_SIZE" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _serve_fails(tmp_path: Path, *args: str) -> str:
+    """`memcollect serve` with these arguments: it must exit 1 with one line; that line."""
+    result = run_cli("serve", *args, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_a_store_the_server_cannot_open_is_one_line_not_a_startup_traceback(
+    tmp_path: Path,
+) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database, " * 64)
+    said = _serve_fails(tmp_path, "--port", str(free_port()), "--backend", f"sqlite:///{junk}")
+    assert said.startswith(f"Error: the SQLite store {junk} cannot be opened: it is not a SQLite")
+
+
+def test_a_port_in_use_is_one_line_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        said = _serve_fails(tmp_path, "--port", str(port))
+    assert said == (
+        f"Error: cannot listen on 127.0.0.1:{port} (Address already in use): stop what serves "
+        "there, or choose another --port"
+    )
 
 
 class _NotMemcollect(http.server.BaseHTTPRequestHandler):

