@@ -203,6 +203,32 @@ def test_kill_9_of_the_storing_process_loses_nothing(make_collector: Make, tmp_p
     assert s.stored >= len(ids)  # what the dead process stored unanswered is stored again
 
 
+def test_health_says_why_the_storing_process_cannot_start_again(
+    make_collector: Make, tmp_path: Path
+) -> None:
+    c = process_collector(make_collector, tmp_path)
+    c.collect("note", "stored before the store was replaced")
+    assert c.flush(timeout=60)
+    first = c.stats().storer_pid
+    assert first is not None
+    # The file is replaced under the running process (which keeps its own open): the next
+    # process finds no database there.
+    for end in ("", "-wal", "-shm"):
+        Path(f"{tmp_path}/m.db{end}").unlink(missing_ok=True)
+    (tmp_path / "m.db").write_bytes(b"not a database, " * 64)
+    os.kill(first, signal.SIGKILL)
+    c.collect("note", "kept in the spool meanwhile")
+
+    def said() -> str:
+        return " ".join(c.health().reasons)
+
+    assert wait_for(lambda: "cannot be opened" in said(), 60), said()
+    assert c.health().status == "failing"
+    store = tmp_path / "m.db"
+    assert f"the SQLite store {store} cannot be opened: it is not a SQLite database" in said()
+    c.close(timeout=1)
+
+
 def test_a_storing_process_into_postgresql_reads_ahead_and_a_kill_9_loses_nothing(
     make_collector: Make, tmp_path: Path
 ) -> None:

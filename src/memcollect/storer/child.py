@@ -26,7 +26,7 @@ from ..retry import CircuitBreaker
 from ..stats import Counters
 from ..storing import Storing, hash_contents
 from .inprocess import Shared
-from .protocol import COUNTED, PROTOCOL, Done, Range, decode_range, encode
+from .protocol import COUNTED, PROTOCOL, Done, Range, decode_range, encode, stopping
 
 __all__ = ["main"]
 
@@ -250,8 +250,10 @@ def main() -> None:
     try:
         serve(Config(**hello["config"]), requests, answers)
     except Exception as exc:  # noqa: BLE001 - said in one line; the collecting side restarts
-        log.error("stopped, the collecting process starts another: %s", _why(exc))
+        why = _why(exc)
+        log.error("stopped, the collecting process starts another: %s", why)
         with contextlib.suppress(OSError, ValueError):
+            answers.write(encode(stopping(why)) + b"\n")  # for the collector's health
             answers.flush()
         logging.shutdown()
         # Not sys.exit(): the thread reading stdin holds its lock, and the interpreter would

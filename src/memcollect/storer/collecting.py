@@ -112,6 +112,7 @@ class StoringProcess:
         self._stopping = False
         self._stopped = threading.Event()  # set with _stopping: cuts a restart's pause short
         self.last_error = ""
+        self._stopped_because = ""
         self._in_flight: deque[tuple[Range, Segment]] = deque()
         self._next_number = 0
         self._child: subprocess.Popen[bytes] | InProcessChild | None = None
@@ -508,9 +509,10 @@ class StoringProcess:
         child = self._child
         if child is not None:
             self.last_exit = child.wait()
-            self.last_error = f"it exited with code {self.last_exit}"
             if self._reader is not None:
-                self._reader.join(1.0)
+                self._reader.join(1.0)  # it reads the process's last word, if it said one
+            told, self._stopped_because = self._stopped_because, ""
+            self.last_error = told or f"it exited with code {self.last_exit}"
             for pipe in (child.stdin, child.stdout):
                 if pipe is not None:
                     with contextlib.suppress(OSError):
@@ -559,6 +561,9 @@ class StoringProcess:
                 done = decode_done(line)
             except msgspec.DecodeError:
                 log.warning("storing process said something unexpected: %r", line[:200])
+                continue
+            if done.stopped:
+                self._stopped_because = done.stopped  # its last word: it exits now
                 continue
             if child is self._next:
                 # A process started for a promotion: its first word says it is ready.

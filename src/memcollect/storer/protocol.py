@@ -12,7 +12,7 @@ __all__ = ["COUNTED", "PROTOCOL", "Done", "Range", "child_command"]
 
 # The version of what the two sides say to each other: a storing process started after an
 # upgrade on disk must not misread an older collecting process.
-PROTOCOL = 3
+PROTOCOL = 4
 
 # The child's counters that travel to the collecting process, as deltas, in this order.
 COUNTED = (
@@ -51,6 +51,13 @@ class Done(msgspec.Struct, array_like=True):
     # Where a storing thread stopped short of the range's end, for a process that takes the
     # rest; -1: the range was stored to its end.
     stored_to: int = -1
+    # The last word of a process that stops for a failure: why, in one sentence.
+    stopped: str = ""
+
+
+def stopping(why: str) -> Done:
+    """The answer a storing process gives last when it stops for a failure."""
+    return Done(-1, 0, [0] * len(COUNTED), {}, Latency(), Latency(), 0, -1.0, "", stopped=why)
 
 
 encode = msgspec.json.Encoder().encode
