@@ -83,6 +83,37 @@ def test_a_short_script_is_stored_by_a_thread_and_starts_no_process(
     assert not list((tmp_path / "data" / "spool").rglob("seg-*.log"))
 
 
+def test_a_storing_thread_that_fails_is_started_again_and_says_why_in_one_line(
+    make_collector: Make,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from memcollect.storer.child import Child
+
+    real = Child._store_handing_over
+    calls = []
+
+    def fails_once(self: Child, *args: object) -> tuple[int, int]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the storing loop")
+        return real(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Child, "_store_handing_over", fails_once)
+    c = auto_collector(make_collector, tmp_path)
+    with caplog.at_level(logging.ERROR, logger="memcollect"):
+        ids = [c.collect("note", f"kept through the failure {i}") for i in range(20)]
+        # Before, the failed thread hung closing its pipe: never started again, nothing
+        # stored, and health said ok.
+        assert c.flush(timeout=60)
+    assert sorted(stored_ids(tmp_path / "m.db")) == sorted(ids)
+    assert c.stats().storer_restarts == 1
+    said = [r for r in caplog.records if "a bug in the storing loop" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is None
+    assert "unexpected RuntimeError at test_storer_auto.py:" in said[0].getMessage()
+
+
 def test_a_sustained_load_moves_to_a_storing_process_and_nothing_is_lost_or_doubled(
     make_collector: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,24 +9,21 @@ import os
 import sys
 import threading
 import time
-import traceback
 from collections import Counter, deque
 from collections.abc import Iterable
-from pathlib import Path
 from typing import IO
 
 import msgspec
 
 from ..backends import open_backend
 from ..config import Config
-from ..errors import MemcollectError
 from ..frames import read_batches
 from ..model import Memory
 from ..retry import CircuitBreaker
 from ..stats import Counters
 from ..storing import Storing, hash_contents
 from .inprocess import Shared
-from .protocol import COUNTED, PROTOCOL, Done, Range, decode_range, encode, stopping
+from .protocol import COUNTED, PROTOCOL, Done, Range, decode_range, encode, failure, stopping
 
 __all__ = ["main"]
 
@@ -250,7 +247,7 @@ def main() -> None:
     try:
         serve(Config(**hello["config"]), requests, answers)
     except Exception as exc:  # noqa: BLE001 - said in one line; the collecting side restarts
-        why = _why(exc)
+        why = failure(exc)
         log.error("stopped, the collecting process starts another: %s", why)
         with contextlib.suppress(OSError, ValueError):
             answers.write(encode(stopping(why)) + b"\n")  # for the collector's health
@@ -259,15 +256,6 @@ def main() -> None:
         # Not sys.exit(): the thread reading stdin holds its lock, and the interpreter would
         # abort on it as it shuts down ("Fatal Python error"), after a traceback.
         os._exit(1)
-
-
-def _why(exc: Exception) -> str:
-    """A failure as one line: memcollect's own sentence, else where it was raised."""
-    if isinstance(exc, MemcollectError):
-        return str(exc)
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-    return f"unexpected {type(exc).__name__}{where}: {exc}"
 
 
 def serve(

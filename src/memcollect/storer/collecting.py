@@ -519,8 +519,9 @@ class StoringProcess:
                         pipe.close()
             self._child = None
             log.error(
-                "the storing process exited (code %s): starting another; %d ranges are sent "
-                "again", self.last_exit, len(self._in_flight),
+                "the storing %s exited (code %s): starting another; %d ranges are sent again",
+                "thread" if isinstance(child, InProcessChild) else "process", self.last_exit,
+                len(self._in_flight),
             )  # fmt: skip
         self.restarts += 1
         self._pause_before_restart()

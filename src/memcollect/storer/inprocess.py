@@ -18,6 +18,7 @@ from ..backends.base import Backend
 from ..config import Config
 from ..storing import FailureCallback, StoredCallback
 from ..tracing import Spans
+from .protocol import encode, failure, stopping
 
 __all__ = ["InProcessChild", "Shared"]
 
@@ -97,12 +98,19 @@ class InProcessChild:
             requests.readline()
             serve(config, requests, answers, self._shared)
             code = 0
-        except Exception:  # a bug: the collecting side starts another, as for a process
-            log.exception("memcollect storing thread failed")
+        except Exception as exc:  # noqa: BLE001 - a bug: the collecting side starts another
+            why = failure(exc)
+            log.error("the storing thread stopped, the collecting process starts another: %s", why)
+            with contextlib.suppress(OSError, ValueError):
+                answers.write(encode(stopping(why)) + b"\n")  # for the collector's health
+                answers.flush()
         finally:
-            for pipe in (requests, answers):
+            # The requests' write end first: the thread reading them then sees their end and
+            # lets go of the read end, whose close() would otherwise wait for it for ever.
+            for pipe in (self.stdin, requests, answers):
                 with contextlib.suppress(OSError, ValueError):
-                    pipe.close()
+                    if pipe is not None:
+                        pipe.close()
             with self._ending:
                 self._exit_code = code
                 late, self._after_end = self._after_end, None
