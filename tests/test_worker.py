@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 import memcollect as mc
 from memcollect.backends.sqlite import SQLiteBackend
-from memcollect.storing import content_hash
+from memcollect.storing import Storing, content_hash
 from memcollect.testing import FaultyBackend
 
 from .conftest import wait_for
@@ -44,6 +49,58 @@ def test_outage_opens_the_circuit_and_health_says_so(make_collector: Make) -> No
     assert c.flush()
     assert c.health().status == "ok"
     assert backend.inner.count() == 1
+
+
+@pytest.mark.parametrize("durability", ["memory", "spool"])
+def test_a_worker_step_that_fails_as_no_store_fails_is_tried_again_not_lost(
+    make_collector: Make,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    durability: str,
+) -> None:
+    """A bug in the storing engine: before, the worker died, flush() said everything was
+    stored, nothing more ever was, and health said ok."""
+    real, failures = Storing.store, []
+
+    def fails_twice(self: Storing, batch: list[mc.Memory]) -> None:
+        if len(failures) < 2:
+            failures.append(len(batch))
+            raise RuntimeError("a bug in the storing engine")
+        real(self, batch)
+
+    monkeypatch.setattr(Storing, "store", fails_twice)
+    c = make_collector(f"sqlite:///{tmp_path}/m.db", durability=durability, storer="thread")
+    with caplog.at_level(logging.WARNING, logger="memcollect"):
+        ids = [c.collect("bug", f"kept through the bug {i}") for i in range(10)]
+        assert c.flush(timeout=60)
+    assert failures == [10, 10]
+    assert sorted(m.id for m in c.get_many(ids)) == sorted(ids)
+    assert c.health().status == "ok"
+    lines = [r.getMessage() for r in caplog.records]
+    assert [r.exc_info for r in caplog.records] == [None, None]  # no traceback
+    assert re.fullmatch(
+        r"the worker failed, and tries again in 0\.5 s: unexpected RuntimeError at "
+        r"test_worker\.py:\d+: a bug in the storing engine",
+        lines[0],
+    ), lines
+    assert lines[1].startswith("the worker stores again after: unexpected RuntimeError")
+
+
+def test_health_says_the_worker_fails_while_a_bug_repeats(
+    make_collector: Make, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def always_fails(self: Storing, batch: list[mc.Memory]) -> None:
+        raise RuntimeError("a bug in the storing engine")
+
+    monkeypatch.setattr(Storing, "store", always_fails)
+    c = make_collector(f"sqlite:///{tmp_path}/m.db", storer="thread")
+    c.collect("bug", "waits in the queue")
+    assert wait_for(lambda: c.health().status == "failing", 30), c.health()
+    (reason,) = c.health().reasons
+    assert reason.startswith("the worker fails, and tries again: unexpected RuntimeError at ")
+    assert c.stats().stored == 0
+    c.close(timeout=0.5)  # what it could not store is counted as left, within the deadline
 
 
 def test_a_poison_record_is_dead_lettered_and_its_batch_stored(make_collector: Make) -> None:

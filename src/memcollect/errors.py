@@ -43,3 +43,16 @@ class TransientBackendError(BackendError):
 
 class PermanentBackendError(BackendError):
     """A failure that will repeat for the same records (bad data): bisected and dead-lettered."""
+
+
+def failure_sentence(exc: BaseException) -> str:
+    """A failure as one line: memcollect's own sentence, else what was raised and where (a
+    bug: for a report, without a traceback in the user's log)."""
+    if isinstance(exc, MemcollectError):
+        return str(exc)
+    import traceback
+    from pathlib import Path
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"unexpected {type(exc).__name__}{where}: {exc}"

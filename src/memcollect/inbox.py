@@ -154,6 +154,18 @@ class Inbox:
                 self.changed.notify_all()
         return batch
 
+    def put_back(self, batch: list[Memory]) -> None:
+        """Return the batch in flight to the front of its queues, as if it had never been
+        taken: a flush that waited for it goes on waiting for it."""
+        with self.lock:
+            for memory in reversed(batch):
+                rank = PRIORITY_RANK[memory.priority]
+                self.queues[rank].appendleft(memory)
+                self.popped[rank] -= 1
+            self.size += len(batch)
+            self.wakeup.set()
+            self.changed.notify_all()
+
     def finish(self) -> None:
         """Mark the batch in flight as done (stored, dead-lettered or dropped)."""
         with self.lock:

@@ -307,7 +307,12 @@ class RamPipeline(Pipeline):
 
     def not_running(self) -> str | None:
         """Why the worker thread does not store, if it does not."""
-        return None if self.worker.alive() else "the worker thread is not running"
+        worker = self.worker
+        if not worker.alive():
+            return "the worker thread is not running"
+        if worker.error is not None:
+            return f"the worker fails, and tries again: {worker.error}"
+        return None
 
     def put(self, memory: Memory) -> None:
         """Queue one memory in RAM; a full queue does as on_full says."""

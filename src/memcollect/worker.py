@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from .errors import failure_sentence
 from .inbox import Inbox
 from .model import Memory
 from .storing import Interruptible, Storing
@@ -14,6 +15,10 @@ from .storing import Interruptible, Storing
 __all__ = ["Worker"]
 
 log = logging.getLogger("memcollect")
+
+# The wait after a step fails as no store fails (a bug), doubling while it repeats.
+_FIRST_PAUSE_S = 0.5
+_MOST_PAUSE_S = 30.0
 
 Clock = Callable[[], float]
 #: Waits for an event up to a timeout (None: for as long as it takes); whether it was set.
@@ -57,6 +62,9 @@ class Worker:
         self.after_exit: Callable[[], None] | None = None
         self._exit_lock = threading.Lock()
         self._exited = False
+        #: Why the last step failed as no store fails (a bug), until a batch is stored again.
+        self.error: str | None = None
+        self._pause = _FIRST_PAUSE_S
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -89,10 +97,13 @@ class Worker:
 
     def _run(self) -> None:
         try:
-            while self.step():
-                pass
-        except Exception:  # pragma: no cover - a bug; never take the host process down
-            log.exception("memcollect worker crashed; memories queued from now on are not stored")
+            while True:
+                try:
+                    if not self.step():
+                        return
+                except Exception as exc:  # noqa: BLE001 - a bug: said, waited out, tried again
+                    if not self._failed(exc):
+                        return
         finally:
             with self._exit_lock:
                 self._exited = True
@@ -122,14 +133,37 @@ class Worker:
             batch = self.inbox.take(self.batch_size)
             if not batch:
                 return
-            self.process(batch)
+            try:
+                self.process(batch)
+            except Exception as exc:  # noqa: BLE001 - a bug: what is left is counted as left
+                log.error("the worker failed: %s", failure_sentence(exc))
+                return
 
     def process(self, batch: list[Memory]) -> None:
         """Store one batch, then release it from the inbox."""
         try:
             self.storing.store(batch)
+        except Exception:
+            # Not lost to a bug: queued again (the store skips what it stored already), and a
+            # flush waits for it rather than saying it was stored.
+            self.inbox.put_back(batch)
+            raise
+        else:
+            if self.error is not None:  # before finish(): a flush it ends sees health ok
+                log.warning("the worker stores again after: %s", self.error)
+                self.error, self._pause = None, _FIRST_PAUSE_S
         finally:
             self.inbox.finish()
+
+    def _failed(self, exc: Exception) -> bool:
+        """A step failed as no store fails (a bug): say it once, wait, and go on, the wait
+        doubling while it repeats; False when a close cut the wait short."""
+        why = failure_sentence(exc)
+        if why != self.error:
+            log.error("the worker failed, and tries again in %.1f s: %s", self._pause, why)
+        self.error = why
+        pause, self._pause = self._pause, min(_MOST_PAUSE_S, self._pause * 2)
+        return self.wait(pause)
 
     def _quiet(self) -> bool:
         """Whether there is time for the backend's put-off work: no full batch waiting, no

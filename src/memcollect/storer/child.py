@@ -17,13 +17,14 @@ import msgspec
 
 from ..backends import open_backend
 from ..config import Config
+from ..errors import failure_sentence
 from ..frames import read_batches
 from ..model import Memory
 from ..retry import CircuitBreaker
 from ..stats import Counters
 from ..storing import Storing, hash_contents
 from .inprocess import Shared
-from .protocol import COUNTED, PROTOCOL, Done, Range, decode_range, encode, failure, stopping
+from .protocol import COUNTED, PROTOCOL, Done, Range, decode_range, encode, stopping
 
 __all__ = ["main"]
 
@@ -247,7 +248,7 @@ def main() -> None:
     try:
         serve(Config(**hello["config"]), requests, answers)
     except Exception as exc:  # noqa: BLE001 - said in one line; the collecting side restarts
-        why = failure(exc)
+        why = failure_sentence(exc)
         log.error("stopped, the collecting process starts another: %s", why)
         with contextlib.suppress(OSError, ValueError):
             answers.write(encode(stopping(why)) + b"\n")  # for the collector's health

@@ -16,9 +16,10 @@ from typing import IO, Any
 
 from ..backends.base import Backend
 from ..config import Config
+from ..errors import failure_sentence
 from ..storing import FailureCallback, StoredCallback
 from ..tracing import Spans
-from .protocol import encode, failure, stopping
+from .protocol import encode, stopping
 
 __all__ = ["InProcessChild", "Shared"]
 
@@ -99,7 +100,7 @@ class InProcessChild:
             serve(config, requests, answers, self._shared)
             code = 0
         except Exception as exc:  # noqa: BLE001 - a bug: the collecting side starts another
-            why = failure(exc)
+            why = failure_sentence(exc)
             log.error("the storing thread stopped, the collecting process starts another: %s", why)
             with contextlib.suppress(OSError, ValueError):
                 answers.write(encode(stopping(why)) + b"\n")  # for the collector's health

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import sys
-import traceback
-from pathlib import Path
 
 import msgspec
 
-from ..errors import MemcollectError
 from ..stats import Latency
 
-__all__ = ["COUNTED", "PROTOCOL", "Done", "Range", "child_command", "failure", "stopping"]
+__all__ = ["COUNTED", "PROTOCOL", "Done", "Range", "child_command", "stopping"]
 
 # The version of what the two sides say to each other: a storing process started after an
 # upgrade on disk must not misread an older collecting process.
@@ -56,15 +53,6 @@ class Done(msgspec.Struct, array_like=True):
     stored_to: int = -1
     # The last word of a process that stops for a failure: why, in one sentence.
     stopped: str = ""
-
-
-def failure(exc: Exception) -> str:
-    """A failure as one line: memcollect's own sentence, else where it was raised."""
-    if isinstance(exc, MemcollectError):
-        return str(exc)
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-    return f"unexpected {type(exc).__name__}{where}: {exc}"
 
 
 def stopping(why: str) -> Done:
