@@ -356,3 +356,11 @@ def test_read_commands_create_no_store(tmp_path: Path) -> None:
     assert result.returncode == 1 and "there is no memcollect store" in result.stderr
     assert not (tmp_path / "no").exists() and not (tmp_path / "nonexistent").exists()
     assert not (tmp_path / ".memcollect").exists()
+
+
+def test_recover_with_nothing_left_says_so_and_makes_no_store(tmp_path: Path) -> None:
+    data = tmp_path / "never-used"
+    result = CliRunner().invoke(cli, ["recover", "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"nothing to recover: no spool segments in {data / 'spool'}"
+    assert not data.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -246,6 +247,14 @@ def _check_port(host: str, port: int) -> None:
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to store it in.")
 def recover(backend: str | None, data_dir: str | None, timeout: float) -> None:
     """Store what stopped processes left in the spool of a data directory."""
+    with _errors():
+        from ..config import load_config
+
+        spool = Path(load_config(**_store_fields(backend, data_dir)).data_dir) / "spool"
+        if not any(spool.glob("*/seg-*.log")):
+            # Nothing left: no collector, so no store is made where none was.
+            click.echo(f"nothing to recover: no spool segments in {spool}")
+            return
     with _errors(), _collector(backend, data_dir, durability="spool") as collector:
         found = collector.stats().spool_pending
         stored = collector.flush(timeout=timeout)
