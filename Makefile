@@ -33,7 +33,7 @@ typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
 # Two worker processes, and worksteal keeps both busy to the end (the slow tests are not left
-# to one). On the 2-core machine of 2026-12-07, a slow one: 217-267 s of pytest in three runs,
+# to one). On the 2-core machine of 2026-12-07, a slow one: 217-266 s of pytest in six runs,
 # a third of it loading, exporting and distilling the embedding model (once a run: the workers
 # share the model cache), after 66 s of mypy on a clean clone.
 test: lint typecheck
