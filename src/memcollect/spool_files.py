@@ -20,6 +20,7 @@ __all__ = [
     "claim_dir",
     "find_in_spans",
     "fsync_dir",
+    "has_segments",
     "iter_spool_records",
     "number_of",
     "read_span",
@@ -239,6 +240,15 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def has_segments(root: Path) -> bool:
+    """Whether any spool under a spool root holds a segment file."""
+    try:
+        directories = [p for p in root.iterdir() if p.is_dir()]
+    except OSError:  # no spool root (never used), or not a directory
+        return False
+    return any(segment_files(d) for d in directories)
 
 
 def iter_spool_records(root: Path) -> Iterator[Memory]:

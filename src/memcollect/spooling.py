@@ -17,7 +17,7 @@ from .model import Memory
 from .pipelines import Parts, RamPipeline, deadline_after
 from .spool import Segment, Spool
 
-__all__ = ["SpoolPipeline", "SpoolTrouble", "open_spool"]
+__all__ = ["SpoolPipeline", "SpoolTrouble", "open_spool", "spool_root"]
 
 log = logging.getLogger("memcollect")
 
@@ -27,9 +27,14 @@ Clock = Callable[[], float]
 SPOOL_LOG_INTERVAL_S = 60.0
 
 
+def spool_root(config: Config) -> Path:
+    """Where the spools of config.data_dir are."""
+    return Path(config.data_dir) / "spool"
+
+
 def open_spool(config: Config, lock: threading.Lock | None) -> Spool:
     """The spool under config.data_dir, or one clear error saying why it cannot be."""
-    root = Path(config.data_dir) / "spool"
+    root = spool_root(config)
     try:
         return Spool(
             root,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -249,9 +248,11 @@ def recover(backend: str | None, data_dir: str | None, timeout: float) -> None:
     """Store what stopped processes left in the spool of a data directory."""
     with _errors():
         from ..config import load_config
+        from ..spool_files import has_segments
+        from ..spooling import spool_root
 
-        spool = Path(load_config(**_store_fields(backend, data_dir)).data_dir) / "spool"
-        if not any(spool.glob("*/seg-*.log")):
+        spool = spool_root(load_config(**_store_fields(backend, data_dir)))
+        if not has_segments(spool):
             # Nothing left: no collector, so no store is made where none was.
             click.echo(f"nothing to recover: no spool segments in {spool}")
             return

@@ -55,7 +55,8 @@ class _CollectorHolder:
         """The collector requests use."""
         found = self.collector
         if found is None or (self.owned and found.closed):
-            # Only reachable when the app is driven without its lifespan.
+            # Before the lifespan: serve() opens the store here, and an app driven without
+            # its lifespan (a test client) does on its first request.
             self.collector = found = MemoryCollector(**self.fields)
         return found
 
@@ -109,10 +110,6 @@ def _version() -> str:
     return __version__
 
 
-# What create_app() takes besides a collector's fields.
-_APP_ARGS = ("collector", "token", "max_body_bytes", "max_batch", "history_interval")
-
-
 def serve(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
@@ -123,17 +120,10 @@ def serve(
     """Run the server until SIGTERM or SIGINT, then flush and return."""
     from .running import run_until_stopped
 
-    app_args = {k: create_args.pop(k) for k in _APP_ARGS if k in create_args}
-    given = app_args.pop("collector", None)
-    # Built before the server starts: a store that cannot be opened is the collector's one
-    # sentence to the caller, not a traceback from the server's startup.
-    collector = given or MemoryCollector(**create_args)
-    try:
-        app = create_app(collector, **app_args)
-        # Sockets the server keeps open for clients' keep-alive batches.
-        run_until_stopped(app, host, port, log_level, timeout_keep_alive=30)
-    finally:
-        if given is None:
-            # Requests have finished: what they handed in is stored, or left in the spool
-            # for the next start if the store stays down past the timeout.
-            collector.close()
+    app = create_app(**create_args)
+    # The store is opened now, not in the server's startup: one that cannot be opened is the
+    # collector's one sentence to the caller, not a startup traceback. The startup uses this
+    # collector, and the shutdown closes it.
+    app.state.memcollect.collector()
+    # Sockets the server keeps open for clients' keep-alive batches.
+    run_until_stopped(app, host, port, log_level, timeout_keep_alive=30)

@@ -24,7 +24,7 @@ from ..retry import CircuitBreaker
 from ..stats import Counters
 from ..storing import Storing, hash_contents
 from .inprocess import Shared
-from .protocol import COUNTED, PROTOCOL, Done, Range, decode_range, encode, stopping
+from .protocol import COUNTED, PROTOCOL, Done, Range, decode_range, encode, tell_stopped
 
 __all__ = ["main"]
 
@@ -250,9 +250,7 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - said in one line; the collecting side restarts
         why = failure_sentence(exc)
         log.error("stopped, the collecting process starts another: %s", why)
-        with contextlib.suppress(OSError, ValueError):
-            answers.write(encode(stopping(why)) + b"\n")  # for the collector's health
-            answers.flush()
+        tell_stopped(answers, why)
         logging.shutdown()
         # Not sys.exit(): the thread reading stdin holds its lock, and the interpreter would
         # abort on it as it shuts down ("Fatal Python error"), after a traceback.

@@ -19,7 +19,7 @@ from ..config import Config
 from ..errors import failure_sentence
 from ..storing import FailureCallback, StoredCallback
 from ..tracing import Spans
-from .protocol import encode, stopping
+from .protocol import tell_stopped
 
 __all__ = ["InProcessChild", "Shared"]
 
@@ -102,9 +102,7 @@ class InProcessChild:
         except Exception as exc:  # noqa: BLE001 - a bug: the collecting side starts another
             why = failure_sentence(exc)
             log.error("the storing thread stopped, the collecting process starts another: %s", why)
-            with contextlib.suppress(OSError, ValueError):
-                answers.write(encode(stopping(why)) + b"\n")  # for the collector's health
-                answers.flush()
+            tell_stopped(answers, why)
         finally:
             # The requests' write end first: the thread reading them then sees their end and
             # lets go of the read end, whose close() would otherwise wait for it for ever.

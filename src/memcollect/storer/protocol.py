@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from typing import IO
 
 import msgspec
 
 from ..stats import Latency
 
-__all__ = ["COUNTED", "PROTOCOL", "Done", "Range", "child_command", "stopping"]
+__all__ = ["COUNTED", "PROTOCOL", "Done", "Range", "child_command", "tell_stopped"]
 
 # The version of what the two sides say to each other: a storing process started after an
 # upgrade on disk must not misread an older collecting process.
@@ -55,9 +57,12 @@ class Done(msgspec.Struct, array_like=True):
     stopped: str = ""
 
 
-def stopping(why: str) -> Done:
-    """The answer a storing process gives last when it stops for a failure."""
-    return Done(-1, 0, [0] * len(COUNTED), {}, Latency(), Latency(), 0, -1.0, "", stopped=why)
+def tell_stopped(answers: IO[bytes], why: str) -> None:
+    """Give the collecting side, as the last answer, why this storer stops (for its health)."""
+    last = Done(-1, 0, [0] * len(COUNTED), {}, Latency(), Latency(), 0, -1.0, "", stopped=why)
+    with contextlib.suppress(OSError, ValueError):  # the other side may be gone already
+        answers.write(encode(last) + b"\n")
+        answers.flush()
 
 
 encode = msgspec.json.Encoder().encode
